@@ -1,0 +1,108 @@
+"""`dr`: one command over the dr packages. Each group is the typer app of one package.
+
+This module only mounts apps and turns package errors into messages and exit codes; heavy imports
+happen inside the commands that need them, so `dr --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from dr_core import __version__
+from dr_core.errors import DrError, PipeClosed
+
+# (group name, module holding its typer `app`)
+GROUPS = [
+    ("data", "dr_data.cli"),
+    ("train", "dr_train.cli"),
+    ("judge", "dr_judge.cli"),
+    ("serve", "dr_serve.cli"),
+    ("bench", "dr_bench.cli"),
+]
+
+
+def silence_stdout() -> None:
+    """After the reader of stdout left, point stdout at /dev/null so the final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class DrGroup(TyperGroup):
+    """The root group: package errors become one plain line on stderr and an exit code, in `dr` and in
+    `dr repl` alike (a plain line, unwrapped, so scripts can grep for file:line)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PipeClosed:
+            silence_stdout()
+            ctx.exit(0)
+        except DrError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(error.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dr {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        cls=DrGroup,
+        name="dr",
+        help="Build deep-research agents on a budget: data, training, judging, serving and benchmarks.\n\n"
+        "Tools read and write JSONL on stdin/stdout; logs and progress go to stderr.",
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,  # locals may hold API keys
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def root(
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                "--config", envvar="DR_CONFIG", help="TOML settings file (flags and DR_* win over it)."
+            ),
+        ] = None,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="Warnings only; no progress bars.")
+        ] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+        version: Annotated[
+            bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        ] = False,
+    ) -> None:
+        from dr_core import config as settings
+        from dr_core import log
+
+        log.setup(quiet=quiet, verbose=verbose)
+        settings.use_config_file(config)
+
+    for name, module in GROUPS:
+        sub = importlib.import_module(module).app
+        app.add_typer(sub, name=name)
+
+    from dr_cli import commands
+
+    commands.register(app)
+    return app
+
+
+def main() -> None:
+    build_app()()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""dr-agent: the ReAct research agent (plan, search, open, verify, write) and its search backends."""

@@ -1,0 +1,410 @@
+"""Streaming JSONL: read records one line at a time, write them atomically, keep bad lines aside.
+
+Paths may be `-` (stdin/stdout) or files, plain or compressed by suffix (`.gz`, `.zst`). Reading holds one
+line in memory at a time. Writing goes to `<path>.partial` and is renamed over `<path>` when the writer
+closes, so `<path>` only ever holds whole lines; a run that dies keeps what it wrote, for `--resume`.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, Literal, TypeVar, overload
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from dr_core.errors import InputError, PipeClosed
+
+STDIO = "-"
+OnError = Literal["fail", "skip"]
+R = TypeVar("R", bound=BaseModel)
+
+# A failed write to a file must not leave a half line, so files are flushed at most this often;
+# stdout is flushed every record so pipes stream.
+FILE_FLUSH_INTERVAL_S = 1.0
+
+
+def display_name(path: str | Path) -> str:
+    return "<stdin>" if str(path) == STDIO else str(path)
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where a writer for `path` writes before it renames; also what `--resume` recovers from."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _compression(path: str | Path) -> str | None:
+    name = str(path)
+    if name.endswith(".gz"):
+        return "gz"
+    if name.endswith(".zst"):
+        return "zst"
+    return None
+
+
+def _open_binary_read(path: str | Path, compression: str | None) -> IO[bytes]:
+    if str(path) == STDIO:
+        return sys.stdin.buffer
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a JSONL file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    if compression == "gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if compression == "zst":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+        return io.BufferedReader(reader)  # type: ignore[arg-type]
+    return raw
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+
+    return (EOFError, gzip.BadGzipFile, zstandard.ZstdError, OSError)
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield (line number, line without its newline, whether it ended with a newline), blank lines skipped."""
+    name = display_name(path)
+    compression = None if str(path) == STDIO else _compression(path)
+    fh = _open_binary_read(path, compression)
+    lineno = 0
+    try:
+        while True:
+            try:
+                line = fh.readline()
+            except _stream_errors() as exc:
+                raise InputError(
+                    f"{name}: the compressed stream is damaged or ends early after line {lineno} ({exc}); "
+                    "the file may be incomplete"
+                ) from None
+            if not line:
+                return
+            lineno += 1
+            ended = line.endswith(b"\n")
+            body = line.rstrip(b"\r\n")
+            if lineno == 1 and body.startswith(b"\xef\xbb\xbf"):
+                body = body[3:]  # a UTF-8 byte-order mark some editors write
+            if body.strip():
+                yield lineno, body, ended
+    finally:
+        if fh is not sys.stdin.buffer:
+            fh.close()
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(record)"
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    """`field 'a.b': message` for the first few errors of a pydantic validation failure."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        message = err["msg"]
+        if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+            shown = repr(err["input"])
+            message += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (extra fields belong in 'meta')"
+        parts.append(f"field '{_field_path(err['loc'])}': {message}")
+    more = len(exc.errors()) - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def parse_line(body: bytes, kind: type[R] | None, ended: bool, name: str, lineno: int) -> Any:
+    """Decode one JSONL line into a dict or a validated record; raise InputError naming file:line."""
+    where = f"{name}:{lineno}"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: invalid UTF-8 at byte {exc.start} of the line") from None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if not ended:
+            raise InputError(
+                f"{where}: truncated last line (no newline at the end and not valid JSON: {exc}); "
+                "the file may be incomplete"
+            ) from None
+        raise InputError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if kind is None:
+        return obj
+    try:
+        return kind.model_validate(obj)
+    except ValidationError as exc:
+        label = getattr(kind, "KIND", kind.__name__)
+        raise InputError(f"{where}: not a valid {label}: {describe_validation_error(exc)}") from None
+
+
+class RejectWriter:
+    """Collects lines that failed to parse or validate, with the error, in a side JSONL file.
+
+    The file is created only when the first reject arrives and is committed atomically on close.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._writer: RecordWriter | None = None
+
+    def add(self, name: str, lineno: int, error: str, body: bytes) -> None:
+        if self._writer is None:
+            self._writer = RecordWriter(self.path).__enter__()
+        entry: dict[str, Any] = {"file": name, "line": lineno, "error": error}
+        try:
+            entry["raw"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            entry["raw_base64"] = base64.b64encode(body).decode("ascii")
+        self._writer.write(entry)
+        self.count += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> RejectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@overload
+def read_records(
+    sources: str | Path | Iterable[str | Path],
+    kind: type[R],
+    *,
+    on_error: OnError = "fail",
+    rejects: RejectWriter | None = None,
+) -> Iterator[R]: ...
+
+
+@overload
+def read_records(
+    sources: str | Path | Iterable[str | Path],
+    kind: None = None,
+    *,
+    on_error: OnError = "fail",
+    rejects: RejectWriter | None = None,
+) -> Iterator[dict[str, Any]]: ...
+
+
+def read_records(
+    sources: str | Path | Iterable[str | Path],
+    kind: type[R] | None = None,
+    *,
+    on_error: OnError = "fail",
+    rejects: RejectWriter | None = None,
+) -> Iterator[Any]:
+    """Stream records from one or more JSONL sources, validated as `kind` (or plain dicts).
+
+    With on_error="fail" the first bad line raises InputError naming file:line and field; with "skip"
+    each bad line goes to `rejects` (required, so nothing is dropped silently) and reading goes on.
+    """
+    if on_error == "skip" and rejects is None:
+        raise ValueError("on_error='skip' needs a RejectWriter so rejected lines are kept")
+    paths = [sources] if isinstance(sources, str | Path) else list(sources)
+    for path in paths:
+        name = display_name(path)
+        for lineno, body, ended in iter_lines(path):
+            try:
+                yield parse_line(body, kind, ended, name, lineno)
+            except InputError as exc:
+                if on_error == "fail":
+                    raise
+                assert rejects is not None
+                rejects.add(name, lineno, str(exc), body)
+
+
+def _record_bytes(record: BaseModel | dict[str, Any]) -> bytes:
+    if isinstance(record, BaseModel):
+        return orjson.dumps(record.model_dump(mode="json"))
+    return orjson.dumps(record)
+
+
+def default_key(record: dict[str, Any]) -> Any:
+    return record.get("id")
+
+
+class RecordWriter:
+    """Writes JSONL to stdout (`-`) or atomically to a file.
+
+    A file is written as `<path>.partial` and renamed over `<path>` by `close()`. If the block using the
+    writer fails, the complete records written so far are still committed (nothing produced is lost) —
+    unless none were, in which case an existing `<path>` is left untouched.
+
+    With `resume=True` the records already in `<path>` and in a `<path>.partial` left by a killed run are
+    carried over (whole lines only, first occurrence of each key), and `done` holds their keys so the
+    caller can skip that work.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        resume: bool = False,
+        key: Callable[[dict[str, Any]], Any] = default_key,
+    ) -> None:
+        self.path = path
+        self.resume = resume
+        self.key = key
+        self.done: set[Any] = set()
+        self.written = 0
+        self.carried = 0
+        self._fh: IO[bytes] | None = None
+        self._raw: IO[bytes] | None = None
+        self._last_flush = 0.0
+        self._closed = False
+        if resume and str(path) == STDIO:
+            raise InputError("--resume needs an output file (-o PATH), not stdout")
+
+    @property
+    def to_stdout(self) -> bool:
+        return str(self.path) == STDIO
+
+    def __enter__(self) -> RecordWriter:
+        self.open()
+        return self
+
+    def open(self) -> None:
+        if self.to_stdout:
+            self._fh = sys.stdout.buffer
+            return
+        final = Path(self.path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = partial_path(final)
+        if self.resume:
+            self._merge_previous(final, tmp)
+        try:
+            self._raw = open(tmp, "ab" if self.resume else "wb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise InputError(f"{final}: cannot write ({exc.strerror})") from None
+        self._fh = self._compressor(self._raw, final)
+
+    @staticmethod
+    def _compressor(raw: IO[bytes], final: Path) -> IO[bytes]:
+        # Appending starts a new gzip member or zstd frame; readers of both formats read across them.
+        compression = _compression(final)
+        if compression == "gz":
+            return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # type: ignore[return-value]
+        if compression == "zst":
+            import zstandard
+
+            return zstandard.ZstdCompressor().stream_writer(raw, closefd=False)  # type: ignore[return-value]
+        return raw
+
+    def _merge_previous(self, final: Path, tmp: Path) -> None:
+        """Fold the previous output and a killed run's partial file into the partial file, streaming.
+
+        Whole, parseable lines only, first occurrence of each key. Written beside and renamed, so a crash
+        here leaves both inputs as they were.
+        """
+        sources = [p for p in (final, tmp) if p.exists()]
+        if not sources:
+            return
+        merge = final.with_name(final.name + ".merge")
+        with open(merge, "wb") as raw:
+            fh = self._compressor(raw, final)
+            for path in sources:
+                for body in self._whole_lines(path):
+                    fh.write(body + b"\n")
+                    self.carried += 1
+            if fh is not raw:
+                fh.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(merge, tmp)
+
+    def _whole_lines(self, path: Path) -> Iterator[bytes]:
+        lines = iter_lines(path)
+        while True:
+            try:
+                _, body, _ = next(lines)
+            except StopIteration:
+                return
+            except InputError:
+                return  # a killed run's compressed stream ends mid-block: keep what came before
+            try:
+                obj = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                continue  # the torn last line of a killed run
+            if not isinstance(obj, dict):
+                continue
+            k = self.key(obj)
+            if k is not None:
+                if k in self.done:
+                    continue
+                self.done.add(k)
+            yield body
+
+    def write(self, record: BaseModel | dict[str, Any]) -> None:
+        assert self._fh is not None, "RecordWriter used before open()"
+        line = _record_bytes(record) + b"\n"
+        try:
+            self._fh.write(line)
+            now = time.monotonic()
+            if self.to_stdout:
+                self._fh.flush()
+            elif now - self._last_flush >= FILE_FLUSH_INTERVAL_S:
+                self._flush_file()
+                self._last_flush = now
+        except BrokenPipeError:
+            raise PipeClosed("stdout closed by the reader") from None
+        self.written += 1
+
+    def _flush_file(self) -> None:
+        assert self._fh is not None
+        if self._fh is not self._raw:
+            import zstandard
+
+            if isinstance(self._fh, gzip.GzipFile):
+                self._fh.flush()
+            else:
+                self._fh.flush(zstandard.FLUSH_BLOCK)  # type: ignore[call-arg]
+        if self._raw is not None:
+            self._raw.flush()
+
+    def close(self, commit: bool = True) -> None:
+        """Finish the file and rename it into place (or drop it, when `commit` is false)."""
+        if self._closed or self._fh is None:
+            return
+        self._closed = True
+        if self.to_stdout:
+            try:
+                self._fh.flush()
+            except BrokenPipeError:
+                raise PipeClosed("stdout closed by the reader") from None
+            return
+        assert self._raw is not None
+        if self._fh is not self._raw:
+            self._fh.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        tmp = partial_path(self.path)
+        if commit:
+            os.replace(tmp, self.path)
+        else:
+            tmp.unlink(missing_ok=True)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        failed = exc_type is not None
+        self.close(commit=not failed or self.written > 0 or self.carried > 0)

@@ -1,0 +1,400 @@
+"""The one client for OpenAI-compatible chat endpoints (vLLM, transformers serve, hosted APIs).
+
+Chat completions with tools and streaming; retries with exponential backoff and jitter on 429/5xx and
+transport errors (honouring Retry-After); bounded concurrency shared by all threads using the client; an
+on-disk cache keyed by the full request; token and cost accounting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import BaseModel, Field
+
+from dr_core.config import resolve
+from dr_core.errors import LLMError
+from dr_core.log import logger
+from dr_core.records import Message, ToolCall, Usage
+
+# Statuses worth another try: rate limits, server overload and gateway errors.
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class LLMConfig(BaseModel):
+    """Where and how to reach an endpoint: section [llm] of the config file, DR_LLM_* variables, flags."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL, ending in /v1 for most servers.")
+    model: str = "default"
+    api_key: str | None = None
+    timeout_s: float = Field(600.0, gt=0, description="Per-read timeout; long generations stream slowly.")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles each try, with jitter.")
+    max_backoff_s: float = Field(60.0, ge=0)
+    concurrency: int = Field(8, ge=1)
+    cache_dir: Path | None = None
+    price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+
+
+@dataclass
+class ChatResult:
+    """One completion: the assistant message, why it stopped, its usage, and whether it came from cache."""
+
+    message: Message
+    finish_reason: str | None
+    usage: Usage
+    cached: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def to_wire(message: Message | Mapping[str, Any]) -> dict[str, Any]:
+    """A message in the OpenAI request shape."""
+    if not isinstance(message, Message):
+        return dict(message)
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {
+                    "name": call.name,
+                    "arguments": call.raw_arguments
+                    if call.raw_arguments is not None
+                    else orjson.dumps(call.arguments).decode(),
+                },
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        wire["name"] = message.name
+    return wire
+
+
+def parse_tool_call(raw: Mapping[str, Any], index: int) -> ToolCall:
+    function = raw.get("function") or {}
+    text = function.get("arguments")
+    call_id = raw.get("id") or f"call_{index}"
+    name = function.get("name") or ""
+    if isinstance(text, dict):
+        return ToolCall(id=call_id, name=name, arguments=text)
+    try:
+        arguments = orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return ToolCall(id=call_id, name=name, raw_arguments=text)
+    if not isinstance(arguments, dict):
+        return ToolCall(id=call_id, name=name, raw_arguments=text)
+    return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+def from_wire(message: Mapping[str, Any]) -> Message:
+    """An assistant message from a response, tool-call arguments parsed (kept raw when not JSON)."""
+    calls = [parse_tool_call(raw, i) for i, raw in enumerate(message.get("tool_calls") or [])]
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return Message(role="assistant", content=message.get("content"), tool_calls=calls, reasoning=reasoning)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+class ResponseCache:
+    """Responses on disk, one JSON file per request, keyed by a hash of the full request."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @staticmethod
+    def key(url: str, body: Mapping[str, Any]) -> str:
+        return hashlib.sha256(
+            orjson.dumps({"url": url, "body": body}, option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            data = orjson.loads(self._path(key).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def put(self, key: str, response: Mapping[str, Any]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(orjson.dumps(response))
+        os.replace(tmp, path)
+
+
+def _assemble_stream(lines: Iterator[str], on_delta: Callable[[str], None] | None) -> dict[str, Any]:
+    """Fold server-sent chat.completion.chunk events into one non-streaming response body."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish_reason = None
+    usage: dict[str, Any] | None = None
+    model = None
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise LLMError(f"stream sent an event that is not JSON: {data[:200]!r}") from None
+        model = chunk.get("model", model)
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                content.append(delta["content"])
+                if on_delta is not None:
+                    on_delta(delta["content"])
+            if delta.get("reasoning_content"):
+                reasoning.append(delta["reasoning_content"])
+            for part in delta.get("tool_calls") or []:
+                slot = calls.setdefault(
+                    part.get("index", len(calls)), {"id": None, "name": "", "arguments": ""}
+                )
+                slot["id"] = part.get("id") or slot["id"]
+                function = part.get("function") or {}
+                slot["name"] += function.get("name") or ""
+                slot["arguments"] += function.get("arguments") or ""
+            if choice.get("finish_reason"):
+                finish_reason = choice["finish_reason"]
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) if content else None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = [
+            {
+                "id": slot["id"],
+                "type": "function",
+                "function": {"name": slot["name"], "arguments": slot["arguments"]},
+            }
+            for _, slot in sorted(calls.items())
+        ]
+    body: dict[str, Any] = {"model": model, "choices": [{"message": message, "finish_reason": finish_reason}]}
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+class LLMClient:
+    """A thread-safe client for one endpoint and model. Use one per endpoint and share it."""
+
+    def __init__(self, config: LLMConfig | None = None) -> None:
+        self.config = config or LLMConfig()
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        self._http = httpx.Client(
+            base_url=self.config.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s),
+            limits=httpx.Limits(max_connections=self.config.concurrency),
+        )
+        self._slots = threading.BoundedSemaphore(self.config.concurrency)
+        self._lock = threading.Lock()
+        self._usage = Usage()
+        self._cache = ResponseCache(self.config.cache_dir) if self.config.cache_dir else None
+
+    @classmethod
+    def from_settings(cls, section: str = "llm", **flags: Any) -> LLMClient:
+        """A client from flags (None: not given), DR_<SECTION>_* variables and the config's [section]."""
+        return cls(resolve(LLMConfig, section, flags))
+
+    # ---- accounting ----------------------------------------------------------------------------
+
+    @property
+    def usage(self) -> Usage:
+        """Totals over every call this client made, cache hits counted apart."""
+        with self._lock:
+            return self._usage.model_copy()
+
+    def _account(self, body: Mapping[str, Any], cached: bool) -> Usage:
+        raw = body.get("usage") or {}
+        prompt = int(raw.get("prompt_tokens") or 0)
+        completion = int(raw.get("completion_tokens") or 0)
+        cost = 0.0
+        if not cached:
+            cost = (
+                prompt * self.config.price_input_per_mtok + completion * self.config.price_output_per_mtok
+            ) / 1e6
+        usage = Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            requests=0 if cached else 1,
+            cached_requests=1 if cached else 0,
+            cost_usd=cost,
+        )
+        with self._lock:
+            if cached:
+                self._usage = self._usage + Usage(cached_requests=1)
+            else:
+                self._usage = self._usage + usage
+        return usage
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    def chat(
+        self,
+        messages: Iterable[Message | Mapping[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        stream: bool = False,
+        on_delta: Callable[[str], None] | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """One chat completion. With stream=True, on_delta receives the content as it arrives.
+
+        `params` pass through to the request body (temperature, max_tokens, tool_choice, seed, ...).
+        """
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [to_wire(m) for m in messages],
+            **params,
+        }
+        if tools:
+            body["tools"] = tools
+        if stream:
+            body["stream"] = True
+            body.setdefault("stream_options", {"include_usage": True})
+        key = ResponseCache.key(self.config.base_url, body) if self._cache else None
+        if self._cache is not None and key is not None:
+            hit = self._cache.get(key)
+            if hit is not None:
+                result = self._result(hit, cached=True)
+                if on_delta is not None and result.message.content:
+                    on_delta(result.message.content)
+                return result
+        response = self._post_with_retries(body, stream, on_delta)
+        if self._cache is not None and key is not None:
+            self._cache.put(key, response)
+        return self._result(response, cached=False)
+
+    def _result(self, body: Mapping[str, Any], cached: bool) -> ChatResult:
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise LLMError(f"{self.config.base_url}: response has no choices: {str(body)[:300]}")
+        choice = choices[0]
+        return ChatResult(
+            message=from_wire(choice.get("message") or {}),
+            finish_reason=choice.get("finish_reason"),
+            usage=self._account(body, cached),
+            cached=cached,
+            raw=dict(body),
+        )
+
+    def _post_with_retries(
+        self, body: dict[str, Any], stream: bool, on_delta: Callable[[str], None] | None
+    ) -> dict[str, Any]:
+        attempts = self.config.max_retries + 1
+        delivered = False
+
+        def tracking(text: str) -> None:
+            nonlocal delivered
+            delivered = True
+            if on_delta is not None:
+                on_delta(text)
+
+        last = ""
+        for attempt in range(attempts):
+            wait: float | None = None
+            try:
+                with self._slots:
+                    return self._post(body, stream, tracking)
+            except _Retryable as exc:
+                last, wait = str(exc), exc.retry_after
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if delivered:
+                # Part of the answer already reached the caller; a retry would repeat it.
+                raise LLMError(f"{self.config.base_url}: stream broke off mid-answer ({last})")
+            if attempt + 1 == attempts:
+                break
+            delay = min(self.config.max_backoff_s, self.config.backoff_s * 2**attempt)
+            delay = wait if wait is not None else delay * (0.5 + random.random() / 2)
+            logger.debug("retrying %s in %.2fs after: %s", self.config.base_url, delay, last)
+            time.sleep(min(delay, self.config.max_backoff_s))
+        raise LLMError(f"{self.config.base_url}: giving up after {attempts} attempts; last error: {last}")
+
+    def _post(self, body: dict[str, Any], stream: bool, on_delta: Callable[[str], None]) -> dict[str, Any]:
+        if not stream:
+            response = self._http.post("chat/completions", json=body)
+            self._raise_for_status(response)
+            try:
+                data = response.json()
+            except ValueError:
+                raise LLMError(
+                    f"{self.config.base_url}: response is not JSON: {response.text[:300]!r}"
+                ) from None
+            if not isinstance(data, dict):
+                raise LLMError(f"{self.config.base_url}: response is not a JSON object")
+            return data
+        with self._http.stream("POST", "chat/completions", json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+            self._raise_for_status(response)
+            return _assemble_stream(response.iter_lines(), on_delta)
+
+    def _raise_for_status(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        text = response.text[:500]
+        if status in RETRY_STATUSES or status >= 500:
+            raise _Retryable(f"HTTP {status}: {text}", _retry_after(response))
+        hint = " (check --api-key / DR_LLM_API_KEY)" if status in (401, 403) else ""
+        raise LLMError(f"{self.config.base_url}: HTTP {status}{hint}: {text}", status=status)
+
+    def chat_many(self, requests: Iterable[Mapping[str, Any]]) -> Iterator[ChatResult]:
+        """Run `chat(**request)` for each request, `concurrency` at a time; results come in input order."""
+        window = 2 * self.config.concurrency
+        with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="llm") as pool:
+            pending: deque[Future[ChatResult]] = deque()
+            for request in requests:
+                pending.append(pool.submit(lambda r=request: self.chat(**r)))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LLMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,76 @@
+"""Logs and progress bars, always on stderr; stdout is for data only.
+
+Progress bars show only when stderr is a terminal and the run is not quiet (`dr -q`, or DR_QUIET=1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+T = TypeVar("T")
+
+logger = logging.getLogger("dr")
+_quiet = False
+_console: Console | None = None
+
+
+def setup(quiet: bool = False, verbose: bool = False) -> None:
+    """Route the `dr` logger to stderr: warnings only when quiet, debug when verbose."""
+    global _quiet
+    _quiet = quiet or os.environ.get("DR_QUIET", "") not in ("", "0")
+    level = logging.WARNING if _quiet else logging.DEBUG if verbose else logging.INFO
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console(), show_path=False, show_time=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+
+
+def quiet() -> bool:
+    return _quiet
+
+
+def console() -> Console:
+    """The rich console for humans: stderr."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True)
+    return _console
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate `items`, drawing a progress bar on stderr when a person is watching."""
+    if _quiet or not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    with Progress(*columns, TimeElapsedColumn(), console=console(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

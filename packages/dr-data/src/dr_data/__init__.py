@@ -1,0 +1,1 @@
+"""dr-data: turn reports, corpora and teacher runs into deep-research training data."""

@@ -1,0 +1,1 @@
+"""dr-serve: inference-engine launchers (vLLM, transformers serve) and the research API."""

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Make .venv and install everything dr needs on a fresh machine: torch, the workspace packages
+# (editable), and the dev tools. Does nothing when the pyproject files have not changed since last time.
+#   PYTHON=python3.12 bash scripts/setup.sh        # another interpreter (3.11 or newer)
+#   DR_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh   # CPU torch elsewhere
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+venv=${DR_VENV:-.venv}
+stamp="$venv/.dr-setup"
+want=$(cat scripts/setup.sh pyproject.toml packages/*/pyproject.toml kernels/pyproject.toml | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "setup: dr needs Python 3.11 or newer; set PYTHON=..." >&2
+    exit 1
+}
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+# torch first and pinned: a bare `torch` requirement from a package would pull a multi-GB CUDA build.
+if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+    "${pip[@]}" ${DR_TORCH_INDEX:+--index-url "$DR_TORCH_INDEX"} "torch==2.13.0"
+fi
+"${pip[@]}" \
+    -e packages/dr-core -e packages/dr-agent -e packages/dr-judge -e packages/dr-data \
+    -e kernels -e packages/dr-train -e packages/dr-serve -e packages/dr-bench \
+    -e ".[dev]"
+echo "$want" >"$stamp"
+echo "setup: ready in $venv" >&2
