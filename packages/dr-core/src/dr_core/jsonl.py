@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import os
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar, overload
@@ -50,50 +50,87 @@ def _compression(path: str | Path) -> str | None:
     return None
 
 
-def _open_binary_read(path: str | Path, compression: str | None) -> IO[bytes]:
+def _open_binary_read(path: str | Path) -> IO[bytes]:
     if str(path) == STDIO:
         return sys.stdin.buffer
     try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        return open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not a JSONL file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
-    if compression == "gz":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if compression == "zst":
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader)  # type: ignore[arg-type]
-    return raw
 
 
-def _stream_errors() -> tuple[type[BaseException], ...]:
+class _Truncated(Exception):
+    """A compressed stream that ends before its end-of-stream marker."""
+
+
+def _decompressed(fh: IO[bytes], compression: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+    """Decompressed bytes of a gzip or zstd stream (several members/frames allowed), chunk by chunk.
+
+    Done by hand rather than with GzipFile so that every byte before a truncation is delivered first.
+    """
     import zstandard
 
-    return (EOFError, gzip.BadGzipFile, zstandard.ZstdError, OSError)
+    def new() -> Any:
+        if compression == "gz":
+            return zlib.decompressobj(wbits=31)  # 16 + 15: one gzip member, header and trailer
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    decoder = new()
+    started = False
+    while True:
+        data = fh.read(chunk_size)
+        if not data:
+            break
+        while data:
+            started = True
+            try:
+                out = decoder.decompress(data)
+            except (zlib.error, zstandard.ZstdError) as exc:
+                raise _Truncated(f"damaged stream: {exc}") from None
+            if out:
+                yield out
+            if not decoder.eof:
+                break
+            data = decoder.unused_data
+            if data.strip(b"\0") == b"":
+                data = b""  # padding after the last member
+            else:
+                decoder = new()
+                started = False
+    if started and not decoder.eof:
+        raise _Truncated("ends before its end-of-stream marker")
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes, bool]]:
-    """Yield (line number, line without its newline, whether it ended with a newline), blank lines skipped."""
+def _raw_lines(fh: IO[bytes], compression: str | None) -> Iterator[bytes]:
+    """Lines with their newline (the last may lack one), one at a time."""
+    if compression is None:
+        yield from iter(fh.readline, b"")
+        return
+    pending = b""
+    for chunk in _decompressed(fh, compression):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def iter_lines(path: str | Path, named: str | Path | None = None) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield (line number, line without its newline, whether it ended with a newline), blank lines skipped.
+
+    Compression follows the suffix of `named` (default: `path` itself).
+    """
     name = display_name(path)
-    compression = None if str(path) == STDIO else _compression(path)
-    fh = _open_binary_read(path, compression)
+    compression = None if str(path) == STDIO else _compression(named or path)
+    fh = _open_binary_read(path)
     lineno = 0
     try:
-        while True:
-            try:
-                line = fh.readline()
-            except _stream_errors() as exc:
-                raise InputError(
-                    f"{name}: the compressed stream is damaged or ends early after line {lineno} ({exc}); "
-                    "the file may be incomplete"
-                ) from None
-            if not line:
-                return
+        for line in _raw_lines(fh, compression):
             lineno += 1
             ended = line.endswith(b"\n")
             body = line.rstrip(b"\r\n")
@@ -101,6 +138,10 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes, bool]]:
                 body = body[3:]  # a UTF-8 byte-order mark some editors write
             if body.strip():
                 yield lineno, body, ended
+    except _Truncated as exc:
+        raise InputError(
+            f"{name}: the compressed stream {exc} (after line {lineno}); the file may be incomplete"
+        ) from None
     finally:
         if fh is not sys.stdin.buffer:
             fh.close()
@@ -133,7 +174,7 @@ def parse_line(body: bytes, kind: type[R] | None, ended: bool, name: str, lineno
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{where}: invalid UTF-8 at byte {exc.start} of the line") from None
+        raise InputError(f"{where}: invalid UTF-8 at byte offset {exc.start} of the line") from None
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -308,7 +349,7 @@ class RecordWriter:
         if compression == "zst":
             import zstandard
 
-            return zstandard.ZstdCompressor().stream_writer(raw, closefd=False)  # type: ignore[return-value]
+            return zstandard.ZstdCompressor(write_checksum=True).stream_writer(raw, closefd=False)  # type: ignore[return-value]
         return raw
 
     def _merge_previous(self, final: Path, tmp: Path) -> None:
@@ -324,7 +365,7 @@ class RecordWriter:
         with open(merge, "wb") as raw:
             fh = self._compressor(raw, final)
             for path in sources:
-                for body in self._whole_lines(path):
+                for body in self._whole_lines(path, final):
                     fh.write(body + b"\n")
                     self.carried += 1
             if fh is not raw:
@@ -333,8 +374,8 @@ class RecordWriter:
             os.fsync(raw.fileno())
         os.replace(merge, tmp)
 
-    def _whole_lines(self, path: Path) -> Iterator[bytes]:
-        lines = iter_lines(path)
+    def _whole_lines(self, path: Path, final: Path) -> Iterator[bytes]:
+        lines = iter_lines(path, named=final)
         while True:
             try:
                 _, body, _ = next(lines)
