@@ -24,8 +24,12 @@ GROUPS = [
     ("data", "dr_data.cli"),
     ("train", "dr_train.cli"),
     ("judge", "dr_judge.cli"),
-    ("serve", "dr_serve.cli"),
     ("bench", "dr_bench.cli"),
+]
+# (command name, module, function): packages whose entry point is one command rather than a group
+COMMANDS = [
+    ("research", "dr_agent.cli", "research"),
+    ("serve", "dr_serve.cli", "serve"),
 ]
 
 
@@ -91,8 +95,9 @@ def build_app() -> typer.Typer:
         settings.use_config_file(config)
 
     for name, module in GROUPS:
-        sub = importlib.import_module(module).app
-        app.add_typer(sub, name=name)
+        app.add_typer(importlib.import_module(module).app, name=name)
+    for name, module, function in COMMANDS:
+        app.command(name)(getattr(importlib.import_module(module), function))
 
     from dr_cli import commands
 

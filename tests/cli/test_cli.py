@@ -104,7 +104,7 @@ def test_skip_writes_rejects_beside_the_output(tmp_path):
         json.loads(line) for line in (tmp_path / "out.jsonl.gz.rejects.jsonl").read_bytes().splitlines()
     ]
     assert [(r["line"], r["raw"]) for r in rejects] == [(2, "{broken")]
-    assert b"1 bad input lines skipped" in result.stderr
+    assert b"1 records rejected; kept with their errors in" in result.stderr
 
 
 def test_bad_choice_for_on_error_is_a_usage_error(tmp_path):

@@ -28,6 +28,11 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
     assert cfg.api_key is None  # a flag left at None means "not given"
 
 
+def test_empty_environment_variables_count_as_unset():
+    cfg = resolve(LLMConfig, "llm", {}, environ={"DR_LLM_MODEL": ""}, file=None)
+    assert cfg.model == LLMConfig().model
+
+
 def test_nested_sections_and_their_environment_names(tmp_path):
     path = config_file(tmp_path, '[judge.llm]\nmodel = "judge-model"\n')
     cfg = resolve(LLMConfig, "judge.llm", {}, environ={"DR_JUDGE_LLM_TIMEOUT_S": "30"}, file=path)

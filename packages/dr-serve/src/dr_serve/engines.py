@@ -1,0 +1,135 @@
+"""Inference-engine command lines: vLLM's OpenAI server when installed, else `transformers serve`.
+
+Flags are named as vLLM names them (`--tensor-parallel-size` beside `--tp`), and what the checkpoint
+says (context length, rope scaling, model family) fills in what the user did not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from dr_core.engines import available
+from dr_core.errors import ConfigError, MissingDependency
+
+# vLLM tool-call parsers by Hugging Face model_type: Qwen2/2.5/3 write Hermes-style <tool_call> blocks.
+TOOL_PARSERS = {
+    "qwen2": "hermes",
+    "qwen2_moe": "hermes",
+    "qwen3": "hermes",
+    "qwen3_moe": "hermes",
+    "llama": "llama3_json",
+    "mistral": "mistral",
+}
+
+
+class EngineSpec(BaseModel):
+    """What to serve and how; one field per `dr serve` flag."""
+
+    model: str
+    engine: str = Field("auto", description="auto, vllm or transformers")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = None
+    served_model_name: str | None = None
+    tool_call_parser: str | None = None
+    rope_scaling: dict[str, Any] | None = None
+    dtype: str = "auto"
+    gpu_memory_utilization: float | None = None
+    device: str = "auto"
+    extra: list[str] = Field(default_factory=list, description="Passed to the engine untouched.")
+
+
+def model_config(model: str) -> dict[str, Any] | None:
+    """The checkpoint's config.json when `model` is a local folder, else None (a hub name)."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    return config if isinstance(config, dict) else None
+
+
+def rope_scaling_of(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The rope scaling a checkpoint declares (transformers 4: rope_scaling; 5: rope_parameters)."""
+    for key in ("rope_scaling", "rope_parameters"):
+        value = config.get(key)
+        if isinstance(value, dict) and (value.get("rope_type") or value.get("type")) not in (None, "default"):
+            return value
+    return None
+
+
+def context_length(config: dict[str, Any], rope_override: dict[str, Any] | None = None) -> int | None:
+    """The context the checkpoint supports: the scaled length under YaRN/linear/dynamic scaling."""
+    scaling = rope_override or rope_scaling_of(config)
+    if scaling and scaling.get("factor"):
+        original = scaling.get("original_max_position_embeddings") or config.get("max_position_embeddings")
+        if original:
+            return int(float(scaling["factor"]) * int(original))
+    value = config.get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def choose_engine(requested: str) -> str:
+    if requested == "auto":
+        return "vllm" if available("vllm") else "transformers"
+    if requested == "vllm" and not available("vllm"):
+        raise MissingDependency("--engine vllm needs vLLM, which is not installed: pip install vllm")
+    if requested == "transformers" and not available("transformers"):
+        raise MissingDependency(
+            "--engine transformers needs transformers: pip install 'transformers[serving]'"
+        )
+    if requested not in ("vllm", "transformers"):
+        raise ConfigError(f"unknown engine {requested!r}; known: auto, vllm, transformers")
+    return requested
+
+
+def _executable(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def engine_command(spec: EngineSpec) -> tuple[str, list[str], str]:
+    """(engine, argv, model name clients send) serving `spec` with an OpenAI-compatible API."""
+    engine = choose_engine(spec.engine)
+    config = model_config(spec.model) or {}
+    if engine == "vllm":
+        argv = [_executable("vllm"), "serve", spec.model, "--host", spec.host, "--port", str(spec.port)]
+        served = spec.served_model_name or Path(spec.model.rstrip("/")).name
+        argv += ["--served-model-name", served]
+        argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
+        argv += ["--pipeline-parallel-size", str(spec.pipeline_parallel_size)]
+        length = spec.max_model_len or context_length(config, spec.rope_scaling)
+        if length:
+            argv += ["--max-model-len", str(length)]
+        if spec.rope_scaling:
+            # rope scaling the checkpoint lacks: vLLM reads config.json, so override that
+            argv += ["--hf-overrides", json.dumps({"rope_scaling": spec.rope_scaling})]
+        parser = spec.tool_call_parser or TOOL_PARSERS.get(str(config.get("model_type", "")))
+        if parser:
+            argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+        argv += ["--dtype", spec.dtype]
+        if spec.gpu_memory_utilization is not None:
+            argv += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+        return engine, argv + spec.extra, served
+    if spec.tensor_parallel_size > 1 or spec.pipeline_parallel_size > 1:
+        raise MissingDependency("tensor or pipeline parallel serving needs vLLM: pip install vllm")
+    if spec.rope_scaling:
+        raise ConfigError(
+            "--rope-scaling needs vLLM; with transformers serve, set rope scaling in config.json"
+        )
+    if spec.served_model_name and spec.served_model_name != spec.model:
+        raise ConfigError("transformers serve answers only to the model as given; drop --served-model-name")
+    argv = [_executable("transformers"), "serve", spec.model, "--host", spec.host, "--port", str(spec.port)]
+    argv += ["--continuous-batching", "--device", spec.device, "--dtype", spec.dtype]
+    # transformers serve pins the model it was started with and refuses any other name
+    return engine, argv + spec.extra, spec.model

@@ -1,0 +1,108 @@
+"""Engine command construction: vLLM flags from the checkpoint and the user's flags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dr_core.errors import ConfigError, MissingDependency
+from dr_serve import engines
+from dr_serve.engines import EngineSpec, context_length, engine_command
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    config = {
+        "model_type": "qwen2",
+        "max_position_embeddings": 32768,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+@pytest.fixture
+def with_vllm(monkeypatch):
+    monkeypatch.setattr(engines, "available", lambda name: name in ("vllm", "transformers"))
+
+
+def test_vllm_command_takes_context_length_and_tool_parser_from_the_checkpoint(checkpoint, with_vllm):
+    engine, argv, served = engine_command(
+        EngineSpec(model=str(checkpoint), tensor_parallel_size=4, port=9000)
+    )
+    assert engine == "vllm" and argv[1:3] == ["serve", str(checkpoint)]
+    flags = dict(zip(argv[3::2], argv[4::2], strict=False))
+    assert argv[0].endswith("vllm")
+    assert "--enable-auto-tool-choice" in argv
+    i = argv.index("--tool-call-parser")
+    assert argv[i + 1] == "hermes"
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
+    assert argv[argv.index("--pipeline-parallel-size") + 1] == "1"
+    assert argv[argv.index("--max-model-len") + 1] == "131072"  # 4 x 32768 under YaRN
+    assert argv[argv.index("--port") + 1] == "9000"
+    assert served == checkpoint.name and argv[argv.index("--served-model-name") + 1] == served
+    assert "--hf-overrides" not in argv  # vLLM reads the checkpoint's own rope scaling
+    assert flags  # parsed without error
+
+
+def test_user_flags_override_and_extra_flags_pass_through(checkpoint, with_vllm):
+    spec = EngineSpec(
+        model=str(checkpoint),
+        max_model_len=65536,
+        tool_call_parser="llama3_json",
+        rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32768},
+        served_model_name="dr-32b",
+        gpu_memory_utilization=0.85,
+        extra=["--enforce-eager", "--seed", "7"],
+    )
+    _, argv, served = engine_command(spec)
+    assert argv[argv.index("--max-model-len") + 1] == "65536"
+    assert argv[argv.index("--tool-call-parser") + 1] == "llama3_json"
+    assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"rope_scaling": spec.rope_scaling}
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.85"
+    assert argv[-3:] == ["--enforce-eager", "--seed", "7"] and served == "dr-32b"
+
+
+def test_context_length_rules():
+    assert context_length({"max_position_embeddings": 4096}) == 4096
+    linear = {"max_position_embeddings": 8192, "rope_scaling": {"type": "linear", "factor": 2}}
+    assert context_length(linear) == 16384
+    v5 = {"max_position_embeddings": 32768, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    assert context_length(v5) == 32768
+
+
+def test_without_vllm_transformers_serve_is_used_and_parallelism_is_refused(checkpoint, monkeypatch):
+    monkeypatch.setattr(engines, "available", lambda name: name == "transformers")
+    engine, argv, served = engine_command(EngineSpec(model=str(checkpoint), device="cpu"))
+    assert engine == "transformers" and argv[1:3] == ["serve", str(checkpoint)]
+    assert "--continuous-batching" in argv and argv[argv.index("--device") + 1] == "cpu"
+    assert served == str(checkpoint)  # transformers serve answers to the model as given
+    with pytest.raises(MissingDependency, match="tensor or pipeline parallel serving needs vLLM"):
+        engine_command(EngineSpec(model=str(checkpoint), tensor_parallel_size=4))
+    with pytest.raises(MissingDependency, match="--engine vllm needs vLLM"):
+        engine_command(EngineSpec(model=str(checkpoint), engine="vllm"))
+    with pytest.raises(ConfigError, match="unknown engine 'tgi'"):
+        engine_command(EngineSpec(model=str(checkpoint), engine="tgi"))
+
+
+def test_dry_run_prints_the_command(checkpoint):
+    cmd = [
+        sys.executable,
+        "-m",
+        "dr_cli.main",
+        "serve",
+        str(checkpoint),
+        "--engine",
+        "transformers",
+        "--dry-run",
+    ]
+    result = subprocess.run([*cmd, "--port", "8123", "--", "--log-level", "info"], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.decode().strip()
+    assert f"serve {checkpoint} --host 127.0.0.1 --port 8123 --continuous-batching" in line
+    assert line.endswith("--log-level info")
+    bad = subprocess.run([*cmd, "--rope-scaling", "{yarn"], capture_output=True)
+    assert bad.returncode == 2 and b"--rope-scaling: not JSON" in bad.stderr

@@ -1,0 +1,108 @@
+"""`dr serve` with transformers serve and a tiny random model: the agent survives garbage output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from dr_agent.agent import AgentConfig, ResearchAgent
+from dr_agent.index import LocalIndex
+from dr_agent.search import LocalBackend
+from dr_core.llm import LLMClient, LLMConfig
+from support.asgi import free_port
+from support.tiny_model import tiny_qwen2
+
+
+def wait_ok(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} not ready")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, drb_index):
+    model = tiny_qwen2(tmp_path_factory.mktemp("tiny") / "tiny-qwen2")
+    port, api_port = free_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "dr_cli.main",
+        "serve",
+        str(model),
+        "--engine",
+        "transformers",
+        "--device",
+        "cpu",
+    ]
+    cmd += ["--port", str(port), "--api-port", str(api_port), "--index", str(drb_index), "--api-key", "k"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_ok(f"http://127.0.0.1:{api_port}/health", proc)
+        yield {
+            "model": str(model),
+            "engine": f"http://127.0.0.1:{port}/v1",
+            "api": f"http://127.0.0.1:{api_port}",
+        }
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_agent_runs_against_a_random_model_without_crashing(served, drb_index):
+    llm = LLMClient(LLMConfig(base_url=served["engine"], model=served["model"], max_retries=1, backoff_s=0.1))
+    config = AgentConfig(max_steps=3, max_output_tokens=48, context_window=4096, temperature=0.7)
+    trajectory = ResearchAgent(llm, LocalBackend(LocalIndex(drb_index)), None, config).run(
+        "Who founded Velmora?"
+    )
+    assert trajectory.stop_reason in ("step_budget", "answered", "context_limit"), trajectory.meta
+    assert trajectory.steps >= 1 and trajectory.usage.completion_tokens > 0
+    assert trajectory.messages[0].role == "system" and trajectory.messages[2].role == "assistant"
+
+
+def test_the_research_api_beside_the_engine_answers_and_needs_the_key(served):
+    assert httpx.post(f"{served['api']}/v1/research", json={"question": "q"}).status_code == 401
+    response = httpx.post(
+        f"{served['api']}/v1/research",
+        json={"question": "Who founded Velmora?", "stream": False, "max_steps": 2},
+        headers={"Authorization": "Bearer k"},
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    run = response.json()
+    assert run["status"] == "done", run
+    assert run["trajectory"]["steps"] >= 1 and run["trajectory"]["model"] == served["model"]
+
+
+def test_sigterm_stops_the_engine_and_the_api(tmp_path, drb_index):
+    model = tiny_qwen2(tmp_path / "tiny")
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "dr_cli.main",
+        "serve",
+        str(model),
+        "--engine",
+        "transformers",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_ok(f"http://127.0.0.1:{port}/health", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

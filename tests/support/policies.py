@@ -1,0 +1,45 @@
+"""Scripted research policies for the scripted OpenAI server: they read the conversation and act."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from support.openai_server import Reply
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    return [m.get("content") or "" for m in body["messages"] if m["role"] == "tool"]
+
+
+def call(name: str, **arguments: Any) -> dict[str, Any]:
+    return {"name": name, "arguments": arguments}
+
+
+def researcher(query: str, answer_template: str = "The answer is in \\cite{{{id}}}.") -> Any:
+    """plan -> search `query` -> open the first hit -> answer citing it."""
+
+    def policy(body: dict[str, Any]) -> Reply:
+        results = tool_results(body)
+        if not results:
+            return Reply(
+                content="Let me plan.", tool_calls=[call("plan", action="create", items=["find it"])]
+            )
+        if len(results) == 1:
+            return Reply(content=None, tool_calls=[call("search", queries=[query])])
+        if len(results) == 2:
+            first = re.search(r"^\[([^\]]+)\]", results[-1].split("\n", 1)[1], re.MULTILINE)
+            return Reply(content="Opening the best hit.", tool_calls=[call("open", ids=[first.group(1)])])
+        opened = re.search(r"^# \[([^\]]+)\]", results[-1], re.MULTILINE)
+        return Reply(
+            content=None, tool_calls=[call("answer", text=answer_template.format(id=opened.group(1)))]
+        )
+
+    return policy
+
+
+def as_text_calls(reply: Reply) -> Reply:
+    """The same reply, but with tool calls written as <tool_call> text the server does not parse."""
+    blocks = "".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in reply.tool_calls)
+    return Reply(content=(reply.content or "") + blocks, tool_calls=[])

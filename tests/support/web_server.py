@@ -1,0 +1,66 @@
+"""A static web server on loopback: pages by path, with status, content type, redirects and delays."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Page:
+    body: bytes = b""
+    content_type: str = "text/html; charset=utf-8"
+    status: int = 200
+    location: str | None = None
+    delay_s: float = 0.0
+
+
+@dataclass
+class WebServer:
+    pages: dict[str, Page]
+    url: str = ""
+    hits: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def web_server(pages: dict[str, Page]) -> Iterator[WebServer]:
+    state = WebServer(pages)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            state.hits.append(self.path)
+            page = state.pages.get(self.path)
+            if page is None:
+                self.send_response(404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            if page.delay_s:
+                time.sleep(page.delay_s)
+            self.send_response(page.status)
+            if page.location:
+                self.send_header("location", page.location)
+            self.send_header("content-type", page.content_type)
+            self.send_header("content-length", str(len(page.body)))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(page.body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
