@@ -34,9 +34,19 @@ def test_empty_environment_variables_count_as_unset():
 
 
 def test_nested_sections_and_their_environment_names(tmp_path):
-    path = config_file(tmp_path, '[judge.llm]\nmodel = "judge-model"\n')
+    from pydantic import BaseModel
+
+    from dr_core.config import is_configured
+
+    class JudgeConfig(BaseModel):
+        votes: int = 1
+
+    path = config_file(tmp_path, '[judge]\nvotes = 3\n\n[judge.llm]\nmodel = "judge-model"\n')
     cfg = resolve(LLMConfig, "judge.llm", {}, environ={"DR_JUDGE_LLM_TIMEOUT_S": "30"}, file=path)
     assert (cfg.model, cfg.timeout_s) == ("judge-model", 30.0)
+    assert resolve(JudgeConfig, "judge", {}, environ={}, file=path).votes == 3  # [judge.llm] is not a setting
+    assert is_configured(LLMConfig, "judge.llm", {}, environ={}, file=path)
+    assert not is_configured(LLMConfig, "judge.llm", {"model": None}, environ={}, file=None)
 
 
 def test_errors_name_where_the_bad_value_came_from(tmp_path):

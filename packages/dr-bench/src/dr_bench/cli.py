@@ -1,5 +1,172 @@
 """`dr bench`: run suites, report scores, compare systems."""
 
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
+from dr_agent.cli import IndexOpt, MaxSteps, MaxTime, MaxTokens, NoWeb, SearchOpt, Temperature, Window
+from dr_core.options import ApiKey, BaseUrl, Model, Output, Resume
+from dr_judge.cli import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
+
 app = typer.Typer(help="Benchmark agents on research and deep-search suites.", no_args_is_help=True)
+
+DrbDir = Annotated[Path, typer.Option(help="The DeepResearch Bench folder (query.jsonl, criteria.jsonl).")]
+
+
+def _needs_model(task: Any) -> bool:
+    if task.answer is not None and (task.type == "deep_search" or not task.checklist):
+        return False
+    return any(item.check is None for item in task.checklist)
+
+
+@app.command()
+def run(
+    suite: Annotated[str, typer.Option(help="Task JSONL file, or 'drb' for DeepResearch Bench.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: trajectories, judgments, summary.")],
+    concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
+    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.", show_default=False)] = None,
+    resume: Resume = False,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    api_key: ApiKey = None,
+    search: SearchOpt = None,
+    index: IndexOpt = None,
+    max_steps: MaxSteps = None,
+    max_tokens: MaxTokens = None,
+    max_time: MaxTime = None,
+    context_window: Window = None,
+    temperature: Temperature = None,
+    no_web: NoWeb = False,
+    judge_base_url: JudgeUrl = None,
+    judge_model: JudgeModel = None,
+    judge_api_key: JudgeKey = None,
+    mode: ModeOpt = None,
+    votes: VotesOpt = None,
+    drb_dir: DrbDir = Path("data/deepresearch_bench"),
+) -> None:
+    """Run the agent on every task of a suite, judge each trajectory, and summarize. Stop it any time:
+    --resume skips tasks already run (and judges any left unjudged). The summary goes to stdout as JSON."""
+    import orjson
+
+    from dr_agent.build import build_agent
+    from dr_bench.report import print_table
+    from dr_bench.runner import run_suite
+    from dr_bench.suites import load_suite
+    from dr_core.errors import ConfigError
+    from dr_judge.cli import make_judge
+
+    tasks = load_suite(suite, drb_dir)[:limit]
+    judge = make_judge(judge_base_url, judge_model, judge_api_key, mode=mode, votes=votes)
+    if judge.llm is None and any(_needs_model(t) for t in tasks):
+        raise ConfigError(
+            "these tasks have checklist items without deterministic checks: give a judge model "
+            "(--judge-base-url/--judge-model or DR_JUDGE_LLM_*)"
+        )
+    agent = build_agent(
+        llm={"base_url": base_url, "model": model, "api_key": api_key},
+        search={"backend": search, "index": index},
+        agent={
+            "max_steps": max_steps,
+            "max_tokens": max_tokens,
+            "max_time_s": max_time,
+            "context_window": context_window,
+            "temperature": temperature,
+        },
+        web=not no_web,
+    )
+    summary = run_suite(tasks, agent, judge, out, concurrency=concurrency, resume=resume)
+    print_table([summary])
+    sys.stdout.buffer.write(orjson.dumps(summary) + b"\n")
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or judgments files).")],
+    markdown: Annotated[Path | None, typer.Option(help="Also write a markdown table here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw scores (overall and by category) to this PNG.")
+    ] = None,
+) -> None:
+    """Mean scores with 95% bootstrap intervals, per-category breakdown and cost, one JSON line per run."""
+    import orjson
+
+    from dr_bench import report as reports
+
+    summaries = [reports.summarize(run) for run in runs]
+    reports.print_table(summaries)
+    if markdown is not None:
+        markdown.write_text(reports.markdown(summaries))
+    if plot is not None:
+        reports.plot(summaries, plot)
+    for summary in summaries:
+        sys.stdout.buffer.write(orjson.dumps(summary) + b"\n")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (or judgments files).")],
+    margin: Annotated[float, typer.Option(help="Score differences up to this count as ties.")] = 0.02,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the Elo intervals.")] = 1000,
+    markdown: Annotated[Path | None, typer.Option(help="Also write markdown tables here.")] = None,
+) -> None:
+    """Task-by-task comparison: win / tie / loss for every pair (win rate = (win + 0.5 tie) / n) and, across
+    all systems, Bradley-Terry ratings on the Elo scale with 95% intervals. JSON on stdout."""
+    import orjson
+
+    from dr_bench.rating import pairwise, ratings
+    from dr_bench.report import load_judgments
+    from dr_core.errors import InputError
+    from dr_core.log import console
+
+    if len(runs) < 2:
+        raise InputError("compare needs at least two runs")
+    scores = [{j.task_id or j.target_id: j.score for j in load_judgments(run)} for run in runs]
+    names = [str(run) for run in runs]
+    pairs = []
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            pairs.append({"a": names[i], "b": names[j], **pairwise(scores[i], scores[j], margin)})
+    rated = ratings(scores, margin, resamples)
+    result = {"pairs": pairs, "ratings": [{"run": n, **r} for n, r in zip(names, rated, strict=True)]}
+    from rich.table import Table
+
+    table = Table(title="pairwise (A vs B)")
+    for column in ("A", "B", "n", "win", "tie", "loss", "win rate"):
+        table.add_column(column)
+    for p in pairs:
+        table.add_row(
+            p["a"], p["b"], str(p["n"]), str(p["win"]), str(p["tie"]), str(p["loss"]), f"{p['win_rate']:.3f}"
+        )
+    console().print(table)
+    lines = ["| A | B | n | win | tie | loss | win rate |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"| {p['a']} | {p['b']} | {p['n']} | {p['win']} | {p['tie']} | {p['loss']} | {p['win_rate']:.3f} |"
+        for p in pairs
+    ]
+    lines += ["", "| run | Elo | 95% CI |", "|---|---:|---|"]
+    lines += [
+        f"| {r['run']} | {r['elo']:.0f} | {r['ci95'][0]:.0f}-{r['ci95'][1]:.0f} |" for r in result["ratings"]
+    ]
+    for r in result["ratings"]:
+        console().print(f"{r['run']}: Elo {r['elo']:.0f} ({r['ci95'][0]:.0f}-{r['ci95'][1]:.0f})")
+    if markdown is not None:
+        markdown.write_text("\n".join(lines) + "\n")
+    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+
+
+@app.command("import-drb")
+def import_drb_command(
+    data: DrbDir = Path("data/deepresearch_bench"),
+    output: Output = "-",
+) -> None:
+    """DeepResearch Bench as a suite of Task records: its RACE criteria become weighted checklist items."""
+    from dr_bench.suites import import_drb
+    from dr_core.jsonl import RecordWriter
+
+    with RecordWriter(output) as writer:
+        for task in import_drb(data):
+            writer.write(task)

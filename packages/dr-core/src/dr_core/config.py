@@ -58,15 +58,14 @@ def _section(data: dict[str, Any], section: str, path: Path) -> dict[str, Any]:
     return dict(node)
 
 
-def resolve(
-    cls: type[S],
+def _collect(
+    cls: type[BaseModel],
     section: str,
-    flags: Mapping[str, Any] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    file: Path | None = None,
-) -> S:
-    """Build `cls` from its defaults, the config file's [section], DR_<SECTION>_* variables and flags."""
+    flags: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None,
+    file: Path | None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values given for `section` (file, then environment, then flags) and where each came from."""
     environ = os.environ if environ is None else environ
     file = file if file is not None else config_file()
     values: dict[str, Any] = {}
@@ -75,6 +74,8 @@ def resolve(
 
     if file is not None:
         for key, value in _section(_read_toml(file), section, file).items():
+            if key not in fields and isinstance(value, dict):
+                continue  # a subsection, such as [judge.llm] inside [judge]
             if key not in fields:
                 known = ", ".join(sorted(fields))
                 raise ConfigError(f"{file}: [{section}] has unknown setting {key!r}; known: {known}")
@@ -94,7 +95,31 @@ def resolve(
             raise ValueError(f"{cls.__name__} has no setting {name!r}")
         values[name] = value
         origin[name] = f"--{name.replace('_', '-')}"
+    return values, origin
 
+
+def is_configured(
+    cls: type[BaseModel],
+    section: str,
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    file: Path | None = None,
+) -> bool:
+    """Whether any setting of `section` is given at all (by flag, environment or file)."""
+    return bool(_collect(cls, section, flags, environ, file)[0])
+
+
+def resolve(
+    cls: type[S],
+    section: str,
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    file: Path | None = None,
+) -> S:
+    """Build `cls` from its defaults, the config file's [section], DR_<SECTION>_* variables and flags."""
+    values, origin = _collect(cls, section, flags, environ, file)
     try:
         return cls.model_validate(values)
     except ValidationError as exc:

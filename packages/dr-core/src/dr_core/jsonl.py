@@ -26,8 +26,8 @@ STDIO = "-"
 OnError = Literal["fail", "skip"]
 R = TypeVar("R", bound=BaseModel)
 
-# A failed write to a file must not leave a half line, so files are flushed at most this often;
-# stdout is flushed every record so pipes stream.
+# Files are flushed this often by default (a killed run keeps what was flushed, for --resume); writers of
+# costly records flush every one (flush_interval_s=0). stdout is flushed every record so pipes stream.
 FILE_FLUSH_INTERVAL_S = 1.0
 
 
@@ -320,8 +320,10 @@ class RecordWriter:
         *,
         resume: bool = False,
         key: Callable[[dict[str, Any]], Any] = default_key,
+        flush_interval_s: float = FILE_FLUSH_INTERVAL_S,
     ) -> None:
         self.path = path
+        self.flush_interval_s = flush_interval_s
         self.resume = resume
         self.key = key
         self.done: set[Any] = set()
@@ -421,7 +423,7 @@ class RecordWriter:
             now = time.monotonic()
             if self.to_stdout:
                 self._fh.flush()
-            elif now - self._last_flush >= FILE_FLUSH_INTERVAL_S:
+            elif now - self._last_flush >= self.flush_interval_s:
                 self._flush_file()
                 self._last_flush = now
         except BrokenPipeError:

@@ -115,6 +115,7 @@ class ChecklistItem(Strict):
     polarity: Literal["positive", "negative"] = "positive"
     kind: Literal["explicit", "implicit"] = "explicit"
     category: str | None = Field(None, description="A grouping such as a rubric dimension.")
+    fatal: bool = Field(False, description="A flaw so grave that its presence makes the whole score 0.")
     check: Check | None = None
 
 

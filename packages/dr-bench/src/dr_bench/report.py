@@ -1,0 +1,123 @@
+"""Summaries of bench runs: mean scores with bootstrap intervals, per-category breakdown, cost; as a rich
+table, markdown, and PNG plots."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from dr_core.errors import InputError
+from dr_core.jsonl import read_records
+from dr_core.records import Judgment
+from dr_judge.stats import mean_ci
+
+
+def load_judgments(run: Path) -> list[Judgment]:
+    path = run / "judgments.jsonl" if run.is_dir() else run
+    if not path.exists():
+        raise InputError(f"{run}: no judgments.jsonl (is it a `dr bench run` folder?)")
+    return list(read_records(str(path), Judgment))
+
+
+def summarize(run: Path, seed: int = 0) -> dict[str, Any]:
+    """Scores and costs of one run folder (or judgments file)."""
+    judgments = load_judgments(run)
+    summary: dict[str, Any] = {"run": str(run), "n": len(judgments)}
+    if not judgments:
+        return summary
+    scores = [j.score for j in judgments]
+    mean, low, high = mean_ci(scores, seed=seed)
+    summary["score"] = {"mean": mean, "ci95": [low, high]}
+    groups: dict[str, list[float]] = defaultdict(list)
+    for j in judgments:
+        groups[str(j.meta.get("category") or "uncategorized")].append(j.score)
+    summary["categories"] = {
+        name: {"n": len(values), "mean": sum(values) / len(values)} for name, values in sorted(groups.items())
+    }
+    for field in ("tool_calls", "steps", "tokens", "wall_s", "cost_usd"):
+        values = [float(j.meta.get(field) or 0) for j in judgments]
+        summary[field] = {"mean": sum(values) / len(values), "total": sum(values)}
+    summary["stop_reasons"] = dict(Counter(str(j.meta.get("stop_reason")) for j in judgments))
+    return summary
+
+
+def markdown(summaries: list[dict[str, Any]]) -> str:
+    lines = [
+        "| run | n | score (95% CI) | tool calls | tokens | time (s) | cost (USD) |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        if "score" not in s:
+            lines.append(f"| {s['run']} | 0 | - | - | - | - | - |")
+            continue
+        low, high = s["score"]["ci95"]
+        lines.append(
+            f"| {s['run']} | {s['n']} | {s['score']['mean']:.3f} ({low:.3f}-{high:.3f}) | "
+            f"{s['tool_calls']['mean']:.1f} | {s['tokens']['mean']:.0f} | {s['wall_s']['mean']:.1f} | "
+            f"{s['cost_usd']['total']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def print_table(summaries: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from dr_core.log import console
+
+    table = Table(title="dr bench")
+    for column in ("run", "n", "score", "95% CI", "tool calls", "tokens", "time (s)", "cost"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for s in summaries:
+        if "score" not in s:
+            table.add_row(s["run"], "0", "-", "-", "-", "-", "-", "-")
+            continue
+        low, high = s["score"]["ci95"]
+        table.add_row(
+            s["run"],
+            str(s["n"]),
+            f"{s['score']['mean']:.3f}",
+            f"{low:.3f}-{high:.3f}",
+            f"{s['tool_calls']['mean']:.1f}",
+            f"{s['tokens']['mean']:.0f}",
+            f"{s['wall_s']['mean']:.1f}",
+            f"{s['cost_usd']['total']:.2f}",
+        )
+    console().print(table)
+
+
+def plot(summaries: list[dict[str, Any]], path: Path) -> None:
+    """Mean score per run with its interval, and per category, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [s for s in summaries if "score" in s]
+    categories = sorted({c for s in scored for c in s["categories"]})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 2]})
+    names = [Path(s["run"]).name for s in scored]
+    means = [s["score"]["mean"] for s in scored]
+    errors = [
+        [m - s["score"]["ci95"][0] for m, s in zip(means, scored, strict=True)],
+        [s["score"]["ci95"][1] - m for m, s in zip(means, scored, strict=True)],
+    ]
+    axes[0].bar(names, means, yerr=errors, capsize=4, color="#4c72b0")
+    axes[0].set_ylim(0, 1)
+    axes[0].set_ylabel("mean score (95% CI)")
+    axes[0].set_title("overall")
+    width = 0.8 / max(1, len(scored))
+    for i, s in enumerate(scored):
+        xs = [c + i * width for c in range(len(categories))]
+        axes[1].bar(
+            xs, [s["categories"].get(c, {}).get("mean", 0) for c in categories], width, label=names[i]
+        )
+    axes[1].set_xticks([c + width * (len(scored) - 1) / 2 for c in range(len(categories))])
+    axes[1].set_xticklabels(categories, rotation=30, ha="right", fontsize=8)
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("by category")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,125 @@
+"""`dr bench run`: the agent on every task of a suite, each trajectory judged, all of it resumable.
+
+A run folder holds trajectories.jsonl and judgments.jsonl (each written as it goes, flushed per record)
+and summary.json. Resuming skips tasks whose trajectory is already there, and judges trajectories that
+were written but not yet judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dr_core.errors import LLMError
+from dr_core.jsonl import RecordWriter, read_records
+from dr_core.log import logger, progress
+from dr_core.records import Judgment, Task, Trajectory
+
+TRAJECTORIES = "trajectories.jsonl"
+JUDGMENTS = "judgments.jsonl"
+SUMMARY = "summary.json"
+
+
+def run_suite(
+    tasks: list[Task],
+    agent: Any,
+    judge: Any,
+    out: Path,
+    *,
+    concurrency: int = 4,
+    resume: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run and judge every task; returns the summary (also written to out/summary.json)."""
+    from dr_bench.report import summarize
+
+    out.mkdir(parents=True, exist_ok=True)
+    by_id = {task.id: task for task in tasks}
+    traj_writer = RecordWriter(
+        out / TRAJECTORIES, resume=resume, key=lambda r: r.get("task_id"), flush_interval_s=0
+    )
+    judg_writer = RecordWriter(
+        out / JUDGMENTS, resume=resume, key=lambda r: r.get("task_id"), flush_interval_s=0
+    )
+    failures: list[str] = []
+    with traj_writer, judg_writer:
+        # written but never judged (the run was stopped in between): judge them now
+        unjudged = traj_writer.done - judg_writer.done
+        if unjudged:
+            for trajectory in read_records(str(out / TRAJECTORIES), Trajectory):
+                if trajectory.task_id in unjudged and trajectory.task_id in by_id:
+                    judg_writer.write(_judge(judge, by_id[trajectory.task_id], trajectory))
+                    unjudged.discard(trajectory.task_id)
+        todo = [task for task in tasks if task.id not in traj_writer.done]
+        if traj_writer.done:
+            logger.info("resuming: %d of %d tasks already run", len(tasks) - len(todo), len(tasks))
+
+        def work(task: Task) -> tuple[Trajectory, Judgment | None]:
+            trajectory = agent.run(task.question, task_id=task.id, on_event=on_event)
+            if trajectory.stop_reason == "error":
+                return trajectory, None
+            return trajectory, _judge(judge, task, trajectory)
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench") as pool:
+            running: dict[Future[tuple[Trajectory, Judgment | None]], Task] = {}
+            finished = progress(_completed(pool, todo, work, running, concurrency), "bench", total=len(todo))
+            for task, (trajectory, judgment) in finished:
+                if judgment is None:
+                    # a failed run (endpoint down, context overflow) is not a result: it reruns on resume
+                    failures.append(f"{task.id}: {trajectory.meta.get('error')}")
+                    continue
+                traj_writer.write(trajectory)
+                judg_writer.write(judgment)
+    summary = summarize(out)
+    summary["failed"] = len(failures)
+    (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    if failures:
+        shown = "; ".join(failures[:3])
+        raise LLMError(f"{len(failures)} of {len(todo)} tasks failed (rerun with --resume): {shown}")
+    return summary
+
+
+def _completed(
+    pool: ThreadPoolExecutor,
+    todo: list[Task],
+    work: Callable[[Task], Any],
+    running: dict[Future[Any], Task],
+    concurrency: int,
+) -> Any:
+    """(task, result) as they finish, with at most 2 x concurrency tasks submitted at a time."""
+    pending = iter(todo)
+    for task in pending:
+        running[pool.submit(work, task)] = task
+        if len(running) >= 2 * concurrency:
+            break
+    while running:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            task = running.pop(future)
+            yield task, future.result()
+            following = next(pending, None)
+            if following is not None:
+                running[pool.submit(work, following)] = following
+
+
+def _judge(judge: Any, task: Task, trajectory: Trajectory) -> Judgment:
+    judgment = judge.judge(task, trajectory.final, trajectory.id, trajectory.citations)
+    return judgment.model_copy(
+        update={
+            "meta": {
+                **judgment.meta,
+                "category": task.category,
+                "language": task.language,
+                "steps": trajectory.steps,
+                "tool_calls": trajectory.meta.get("tool_calls", 0),
+                "tokens": trajectory.usage.total_tokens,
+                "cost_usd": trajectory.usage.cost_usd,
+                "wall_s": trajectory.wall_s,
+                "stop_reason": trajectory.stop_reason,
+            }
+        }
+    )

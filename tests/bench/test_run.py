@@ -1,0 +1,142 @@
+"""`dr bench run` against an OpenAI-compatible server on loopback: judged results, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from support.openai_server import Reply, scripted_server
+from support.policies import call
+
+DR = [sys.executable, "-m", "dr_cli.main"]
+
+
+def deep_search_suite(path, n):
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"What is the code of item {i}?",
+            "type": "deep_search",
+            "answer": f"code {i}",
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def answering_policy(delay_s=0.0, wrong=()):
+    def policy(body):
+        item = re.search(r"item (\d+)", body["messages"][1]["content"]).group(1)
+        text = f"Answer: code {int(item) + 100 if int(item) in wrong else item}"
+        return Reply(
+            content=None,
+            tool_calls=[call("answer", text=text)],
+            delay_s=delay_s,
+            prompt_tokens=50,
+            completion_tokens=10,
+        )
+
+    return policy
+
+
+def questions(server) -> Counter:
+    return Counter(body["messages"][1]["content"] for body in server.requests)
+
+
+def test_run_judges_exact_answers_and_summarizes(tmp_path, drb_index):
+    suite = deep_search_suite(tmp_path / "suite.jsonl", 6)
+    with scripted_server(answering_policy(wrong={4, 5})) as srv:
+        cmd = [*DR, "bench", "run", "--suite", str(suite), "-o", str(tmp_path / "run"), "--base-url", srv.url]
+        result = subprocess.run([*cmd, "--index", str(drb_index)], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 6 and summary["score"]["mean"] == 4 / 6
+    assert summary["tokens"]["mean"] == 60 and summary["stop_reasons"] == {"answered": 6}
+    judgments = [json.loads(line) for line in (tmp_path / "run" / "judgments.jsonl").read_text().splitlines()]
+    assert {j["task_id"]: j["score"] for j in judgments} == {
+        f"q{i}": (0.0 if i in (4, 5) else 1.0) for i in range(6)
+    }
+    assert all(j["mode"] == "exact" and j["judge"] == "deterministic" for j in judgments)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n"] == 6
+
+
+def test_a_killed_run_resumes_without_rerunning_finished_tasks(tmp_path, drb_index):
+    suite = deep_search_suite(tmp_path / "suite.jsonl", 8)
+    run = tmp_path / "run"
+    partial = run / "trajectories.jsonl.partial"
+    with scripted_server(answering_policy(delay_s=0.3)) as srv:
+        cmd = [*DR, "bench", "run", "--suite", str(suite), "-o", str(run), "--base-url", srv.url]
+        cmd += ["--index", str(drb_index), "--concurrency", "1"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if partial.exists() and partial.read_bytes().count(b"\n") >= 3:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        finished = {
+            json.loads(line)["task_id"] for line in partial.read_bytes().splitlines() if line.endswith(b"}")
+        }
+        assert 3 <= len(finished) < 8
+        assert not (run / "trajectories.jsonl").exists()  # nothing was committed: it was killed
+
+        resumed = subprocess.run([*cmd, "--resume"], capture_output=True)
+        assert resumed.returncode == 0, resumed.stderr
+        asked = questions(srv)
+    for task_id in finished:
+        assert asked[f"What is the code of item {task_id[1:]}?"] == 1, task_id  # never run twice
+    trajectories = [
+        json.loads(line)["task_id"] for line in (run / "trajectories.jsonl").read_text().splitlines()
+    ]
+    judgments = [json.loads(line)["task_id"] for line in (run / "judgments.jsonl").read_text().splitlines()]
+    assert sorted(trajectories) == sorted(judgments) == [f"q{i}" for i in range(8)]
+    assert json.loads(resumed.stdout)["score"]["mean"] == 1.0
+
+
+def test_research_tasks_need_a_judge_model_and_are_scored_by_it(tmp_path, drb_index):
+    suite = tmp_path / "research.jsonl"
+    checklist = [{"id": "a", "text": "covers A"}, {"id": "b", "text": "covers B"}]
+    suite.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"r{i}", "question": f"Report on topic {i}", "checklist": checklist, "category": "cat"}
+            )
+            + "\n"
+            for i in range(2)
+        )
+    )
+    agent_policy = [Reply(content=None, tool_calls=[call("answer", text="A report about A.")])]
+    judge_reply = Reply(
+        content='{"verdicts": [{"id": "a", "verdict": "met"}, {"id": "b", "verdict": "not_met"}]}'
+    )
+    with scripted_server(agent_policy) as agent_srv, scripted_server([judge_reply]) as judge_srv:
+        cmd = [
+            *DR,
+            "bench",
+            "run",
+            "--suite",
+            str(suite),
+            "-o",
+            str(tmp_path / "run"),
+            "--base-url",
+            agent_srv.url,
+            "--index",
+            str(drb_index),
+        ]
+        refused = subprocess.run(cmd, capture_output=True)
+        assert refused.returncode == 2 and b"give a judge model" in refused.stderr
+        result = subprocess.run(
+            [*cmd, "--judge-base-url", judge_srv.url, "--judge-model", "judge"], capture_output=True
+        )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["score"]["mean"] == 0.5 and summary["categories"] == {"cat": {"n": 2, "mean": 0.5}}
+    assert len(judge_srv.requests) == 2 and all(b["model"] == "judge" for b in judge_srv.requests)
