@@ -105,10 +105,14 @@ class ResearchAgent:
         *,
         task_id: str | None = None,
         on_event: Callable[[Event], None] | None = None,
+        history: list[Message] | None = None,
         **sampling: Any,
     ) -> Trajectory:
-        """Research `question` to an answer or a budget; `sampling` overrides request parameters."""
-        return _Run(self, question, task_id, on_event or (lambda event: None), sampling).go()
+        """Research `question` to an answer or a budget; `sampling` overrides request parameters.
+
+        `history` continues an earlier run's conversation (with a new turn appended) under fresh budgets.
+        """
+        return _Run(self, question, task_id, on_event or (lambda event: None), sampling, history).go()
 
 
 class _Run:
@@ -121,6 +125,7 @@ class _Run:
         task_id: str | None,
         emit: Callable[[Event], None],
         sampling: dict[str, Any],
+        history: list[Message] | None = None,
     ) -> None:
         self.agent = agent
         self.cfg = agent.config
@@ -129,10 +134,16 @@ class _Run:
         self.emit = emit
         self.sampling = {"temperature": self.cfg.temperature, **sampling}
         self.box = Toolbox(agent.backend, agent.fetcher, top_k=self.cfg.top_k, page_chars=self.cfg.page_chars)
-        self.messages = [
-            Message(role="system", content=agent.system_prompt),
-            Message(role="user", content=question),
-        ]
+        self.messages = (
+            list(history)
+            if history
+            else [
+                Message(role="system", content=agent.system_prompt),
+                Message(role="user", content=question),
+            ]
+        )
+        if history:
+            self._replay(history)
         self.usage = Usage()
         self.steps = 0
         self.start = time.monotonic()
@@ -142,6 +153,13 @@ class _Run:
         self.concluding = False
         self.citation_warning_sent = False
         self.tool_errors = 0
+
+    def _replay(self, history: list[Message]) -> None:
+        """Rebuild the toolbox state (sources, opened pages, plan) by re-running the earlier tool calls."""
+        for message in history:
+            for call in message.tool_calls:
+                if call.name != "answer":
+                    self.box.call(call)
 
     # ---- budgets and context -------------------------------------------------------------------
 

@@ -24,9 +24,8 @@ STOPWORDS = frozenset(
 def terms(text: str, keep_stopwords: bool = False) -> list[str]:
     """The index terms of `text`: lowercased words; character bigrams (or a lone character) for CJK."""
     out: list[str] = []
-    for match in _TOKEN.finditer(text.lower()):
-        token = match.group()
-        if _IS_CJK.match(token):
+    for token in _TOKEN.findall(text.lower()):
+        if not token.isascii() and _IS_CJK.match(token):
             if len(token) == 1:
                 out.append(token)
             else:

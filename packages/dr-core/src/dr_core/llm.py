@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -27,6 +26,8 @@ from dr_core.config import resolve
 from dr_core.errors import LLMError
 from dr_core.log import logger
 from dr_core.records import Message, ToolCall, Usage
+
+T = TypeVar("T")
 
 # Statuses worth another try: rate limits, server overload and gateway errors.
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -374,15 +375,9 @@ class LLMClient:
 
     def chat_many(self, requests: Iterable[Mapping[str, Any]]) -> Iterator[ChatResult]:
         """Run `chat(**request)` for each request, `concurrency` at a time; results come in input order."""
-        window = 2 * self.config.concurrency
-        with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="llm") as pool:
-            pending: deque[Future[ChatResult]] = deque()
-            for request in requests:
-                pending.append(pool.submit(lambda r=request: self.chat(**r)))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+        from dr_core.concurrency import ordered_map
+
+        yield from ordered_map(lambda request: self.chat(**request), requests, self.config.concurrency)
 
     def close(self) -> None:
         self._http.close()
@@ -392,6 +387,50 @@ class LLMClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def json_reply(content: str | None) -> dict[str, Any]:
+    """The one JSON object in a model's reply, code fences and surrounding prose allowed; ValueError else."""
+    if not content:
+        raise ValueError("the reply is empty")
+    text = re.sub(r"```(?:json)?", "", content)
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise ValueError("the reply has no JSON object")
+    try:
+        obj = orjson.loads(text[start : end + 1])
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"the JSON does not parse: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("the reply is not a JSON object")
+    return obj
+
+
+def chat_json(
+    client: LLMClient,
+    messages: list[Message],
+    validate: Callable[[str | None], T],
+    *,
+    retries: int = 2,
+    **params: Any,
+) -> T:
+    """Ask for structured output; a reply `validate` rejects (ValueError) is sent back with the reason, up to
+    `retries` times; then LLMError. `validate` turns the reply text into the caller's value."""
+    conversation = list(messages)
+    problem = ""
+    for _ in range(retries + 1):
+        reply = client.chat(conversation, **params).message
+        try:
+            return validate(reply.content)
+        except ValueError as exc:
+            problem = str(exc)
+            conversation += [
+                Message(role="assistant", content=reply.content or ""),
+                Message(
+                    role="user", content=f"Your reply could not be used: {problem}. Reply again, JSON only."
+                ),
+            ]
+    raise LLMError(f"{client.config.base_url}: no usable reply after {retries + 1} tries: {problem}")
 
 
 class _Retryable(Exception):

@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from dr_core.options import Inputs, OnErrorChoice, OnErrorOpt, Output, Rejects, Resume
+from dr_core.options import (
+    ApiKey,
+    BaseUrl,
+    Concurrency,
+    Inputs,
+    Model,
+    OnErrorChoice,
+    OnErrorOpt,
+    Output,
+    Rejects,
+    Resume,
+)
 
 app = typer.Typer(
     help="Make and check deep-research training data (JSONL in, JSONL out).", no_args_is_help=True
@@ -68,3 +79,347 @@ def index(
         docs = load_documents(sources, on_error=on_error.value, rejects=sink)
         info = build_index(progress(docs, "indexing"), Path(out), hybrid=hybrid)
     logger.info("indexed %d documents into %s%s", info["documents"], out, " (hybrid)" if hybrid else "")
+
+
+# ---- synthesis ----------------------------------------------------------------------------------
+
+Teacher = Annotated[
+    str,
+    typer.Option(
+        help="none (deterministic), oracle (world tasks), or endpoint (the [llm] settings / --base-url)."
+    ),
+]
+
+
+@app.command()
+def world(
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Folder for corpus.jsonl, train.jsonl and test.jsonl.")
+    ],
+    seed: Annotated[int, typer.Option(help="One seed, one byte-identical world.")] = 0,
+    entities: Annotated[int, typer.Option(help="Entities in the world.")] = 2000,
+    tasks: Annotated[int, typer.Option(help="Tasks to sample (train and test together).")] = 1000,
+    max_hops: Annotated[int, typer.Option(help="Longest relation path in a question (1 to 4).")] = 4,
+    test_share: Annotated[
+        float, typer.Option(help="Share of entities whose tasks go to the test split.")
+    ] = 0.2,
+) -> None:
+    """A synthetic encyclopedia (corpus.jsonl, for `dr data index`) and multi-hop tasks over it, split by
+    entity into train.jsonl and test.jsonl so no test answer is taught in training."""
+    from pathlib import Path
+
+    from dr_core.errors import InputError
+    from dr_core.jsonl import RecordWriter
+    from dr_core.log import logger
+    from dr_data.world import build_world, sample_tasks
+
+    if not 1 <= max_hops <= 4:
+        raise InputError("--max-hops must be between 1 and 4")
+    folder = Path(out)
+    built = build_world(seed, entities)
+    with RecordWriter(folder / "corpus.jsonl") as corpus:
+        for doc in built.documents:
+            corpus.write(doc)
+    counts = {"train": 0, "test": 0}
+    with RecordWriter(folder / "train.jsonl") as train, RecordWriter(folder / "test.jsonl") as test:
+        for task in sample_tasks(built, tasks, max_hops=max_hops, test_share=test_share):
+            (test if task.split == "test" else train).write(task)
+            counts[task.split or "train"] += 1
+    logger.info(
+        "world %d: %d documents, %d train and %d test tasks in %s",
+        seed,
+        len(built.documents),
+        counts["train"],
+        counts["test"],
+        folder,
+    )
+
+
+@app.command()
+def reverse(
+    inputs: Inputs = None,
+    output: Output = "-",
+    teacher: Teacher = "none",
+    examples: Annotated[
+        str | None, typer.Option(help="Also write SFT planning examples (JSONL) here.")
+    ] = None,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    api_key: ApiKey = None,
+    concurrency: Concurrency = None,
+    on_error: OnErrorOpt = OnErrorChoice.fail,
+    rejects: Rejects = None,
+    resume: Resume = False,
+) -> None:
+    """Reports (Report records, or DeepResearch Bench {id, prompt, article} lines) into Plans: the
+    reconstructed query, an ordered plan and a weighted checklist, in the report's language."""
+    from contextlib import ExitStack
+
+    from dr_core.concurrency import ordered_map
+    from dr_core.errors import InputError
+    from dr_core.jsonl import RecordWriter, read_records
+    from dr_core.log import progress
+    from dr_core.pipe import Pipe
+    from dr_data.reverse import as_report, planning_example, reverse_with_teacher, reverse_without_teacher
+
+    if teacher not in ("none", "endpoint"):
+        raise InputError("--teacher for reverse is 'none' or 'endpoint'")
+    work = reverse_without_teacher
+    threads = 1
+    if teacher == "endpoint":
+        from dr_core.llm import LLMClient
+
+        client = LLMClient.from_settings(
+            base_url=base_url, model=model, api_key=api_key, concurrency=concurrency
+        )
+        threads = client.config.concurrency
+
+        def work(report):  # type: ignore[no-untyped-def]
+            return reverse_with_teacher(report, client)
+
+    with ExitStack() as stack:
+        pipe = stack.enter_context(
+            Pipe(
+                inputs or ["-"],
+                output,
+                on_error=on_error.value,
+                rejects=rejects,
+                resume=resume,
+                output_key=lambda p: p.get("report_id"),
+            )
+        )
+        example_writer = stack.enter_context(RecordWriter(examples, resume=resume)) if examples else None
+        reports = (
+            r
+            for r in read_records(pipe.inputs, on_error=pipe.on_error, rejects=pipe.rejects, adapt=as_report)
+            if r.id not in pipe.writer.done
+        )
+        for plan in progress(ordered_map(work, reports, threads), "reversing"):
+            pipe.write(plan)
+            if example_writer is not None:
+                example_writer.write(planning_example(plan))
+
+
+@app.command()
+def trajectories(
+    inputs: Inputs = None,
+    output: Output = "-",
+    teacher: Teacher = "oracle",
+    index: Annotated[str | None, typer.Option(help="Search index the agent uses (dr data index).")] = None,
+    samples: Annotated[int, typer.Option(help="Teacher samples per task.")] = 1,
+    reflections: Annotated[int, typer.Option(help="Retries of a wrong attempt with a reflection turn.")] = 3,
+    keep: Annotated[str, typer.Option(help="shortest (one per task) or all correct samples.")] = "shortest",
+    min_score: Annotated[float, typer.Option(help="Checklist score that counts as correct.")] = 0.8,
+    temperature: Annotated[float | None, typer.Option(help="Teacher sampling temperature.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Agent steps per attempt.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Tasks at once.")] = 4,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    api_key: ApiKey = None,
+    judge_base_url: Annotated[str | None, typer.Option(help="Judge endpoint for checklist tasks.")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Judge model for checklist tasks.")] = None,
+    on_error: OnErrorOpt = OnErrorChoice.fail,
+    rejects: Rejects = None,
+    resume: Resume = False,
+) -> None:
+    """Teacher trajectories for tasks through the real agent loop, judged and rejection-sampled: wrong
+    attempts get up to --reflections reflection turns; correct ones are kept (the shortest by default).
+    Tasks with no correct trajectory go to the rejects file. --teacher oracle solves world tasks without
+    any model."""
+    from dr_agent.build import build_agent
+    from dr_core.concurrency import ordered_map
+    from dr_core.errors import InputError
+    from dr_core.jsonl import read_records
+    from dr_core.log import logger, progress
+    from dr_core.pipe import Pipe
+    from dr_core.records import Task
+    from dr_data.trajectories import collect
+    from dr_judge.cli import make_judge
+
+    if teacher not in ("oracle", "endpoint"):
+        raise InputError("--teacher for trajectories is 'oracle' or 'endpoint'")
+    if keep not in ("shortest", "all"):
+        raise InputError("--keep is 'shortest' or 'all'")
+    sources = inputs or ["-"]
+    agent = build_agent(
+        llm={"base_url": base_url, "model": model, "api_key": api_key},
+        search={"index": index},
+        agent={"max_steps": max_steps},
+        web=teacher == "endpoint",
+    )
+    if teacher == "oracle":
+        from dr_data.oracle import OracleTeacher
+
+        if "-" in sources:
+            raise InputError("the oracle reads its tasks twice: give task files, not stdin")
+        agent.llm = OracleTeacher(list(read_records(sources, Task)))
+    judge = make_judge(judge_base_url, judge_model)
+    stats = {"tasks": 0, "solved": 0, "kept": 0}
+    with Pipe(
+        sources,
+        output,
+        on_error=on_error.value,
+        rejects=rejects,
+        resume=resume,
+        output_key=lambda t: t.get("task_id"),
+    ) as pipe:
+
+        def solve(task: Task) -> tuple[Task, object]:
+            return task, collect(
+                agent,
+                judge,
+                task,
+                samples=samples,
+                reflections=reflections,
+                keep=keep,
+                temperature=temperature,
+                min_score=min_score,
+            )
+
+        for task, outcome in progress(ordered_map(solve, pipe.records(Task), concurrency), "trajectories"):
+            stats["tasks"] += 1
+            if not outcome.kept:  # type: ignore[attr-defined]
+                pipe.rejects.add(
+                    str(sources[0]),
+                    0,
+                    f"task {task.id}: no correct trajectory in {samples} samples",
+                    task.to_json(),
+                )
+                continue
+            stats["solved"] += 1
+            for trajectory in outcome.kept:  # type: ignore[attr-defined]
+                pipe.write(trajectory)
+                stats["kept"] += 1
+    logger.info("trajectories: %(solved)d of %(tasks)d tasks solved, %(kept)d trajectories kept", stats)
+
+
+@app.command()
+def sft(
+    inputs: Inputs = None,
+    output: Output = "-",
+    ratio: Annotated[
+        str | None,
+        typer.Option(help="Mix by kind, e.g. trajectory=0.7,plan=0.2,report=0.1 (input files, not stdin)."),
+    ] = None,
+    decontaminate: Annotated[
+        list[str] | None,
+        typer.Option(help="Benchmark task JSONL (or 'drb') whose questions must not leak in."),
+    ] = None,
+    ngram: Annotated[int, typer.Option(help="N-gram size for decontamination.")] = 8,
+    dedup_threshold: Annotated[
+        float, typer.Option(help="MinHash Jaccard threshold for near-duplicates.")
+    ] = 0.85,
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Keep near-duplicates.")] = False,
+    no_repetition: Annotated[bool, typer.Option("--no-repetition", help="Keep looping examples.")] = False,
+    no_language: Annotated[
+        bool, typer.Option("--no-language", help="Keep language-switching examples.")
+    ] = False,
+    removed: Annotated[
+        str | None, typer.Option(help="Write every removed example's id and reason here.")
+    ] = None,
+    on_error: OnErrorOpt = OnErrorChoice.fail,
+    rejects: Rejects = None,
+) -> None:
+    """Trajectories, plans, reports (and examples) into training Examples: loss on assistant turns, tool
+    calls kept; filtered for loops, language switching, benchmark leaks and near-duplicates; mixed by kind."""
+    from contextlib import ExitStack
+
+    from dr_core.errors import InputError
+    from dr_core.jsonl import RecordWriter, read_records
+    from dr_core.log import logger, progress
+    from dr_core.pipe import Pipe
+    from dr_core.records import Task
+    from dr_data.sft import (
+        KINDS,
+        Decontaminator,
+        FilterChain,
+        NearDuplicates,
+        count_kinds,
+        keep_share,
+        mixing_shares,
+        to_example,
+    )
+
+    sources = inputs or ["-"]
+    shares: dict[str, float] = {}
+    if ratio:
+        try:
+            ratios = {k.strip(): float(v) for k, v in (part.split("=") for part in ratio.split(","))}
+        except ValueError:
+            raise InputError(
+                f"--ratio {ratio!r}: write kind=weight pairs, e.g. trajectory=0.7,plan=0.3"
+            ) from None
+        unknown = set(ratios) - set(KINDS)
+        if unknown:
+            raise InputError(
+                f"--ratio: unknown kinds {', '.join(sorted(unknown))}; known: {', '.join(KINDS)}"
+            )
+        if "-" in sources:
+            raise InputError("--ratio counts the inputs first: give files, not stdin")
+        shares = mixing_shares(count_kinds(sources), ratios)
+    benchmark = list(read_records(decontaminate, Task)) if decontaminate else []
+    chain = FilterChain(
+        decontaminate=Decontaminator(benchmark, ngram) if benchmark else None,
+        dedup=None if no_dedup else NearDuplicates(dedup_threshold),
+        check_repetition=not no_repetition,
+        check_language=not no_language,
+    )
+    written = 0
+    with ExitStack() as stack:
+        pipe = stack.enter_context(Pipe(sources, output, on_error=on_error.value, rejects=rejects))
+        report = stack.enter_context(RecordWriter(removed)) if removed else None
+        for kind, example in progress(
+            read_records(pipe.inputs, on_error=pipe.on_error, rejects=pipe.rejects, adapt=to_example),
+            "examples",
+        ):
+            if example is None:
+                continue
+            if shares and not keep_share(example.id, shares.get(kind, 0.0)):
+                continue
+            why = chain.reason(example)
+            if why is not None:
+                if report is not None:
+                    report.write({"id": example.id, "kind": kind, "reason": why})
+                continue
+            pipe.write(example)
+            written += 1
+    logger.info("sft: %d examples written; removed: %s", written, dict(chain.removed) or "none")
+
+
+@app.command()
+def stats(
+    inputs: Inputs = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Count tokens with this Hugging Face tokenizer folder.")
+    ] = None,
+    plot: Annotated[str | None, typer.Option(help="Draw token lengths and tool calls to this PNG.")] = None,
+) -> None:
+    """Counts by kind, token-length percentiles and histogram, tool-call distribution: a table on stderr,
+    JSON on stdout."""
+    import sys
+
+    import orjson
+
+    from dr_core.jsonl import read_records
+    from dr_core.log import console
+    from dr_data import stats as data_stats
+
+    tok = None
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    result = data_stats.collect(read_records(inputs or ["-"]), tok)
+    if plot:
+        data_stats.plot(result, plot)
+    result.pop("_lengths")
+    from rich.table import Table
+
+    table = Table(title=f"{result['records']} records")
+    table.add_column("what")
+    table.add_column("value")
+    for key, value in result.items():
+        if key != "records":
+            table.add_row(key, orjson.dumps(value).decode())
+    console().print(table)
+    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")

@@ -13,11 +13,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, Field
 
-from dr_core.errors import DrError
-from dr_core.llm import LLMClient
+from dr_core.errors import DrError, LLMError
+from dr_core.llm import LLMClient, chat_json, json_reply
 from dr_core.log import logger
 from dr_core.records import ChecklistItem, Citation, Judgment, Message, Task, Verdict
 from dr_judge.answers import matches
@@ -78,26 +77,9 @@ def normalize_verdict(value: Any) -> str | None:
     return text if text in VERDICTS else None
 
 
-def parse_json_reply(content: str | None) -> dict[str, Any]:
-    """The one JSON object in a reply, fences and surrounding prose allowed; ValueError otherwise."""
-    if not content:
-        raise ValueError("the reply is empty")
-    text = re.sub(r"```(?:json)?", "", content)
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        raise ValueError("the reply has no JSON object")
-    try:
-        obj = orjson.loads(text[start : end + 1])
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"the JSON does not parse: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ValueError("the reply is not a JSON object")
-    return obj
-
-
 def parse_verdicts(content: str | None, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """{item id: (verdict, rationale)} with exactly the asked ids; ValueError naming what is wrong."""
-    obj = parse_json_reply(content)
+    obj = json_reply(content)
     entries = obj.get("verdicts")
     if not isinstance(entries, list):
         raise ValueError('the object has no "verdicts" list')
@@ -148,30 +130,17 @@ class ChecklistJudge:
     # ---- model calls ---------------------------------------------------------------------------
 
     def _ask_json(self, system: str, user: str, validate: Any, seed: int | None = None) -> Any:
-        """Ask for JSON; send unusable replies back up to parse_retries times; JudgeError after that."""
+        """Ask for JSON; unusable replies are sent back up to parse_retries times; JudgeError after that."""
         if self.llm is None:
             raise JudgeError("this needs a judge model: give --judge-base-url/--judge-model (DR_JUDGE_LLM_*)")
         messages = [Message(role="system", content=system), Message(role="user", content=user)]
         params: dict[str, Any] = {"temperature": self.config.temperature}
         if seed is not None:
             params["seed"] = seed
-        problem = ""
-        for _ in range(self.config.parse_retries + 1):
-            reply = self.llm.chat(messages, **params).message
-            try:
-                return validate(reply.content)
-            except ValueError as exc:
-                problem = str(exc)
-                messages += [
-                    Message(role="assistant", content=reply.content or ""),
-                    Message(
-                        role="user",
-                        content=f"Your reply could not be used: {problem}. Reply again, JSON only.",
-                    ),
-                ]
-        raise JudgeError(
-            f"the judge model gave no usable reply after {self.config.parse_retries + 1} tries: {problem}"
-        )
+        try:
+            return chat_json(self.llm, messages, validate, retries=self.config.parse_retries, **params)
+        except LLMError as exc:
+            raise JudgeError(f"the judge model failed: {exc}") from None
 
     def _clip(self, text: str) -> str:
         limit = self.config.max_response_chars
@@ -243,7 +212,7 @@ class ChecklistJudge:
             )
 
         def validate(content: str | None) -> tuple[bool, str]:
-            obj = parse_json_reply(content)
+            obj = json_reply(content)
             if not isinstance(obj.get("correct"), bool):
                 raise ValueError('"correct" must be true or false')
             return obj["correct"], str(obj.get("rationale") or "")
@@ -308,7 +277,7 @@ class ChecklistJudge:
         so position bias cancels out: agreement gives the winner, disagreement a tie."""
 
         def validate(content: str | None) -> tuple[str, str]:
-            obj = parse_json_reply(content)
+            obj = json_reply(content)
             winner = str(obj.get("winner", "")).strip().upper()
             if winner not in ("A", "B", "TIE"):
                 raise ValueError('"winner" must be "A", "B" or "tie"')

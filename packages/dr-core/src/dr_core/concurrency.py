@@ -1,0 +1,31 @@
+"""Bounded concurrency for streams: map a function over an iterator with a few threads, results in input
+order, never more than a small window of inputs read ahead (so streams stay constant-memory)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def ordered_map(
+    fn: Callable[[A], B], items: Iterable[A], workers: int, window: int | None = None
+) -> Iterator[B]:
+    """`map(fn, items)` on `workers` threads, in order, reading at most `window` (2 x workers) items ahead.
+    With one worker it runs in the calling thread."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    window = window or 2 * workers
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[B]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -1,0 +1,120 @@
+"""The oracle teacher: an expert policy for world tasks that knows the graph and acts only through the
+agent's real tools. It stands where the LLM client stands, so the agent loop, the tools, the search index
+and the Trajectory record are the real ones; it only decides the next action from what the tools showed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dr_core.llm import ChatResult, LLMConfig
+from dr_core.records import Message, Task, ToolCall, Usage
+from dr_data.world import PHRASES
+
+OPENED = re.compile(r"^# \[([^\]]+)\]", re.MULTILINE)
+LISTED = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
+ASKED = {"birth_year": "birth year", "founded_year": "founding year", "length_km": "length", "name": "name"}
+
+
+class OracleTeacher:
+    """Answers `chat()` like an LLM client, for the world tasks it was given (matched by question)."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = {task.question: task for task in tasks}
+        self.config = LLMConfig(model="oracle", base_url="oracle://world")
+        self.calls = 0
+
+    def chat(self, messages: list[Message], **_: Any) -> ChatResult:
+        question = next(m.content for m in messages if m.role == "user")
+        task = self.tasks.get(question or "")
+        if task is None or not task.meta.get("hops"):
+            message = Message(
+                role="assistant",
+                content="I have no path for this question.",
+                tool_calls=[
+                    ToolCall(
+                        id="call_giveup",
+                        name="answer",
+                        arguments={"text": "I could not determine the answer."},
+                    )
+                ],
+            )
+            return ChatResult(message=message, finish_reason="tool_calls", usage=Usage())
+        self.calls += 1
+        content, calls = self._decide(task, messages)
+        ids = [ToolCall(id=f"call_{self.calls}_{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)]
+        return ChatResult(
+            message=Message(role="assistant", content=content, tool_calls=ids),
+            finish_reason="tool_calls",
+            usage=Usage(),
+        )
+
+    def _decide(self, task: Task, messages: list[Message]) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+        hops = task.meta["hops"]
+        assistant = [m for m in messages if m.role == "assistant"]
+        if not assistant:
+            items = []
+            for i, hop in enumerate(hops[:-1]):
+                subject = hop["name"] if i == 0 else "it"
+                items.append(f"Find {PHRASES[hop['relation']].format(x=subject)}")
+            items.append(f"Confirm the {ASKED[task.meta['ask']]} in its own article and answer")
+            plan = ("plan", {"action": "create", "items": items})
+            first = ("search", {"queries": [hops[0]["name"]]})
+            return f"The question chains {len(hops) - 1} relations; I will follow them one by one.", [
+                plan,
+                first,
+            ]
+        results = [m.content or "" for m in messages if m.role == "tool"]
+        opened = {doc for text in results for doc in OPENED.findall(text)}
+        done = 0
+        while done < len(hops) and hops[done]["doc"] in opened:
+            done += 1
+        if done == len(hops):
+            return "Every step is supported by an article I opened.", [
+                ("answer", {"text": self._answer(task)})
+            ]
+        target = hops[done]
+        last = results[-1] if results else ""
+        listed = LISTED.findall(last.split("\n", 1)[1]) if last.startswith("## ") and "\n" in last else []
+        actions: list[tuple[str, dict[str, Any]]] = []
+        if done and last.startswith("# ["):
+            actions.append(("plan", {"action": "complete", "index": done}))
+        if target["doc"] in listed:
+            note = f"The search found the article on {target['name']}; opening it."
+            if done:
+                previous = hops[done - 1]
+                said = PHRASES[previous["relation"]].format(x=previous["name"])
+                note = (
+                    f"{previous['name']}'s article says {said} is {target['name']}. Next I open its article."
+                )
+            return note, [*actions, ("open", {"ids": [target["doc"]]})]
+        searched = [
+            m
+            for m in assistant
+            if any(c.name == "search" and target["name"] in str(c.arguments) for c in m.tool_calls)
+        ]
+        if len(searched) >= 2:
+            return f"Searching did not surface {target['name']} directly; opening its article by id.", [
+                *actions,
+                ("open", {"ids": [target["doc"]]}),
+            ]
+        query = target["name"] if not searched else f'"{target["name"]}" {target["name"].split()[0]}'
+        return f"Now I need to look up {target['name']}.", [*actions, ("search", {"queries": [query]})]
+
+    @staticmethod
+    def _answer(task: Task) -> str:
+        hops = task.meta["hops"]
+        lines = [f"Answer: {task.answer}", ""]
+        for i in range(len(hops) - 1):
+            hop, following = hops[i], hops[i + 1]
+            said = PHRASES[hop["relation"]].format(x=hop["name"])
+            lines.append(f"- {said[0].upper()}{said[1:]} is {following['name']} \\cite{{{hop['doc']}}}.")
+        last = hops[-1]
+        if task.meta["ask"] != "name":
+            lines.append(
+                f"- The {ASKED[task.meta['ask']]} of {last['name']} is {task.answer} \\cite{{{last['doc']}}}."
+            )
+        else:
+            lines.append(f"- The article on {last['name']} confirms it \\cite{{{last['doc']}}}.")
+        return "\n".join(lines)

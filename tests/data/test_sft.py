@@ -1,0 +1,122 @@
+"""`dr data sft`: examples and their loss turns; dedup and decontamination remove exactly what was planted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dr_core.records import Example, Message, ToolCall
+from dr_data.sft import mixed_language, mixing_shares, repetition, to_example
+from support.samples import distinct, trajectory
+
+DR = [sys.executable, "-m", "dr_cli.main"]
+
+
+def test_trajectories_become_examples_with_loss_on_assistant_turns():
+    kind, example = to_example(distinct(0))
+    assert kind == "trajectory" and example.loss_indices() == [2, 4]
+    assert example.messages[2].tool_calls[0].name == "search" and example.tools
+    unanswered = {**distinct(1), "final": None, "stop_reason": "step_budget"}
+    assert to_example(unanswered) == ("trajectory", None)
+    kind, example = to_example({"id": "7", "prompt": "Write about X", "article": "X is ..."})
+    assert kind == "report" and [m.role for m in example.messages] == ["user", "assistant"]
+
+
+def test_dedup_and_decontamination_remove_exactly_the_planted_ones(tmp_path):
+    rows = [distinct(i) for i in range(10)]
+    # planted near-duplicates: copies of 2 and 5 with one word changed
+    rows.append({**distinct(2), "id": "dup-of-2", "final": distinct(2)["final"].replace("grew", "rose")})
+    dup5 = distinct(5)
+    dup5["messages"][1]["content"] += " Thanks!"
+    rows.append({**dup5, "id": "dup-of-5"})
+    # planted leaks: two examples asking a benchmark question inside a longer prompt
+    bench_questions = [
+        "What were the main causes of the decline of the Hanseatic salt routes in the fifteenth century?",
+        "请分析二十世纪初江南地区丝绸产业衰落的主要原因",
+    ]
+    rows.append(
+        trajectory(100, f"For my class: {bench_questions[0]} Please be brief.", "The salt routes declined.")
+    )
+    rows.append(trajectory(101, f"帮我看看：{bench_questions[1]}，谢谢", "主要原因是机器织造的冲击。"))
+    src = tmp_path / "traj.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(
+        "".join(json.dumps({"id": f"b{i}", "question": q}) + "\n" for i, q in enumerate(bench_questions))
+    )
+    out, removed = tmp_path / "sft.jsonl", tmp_path / "removed.jsonl"
+    cmd = [
+        *DR,
+        "data",
+        "sft",
+        str(src),
+        "-o",
+        str(out),
+        "--decontaminate",
+        str(bench),
+        "--removed",
+        str(removed),
+    ]
+    result = subprocess.run(cmd, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    kept = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert kept == [f"example-traj-{i}" for i in range(10)]
+    reasons = {r["id"]: r["reason"] for r in map(json.loads, removed.read_text().splitlines())}
+    assert set(reasons) == {"example-dup-of-2", "example-dup-of-5", "example-traj-100", "example-traj-101"}
+    assert reasons["example-dup-of-2"] == "duplicate: near-duplicate of example-traj-2"
+    assert (
+        reasons["example-traj-100"].startswith("contamination: shares")
+        and "benchmark task b0" in reasons["example-traj-100"]
+    )
+    assert "benchmark task b1" in reasons["example-traj-101"]
+
+
+def test_repetitive_loops_are_detected():
+    call = ToolCall(id="c", name="search", arguments={"queries": ["same"]})
+    looping = Example(
+        messages=[Message(role="user", content="q")] + [Message(role="assistant", tool_calls=[call])] * 3
+    )
+    assert repetition(looping) == "tool call search repeated 3 times with the same arguments"
+    text = "I will check the sources again to be sure. " * 5
+    assert "repeats" in repetition(
+        Example(messages=[Message(role="user", content="q"), Message(role="assistant", content=text)])
+    )
+    assert repetition(to_example(distinct(3))[1]) is None
+
+
+def test_language_switching_is_detected():
+    zh_question = Message(role="user", content="请介绍长江的主要支流和流域面积。")
+    english = Message(role="assistant", content="The Yangtze has many tributaries. " * 10)
+    assert "is in en, the question in zh" in mixed_language(Example(messages=[zh_question, english]))
+    mixed = Message(role="assistant", content=("长江流域面积很大 " + "the basin is large ") * 10)
+    assert "mixes scripts" in mixed_language(Example(messages=[zh_question, mixed]))
+    chinese = Message(role="assistant", content="长江有许多支流，流域面积约一百八十万平方公里。" * 5)
+    assert mixed_language(Example(messages=[zh_question, chinese])) is None
+
+
+def test_mixing_follows_the_ratios():
+    shares = mixing_shares(
+        {"trajectory": 1000, "plan": 100, "report": 50, "example": 0}, {"trajectory": 0.5, "plan": 0.5}
+    )
+    assert shares["plan"] == 1.0 and shares["trajectory"] == 0.1 and shares["report"] == 0.0
+
+
+def test_ratio_mixing_from_the_command_line(tmp_path):
+    src = tmp_path / "mixed.jsonl"
+    plans = [
+        {
+            "id": f"p{i}",
+            "query": f"Plan research on topic number {i} in depth",
+            "steps": [{"title": "a"}, {"title": "b"}],
+        }
+        for i in range(40)
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in [*(distinct(i) for i in range(10)), *plans]))
+    cmd = [*DR, "data", "sft", str(src), "--ratio", "trajectory=1,plan=1", "--no-dedup"]
+    result = subprocess.run(cmd, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    sources = [json.loads(line)["meta"]["source"] for line in result.stdout.splitlines()]
+    assert sources.count("trajectory") == 10 and 4 <= sources.count("plan") <= 18
+    bad = subprocess.run([*DR, "data", "sft", str(src), "--ratio", "plans=1"], capture_output=True)
+    assert bad.returncode == 2 and b"unknown kinds plans" in bad.stderr

@@ -1,0 +1,132 @@
+"""Teacher trajectories: the oracle solves every world task through the real agent loop; error
+reflection with an endpoint teacher; hints scrubbed from what is kept."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dr_agent.agent import ResearchAgent
+from dr_agent.index import LocalIndex
+from dr_agent.search import LocalBackend
+from dr_core.llm import LLMClient, LLMConfig
+from dr_core.records import Task
+from dr_data.trajectories import SELF_CHECK, collect, scrub
+from dr_judge.judge import ChecklistJudge
+from support.openai_server import Reply, scripted_server
+from support.policies import call
+
+DR = [sys.executable, "-m", "dr_cli.main"]
+
+
+def test_the_oracle_solves_every_world_task_through_the_real_agent_loop(tmp_path):
+    world = tmp_path / "w"
+    assert (
+        subprocess.run(
+            [*DR, "data", "world", "-o", str(world), "--entities", "500", "--tasks", "200"]
+        ).returncode
+        == 0
+    )
+    assert (
+        subprocess.run(
+            [*DR, "data", "index", str(world / "corpus.jsonl"), "-i", str(world / "index")]
+        ).returncode
+        == 0
+    )
+    out = tmp_path / "traj.jsonl"
+    for split in ("train", "test"):
+        cmd = [
+            *DR,
+            "data",
+            "trajectories",
+            str(world / f"{split}.jsonl"),
+            "--index",
+            str(world / "index"),
+            "-o",
+            str(out),
+        ]
+        result = subprocess.run([*cmd, "--resume"], capture_output=True)
+        assert result.returncode == 0, result.stderr
+    tasks = {
+        t["id"]: t
+        for s in ("train", "test")
+        for t in map(json.loads, (world / f"{s}.jsonl").read_text().splitlines())
+    }
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(t["task_id"] for t in kept) == sorted(tasks)
+    judge = ChecklistJudge(None)
+    for trajectory in kept:
+        task = Task.model_validate(tasks[trajectory["task_id"]])
+        assert trajectory["model"] == "oracle" and trajectory["stop_reason"] == "answered"
+        names = [c["name"] for m in trajectory["messages"] for c in m.get("tool_calls", [])]
+        assert names[0] == "plan" and "search" in names and "open" in names and names[-1] == "answer"
+        assert all(c["opened"] for c in trajectory["citations"])
+        assert judge.judge(task, trajectory["final"], trajectory["id"]).score == 1.0
+        # a multi-hop task takes a search and an open per hop
+        assert names.count("open") == len(task.meta["hops"])
+
+
+def test_a_wrong_attempt_is_retried_with_reflection_and_the_hint_is_scrubbed(tmp_path, drb_index):
+    task = Task(id="q", question="Who founded Velmora?", type="deep_search", answer="Ada Quist")
+
+    def teacher(body):
+        tool_texts = [m.get("content") or "" for m in body["messages"] if m["role"] == "tool"]
+        if not tool_texts:
+            return Reply(content=None, tool_calls=[call("answer", text="Answer: Bo Lind")])
+        if "does not hold up" in tool_texts[-1]:
+            return Reply(
+                content="The judge said my answer was wrong. Re-checking the founder.",
+                tool_calls=[call("answer", text="Answer: Ada Quist")],
+            )
+        return Reply(content=None, tool_calls=[call("answer", text="Answer: Bo Lind")])
+
+    with scripted_server(teacher) as srv:
+        llm = LLMClient(LLMConfig(base_url=srv.url, model="teacher", backoff_s=0.01))
+        agent = ResearchAgent(llm, LocalBackend(LocalIndex(drb_index)))
+        outcome = collect(agent, ChecklistJudge(None), task, samples=1, reflections=3)
+        hint_seen = [m["content"] for m in srv.requests[1]["messages"] if m["role"] == "tool"][-1]
+    assert "does not hold up: does not match the reference answer" in hint_seen
+    [kept] = outcome.kept
+    assert kept.final == "Answer: Ada Quist" and kept.meta["reflections"] == 1
+    texts = [m.content or "" for m in kept.messages]
+    assert SELF_CHECK in texts and not any("does not hold up" in t or "reference answer" in t for t in texts)
+    reflection = [m.content for m in kept.messages if m.role == "assistant" and m.content]
+    assert reflection == ["Re-checking the founder."]  # "The judge said ..." is scrubbed
+
+
+def test_tasks_never_solved_are_rejected_after_the_reflections(tmp_path, drb_index):
+    task = Task(id="q", question="Who founded Velmora?", type="deep_search", answer="Ada Quist")
+    with scripted_server([Reply(content=None, tool_calls=[call("answer", text="Answer: Bo Lind")])]) as srv:
+        agent = ResearchAgent(
+            LLMClient(LLMConfig(base_url=srv.url, model="t")), LocalBackend(LocalIndex(drb_index))
+        )
+        outcome = collect(agent, ChecklistJudge(None), task, samples=2, reflections=2)
+    assert outcome.kept == [] and outcome.correct == 0
+    assert len(srv.requests) == 2 * 3  # each sample: the attempt and two reflections
+
+
+def test_shortest_correct_sample_is_kept(drb_index):
+    task = Task(id="q", question="Who founded Velmora?", type="deep_search", answer="Ada Quist")
+    script = [
+        Reply(content=None, tool_calls=[call("search", queries=["Velmora"])]),
+        Reply(content=None, tool_calls=[call("answer", text="Answer: Ada Quist")]),
+        Reply(content=None, tool_calls=[call("answer", text="Answer: Ada Quist")]),
+    ]
+    with scripted_server(script) as srv:
+        agent = ResearchAgent(
+            LLMClient(LLMConfig(base_url=srv.url, model="t")), LocalBackend(LocalIndex(drb_index))
+        )
+        outcome = collect(agent, ChecklistJudge(None), task, samples=2)
+        everything = collect(agent, ChecklistJudge(None), task, samples=2, keep="all")
+    assert outcome.correct == 2 and [t.steps for t in outcome.kept] == [1]
+    assert len(everything.kept) == 2
+
+
+def test_scrub_leaves_clean_trajectories_alone(drb_index):
+    from dr_core.records import Message, Trajectory
+
+    trajectory = Trajectory(
+        messages=[Message(role="user", content="q"), Message(role="assistant", content="Plain.")]
+    )
+    assert scrub(trajectory, set()) == trajectory
