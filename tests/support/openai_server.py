@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from support.loopback import loopback
 
 
 @dataclass
@@ -194,13 +196,6 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 def scripted_server(script: list[Reply] | Callable[[dict[str, Any]], Reply]) -> Iterator[ScriptedServer]:
     """Run a ScriptedServer on 127.0.0.1 (a free port) for the duration of the block."""
     state = ScriptedServer(script=script)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
+    with loopback(_handler(state)) as url:
+        state.url = f"{url}/v1"
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()

@@ -85,22 +85,25 @@ def research(
     With a QUESTION the report goes to stdout (or, with --events -, the events do). With --tasks, every
     task runs (--concurrency at a time) and its Trajectory goes to -o; --resume skips tasks already there.
     """
-    from dr_agent.build import build_agent
+    from dr_agent.build import agent_from_flags
     from dr_core.errors import InputError
 
     if (question is None) == (tasks is None):
         raise InputError("give either a QUESTION or --tasks FILE")
-    agent = build_agent(
-        llm={"base_url": base_url, "model": model, "api_key": api_key},
-        search={"backend": search, "index": index},
-        agent={
-            "max_steps": max_steps,
-            "max_tokens": max_tokens,
-            "max_time_s": max_time,
-            "context_window": context_window,
-            "temperature": temperature,
-        },
-        web=not no_web,
+    if tasks is not None and events == "-" and output == "-":
+        raise InputError("--tasks writes trajectories to stdout: send --events to a file, or use -o")
+    agent = agent_from_flags(
+        base_url=base_url,
+        model=model,
+        api_key=api_key,
+        search=search,
+        index=index,
+        max_steps=max_steps,
+        max_tokens=max_tokens,
+        max_time=max_time,
+        context_window=context_window,
+        temperature=temperature,
+        no_web=no_web,
     )
     if question is not None:
         _one(agent, question, trajectory, events)

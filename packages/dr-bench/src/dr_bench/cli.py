@@ -52,7 +52,7 @@ def run(
     --resume skips tasks already run (and judges any left unjudged). The summary goes to stdout as JSON."""
     import orjson
 
-    from dr_agent.build import build_agent
+    from dr_agent.build import agent_from_flags
     from dr_bench.report import print_table
     from dr_bench.runner import run_suite
     from dr_bench.suites import load_suite
@@ -66,17 +66,18 @@ def run(
             "these tasks have checklist items without deterministic checks: give a judge model "
             "(--judge-base-url/--judge-model or DR_JUDGE_LLM_*)"
         )
-    agent = build_agent(
-        llm={"base_url": base_url, "model": model, "api_key": api_key},
-        search={"backend": search, "index": index},
-        agent={
-            "max_steps": max_steps,
-            "max_tokens": max_tokens,
-            "max_time_s": max_time,
-            "context_window": context_window,
-            "temperature": temperature,
-        },
-        web=not no_web,
+    agent = agent_from_flags(
+        base_url=base_url,
+        model=model,
+        api_key=api_key,
+        search=search,
+        index=index,
+        max_steps=max_steps,
+        max_tokens=max_tokens,
+        max_time=max_time,
+        context_window=context_window,
+        temperature=temperature,
+        no_web=no_web,
     )
     summary = run_suite(tasks, agent, judge, out, concurrency=concurrency, resume=resume)
     print_table([summary])
