@@ -49,3 +49,55 @@ def test_bad_suites_are_clear_errors(tmp_path):
     dup.write_text('{"id": "a", "question": "q"}\n{"id": "a", "question": "r"}\n')
     with pytest.raises(InputError, match="task ids repeat"):
         load_suite(str(dup))
+
+
+def test_the_world_suite_is_the_test_split_dr_data_world_writes(tmp_path):
+    from dr_bench.suites import parse_world
+
+    folder = tmp_path / "w"
+    cmd = [
+        sys.executable,
+        "-m",
+        "dr_cli.main",
+        "data",
+        "world",
+        "-o",
+        str(folder),
+        "--seed",
+        "3",
+        "--entities",
+        "400",
+        "--tasks",
+        "150",
+    ]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    written = [json.loads(line)["id"] for line in (folder / "test.jsonl").read_text().splitlines()]
+    assert [t.id for t in load_suite("world:3:400:150")] == written
+    assert parse_world("world:3") == (3, 2000, 1000) and parse_world("drb") is None
+    with pytest.raises(InputError, match="write world:SEED"):
+        load_suite("world:x")
+
+
+def test_bench_run_on_the_world_suite_builds_its_index(tmp_path):
+    from support.openai_server import Reply, scripted_server
+    from support.policies import call
+
+    with scripted_server([Reply(content=None, tool_calls=[call("answer", text="Answer: unknown")])]) as srv:
+        cmd = [
+            sys.executable,
+            "-m",
+            "dr_cli.main",
+            "bench",
+            "run",
+            "--suite",
+            "world:2:300:60",
+            "-o",
+            str(tmp_path / "run"),
+            "--base-url",
+            srv.url,
+        ]
+        result = subprocess.run(cmd, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n"] == len(load_suite("world:2:300:60")) and summary["score"]["mean"] == 0.0
+    assert (tmp_path / ".world-2-300-60-index" / "index.json").exists()

@@ -25,7 +25,13 @@ def _needs_model(task: Any) -> bool:
 
 @app.command()
 def run(
-    suite: Annotated[str, typer.Option(help="Task JSONL file, or 'drb' for DeepResearch Bench.")],
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="Task JSONL file; 'drb' (DeepResearch Bench); or world:SEED[:ENTITIES[:TASKS]], the "
+            "synthetic world's test split (its index is built beside the run unless --index is given)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: trajectories, judgments, summary.")],
     concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.", show_default=False)] = None,
@@ -55,11 +61,14 @@ def run(
     from dr_agent.build import agent_from_flags
     from dr_bench.report import print_table
     from dr_bench.runner import run_suite
-    from dr_bench.suites import load_suite
+    from dr_bench.suites import load_suite, parse_world
     from dr_core.errors import ConfigError
     from dr_judge.cli import make_judge
 
     tasks = load_suite(suite, drb_dir)[:limit]
+    world = parse_world(suite)
+    if world is not None and index is None and search is None:
+        index = _world_index(world, out)
     judge = make_judge(judge_base_url, judge_model, judge_api_key, mode=mode, votes=votes)
     if judge.llm is None and any(_needs_model(t) for t in tasks):
         raise ConfigError(
@@ -82,6 +91,18 @@ def run(
     summary = run_suite(tasks, agent, judge, out, concurrency=concurrency, resume=resume)
     print_table([summary])
     sys.stdout.buffer.write(orjson.dumps(summary) + b"\n")
+
+
+def _world_index(world: tuple[int, int, int], out: Path) -> Path:
+    """The search index over a built-in world's corpus, built once beside the run."""
+    from dr_agent.index import build_index
+    from dr_bench.suites import world_suite
+
+    seed, entities, tasks = world
+    index = out.parent / f".world-{seed}-{entities}-{tasks}-index"
+    if not (index / "index.json").exists():
+        build_index(world_suite(seed, entities, tasks)[1], index)
+    return index
 
 
 @app.command()

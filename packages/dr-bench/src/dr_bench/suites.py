@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
-
 from dr_core.errors import InputError
 from dr_core.jsonl import read_records
-from dr_core.records import ChecklistItem, Task
+from dr_core.records import ChecklistItem, Document, Task
 
 DRB_FILES = ("query.jsonl", "criteria.jsonl")
 
@@ -59,19 +57,46 @@ def import_drb(directory: str | Path) -> Iterator[Task]:
         )
 
 
+def parse_world(suite: str) -> tuple[int, int, int] | None:
+    """(seed, entities, tasks) of `world:SEED[:ENTITIES[:TASKS]]`, None for other suites."""
+    from dr_data.world_defaults import DEFAULT_ENTITIES, DEFAULT_TASKS
+
+    if not suite.startswith("world:"):
+        return None
+    parts = suite.split(":")[1:]
+    usage = f"suite {suite!r}: write world:SEED, world:SEED:ENTITIES or world:SEED:ENTITIES:TASKS"
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise InputError(usage) from None
+    if not 1 <= len(numbers) <= 3:
+        raise InputError(usage)
+    seed, entities, tasks = numbers + [0, DEFAULT_ENTITIES, DEFAULT_TASKS][len(numbers) :]
+    return seed, entities, tasks
+
+
+def world_suite(seed: int, entities: int, tasks: int) -> tuple[list[Task], list[Document]]:
+    """The test split that `dr data world --seed SEED --entities E --tasks T` writes, and the corpus."""
+    from dr_data.world import build_world, sample_tasks
+
+    world = build_world(seed, entities)
+    test = [task for task in sample_tasks(world, tasks) if task.split == "test"]
+    return test, world.documents
+
+
 def load_suite(suite: str, drb_dir: str | Path = "data/deepresearch_bench") -> list[Task]:
-    """The tasks of a suite: `drb` (DeepResearch Bench, from `drb_dir`) or a task JSONL file."""
+    """The tasks of a suite: `drb` (DeepResearch Bench, from `drb_dir`), `world:SEED[:ENTITIES[:TASKS]]`
+    (the synthetic world's test split), or a task JSONL file."""
     if suite == "drb":
         return list(import_drb(drb_dir))
+    world = parse_world(suite)
+    if world is not None:
+        return world_suite(*world)[0]
     path = Path(suite)
     if not path.exists():
-        raise InputError(f"no suite {suite!r}: give a task JSONL file or one of: drb")
+        raise InputError(f"no suite {suite!r}: give a task JSONL file, drb, or world:SEED")
     tasks = list(read_records(str(path), Task))
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
         raise InputError(f"{suite}: task ids repeat; every task needs its own id")
     return tasks
-
-
-def suite_bytes(tasks: list[Task]) -> bytes:
-    return b"".join(orjson.dumps(t.model_dump(mode="json")) + b"\n" for t in tasks)

@@ -18,6 +18,7 @@ from dr_core.options import (
     Rejects,
     Resume,
 )
+from dr_data.world_defaults import DEFAULT_ENTITIES, DEFAULT_MAX_HOPS, DEFAULT_TASKS, DEFAULT_TEST_SHARE
 
 app = typer.Typer(
     help="Make and check deep-research training data (JSONL in, JSONL out).", no_args_is_help=True
@@ -97,12 +98,14 @@ def world(
         str, typer.Option("--out", "-o", help="Folder for corpus.jsonl, train.jsonl and test.jsonl.")
     ],
     seed: Annotated[int, typer.Option(help="One seed, one byte-identical world.")] = 0,
-    entities: Annotated[int, typer.Option(help="Entities in the world.")] = 2000,
-    tasks: Annotated[int, typer.Option(help="Tasks to sample (train and test together).")] = 1000,
-    max_hops: Annotated[int, typer.Option(help="Longest relation path in a question (1 to 4).")] = 4,
+    entities: Annotated[int, typer.Option(help="Entities in the world.")] = DEFAULT_ENTITIES,
+    tasks: Annotated[int, typer.Option(help="Tasks to sample (train and test together).")] = DEFAULT_TASKS,
+    max_hops: Annotated[
+        int, typer.Option(help="Longest relation path in a question (1 to 4).")
+    ] = DEFAULT_MAX_HOPS,
     test_share: Annotated[
         float, typer.Option(help="Share of entities whose tasks go to the test split.")
-    ] = 0.2,
+    ] = DEFAULT_TEST_SHARE,
 ) -> None:
     """A synthetic encyclopedia (corpus.jsonl, for `dr data index`) and multi-hop tasks over it, split by
     entity into train.jsonl and test.jsonl so no test answer is taught in training."""

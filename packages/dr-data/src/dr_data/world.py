@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dr_core.records import Check, ChecklistItem, Document, Task
+from dr_data.world_defaults import DEFAULT_ENTITIES, DEFAULT_MAX_HOPS, DEFAULT_TEST_SHARE
 
 TYPES = ("person", "city", "company", "university", "river")
 ONSETS = "b br c ch d dr f g gr h j k kr l m n p pr qu r s st t tr v w z".split()
@@ -125,7 +126,7 @@ class _Names:
         raise RuntimeError("name space exhausted; lower --entities")
 
 
-def build_world(seed: int = 0, n_entities: int = 2000) -> World:
+def build_world(seed: int = 0, n_entities: int = DEFAULT_ENTITIES) -> World:
     """Entities, relations and documents, all from one seed."""
     rng = random.Random(seed)
     names = _Names(rng)
@@ -290,8 +291,8 @@ def sample_tasks(
     world: World,
     n_tasks: int,
     *,
-    max_hops: int = 4,
-    test_share: float = 0.2,
+    max_hops: int = DEFAULT_MAX_HOPS,
+    test_share: float = DEFAULT_TEST_SHARE,
     super_node_degree: int | None = None,
 ) -> Iterator[Task]:
     """Multi-hop tasks from random walks along functional relations; test tasks involve test entities
