@@ -57,7 +57,19 @@ def test_compare_counts_wins_ties_losses_and_rates_systems(tmp_path):
     a = write_run(tmp_path / "a", [0.9, 0.5, 0.3, 0.8])
     b = write_run(tmp_path / "b", [0.2, 0.51, 0.6, 0.1])
     result = subprocess.run(
-        [*DR, "bench", "compare", str(a), str(b), "--resamples", "100", "--markdown", str(tmp_path / "c.md")],
+        [
+            *DR,
+            "bench",
+            "compare",
+            str(a),
+            str(b),
+            "--resamples",
+            "100",
+            "--markdown",
+            str(tmp_path / "c.md"),
+            "--plot",
+            str(tmp_path / "elo.png"),
+        ],
         capture_output=True,
     )
     assert result.returncode == 0, result.stderr
@@ -68,6 +80,7 @@ def test_compare_counts_wins_ties_losses_and_rates_systems(tmp_path):
     elo = {r["run"]: r["elo"] for r in out["ratings"]}
     assert elo[str(a)] > elo[str(b)]
     assert "| 4 | 2 | 1 | 1 | 0.625 |" in (tmp_path / "c.md").read_text()
+    assert (tmp_path / "elo.png").read_bytes()[:4] == b"\x89PNG"
     assert subprocess.run([*DR, "bench", "compare", str(a)], capture_output=True).returncode == 2
 
 

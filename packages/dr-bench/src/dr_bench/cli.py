@@ -134,6 +134,9 @@ def compare(
     margin: Annotated[float, typer.Option(help="Score differences up to this count as ties.")] = 0.02,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the Elo intervals.")] = 1000,
     markdown: Annotated[Path | None, typer.Option(help="Also write markdown tables here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the Elo ratings with intervals to this PNG.")
+    ] = None,
 ) -> None:
     """Task-by-task comparison: win / tie / loss for every pair (win rate = (win + 0.5 tie) / n) and, across
     all systems, Bradley-Terry ratings on the Elo scale with 95% intervals. JSON on stdout."""
@@ -177,6 +180,10 @@ def compare(
         console().print(f"{r['run']}: Elo {r['elo']:.0f} ({r['ci95'][0]:.0f}-{r['ci95'][1]:.0f})")
     if markdown is not None:
         markdown.write_text("\n".join(lines) + "\n")
+    if plot is not None:
+        from dr_bench.report import plot_ratings
+
+        plot_ratings(result["ratings"], plot)
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
 
 

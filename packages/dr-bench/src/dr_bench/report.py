@@ -121,3 +121,26 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_ratings(ratings: list[dict[str, Any]], path: Path) -> None:
+    """Elo ratings with their 95% intervals, one bar per system, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [Path(r["run"]).name for r in ratings]
+    values = [r["elo"] for r in ratings]
+    errors = [
+        [v - r["ci95"][0] for v, r in zip(values, ratings, strict=True)],
+        [r["ci95"][1] - v for v, r in zip(values, ratings, strict=True)],
+    ]
+    fig, axis = plt.subplots(figsize=(max(4, 1.5 * len(names)), 4))
+    axis.errorbar(names, values, yerr=errors, fmt="o", capsize=5, color="#4c72b0")
+    axis.axhline(1000, color="grey", linewidth=0.8, linestyle="--")
+    axis.set_ylabel("Elo (Bradley-Terry, 95% CI)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
