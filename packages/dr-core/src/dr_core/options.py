@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -43,7 +42,4 @@ Model = Annotated[
     str | None, typer.Option(help="Model name at that endpoint (DR_LLM_MODEL).", show_default=False)
 ]
 ApiKey = Annotated[str | None, typer.Option(help="API key (DR_LLM_API_KEY).", show_default=False)]
-CacheDir = Annotated[
-    Path | None, typer.Option(help="Cache responses here, keyed by the full request.", show_default=False)
-]
 Concurrency = Annotated[int | None, typer.Option(help="Requests in flight at most.", show_default=False)]
