@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from support.openai_server import Reply, scripted_server
+from support.openai_server import Rendezvous, Reply, scripted_server
 from support.policies import call, researcher
 
 DR = [sys.executable, "-m", "dr_cli.main"]
@@ -70,9 +70,12 @@ def test_tasks_run_concurrently_and_resume_skips_finished_ones(drb_index, tmp_pa
     )
     out = tmp_path / "trajectories.jsonl"
 
+    meet = Rendezvous(3)
+
     def policy(body):
         question = body["messages"][1]["content"]
-        return Reply(content=None, tool_calls=[call("answer", text=f"answer to {question}")], delay_s=0.05)
+        meet.wait()
+        return Reply(content=None, tool_calls=[call("answer", text=f"answer to {question}")])
 
     with scripted_server(policy) as srv:
         args = [

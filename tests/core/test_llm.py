@@ -7,7 +7,7 @@ import pytest
 from dr_core.errors import LLMError
 from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Message, ToolCall
-from support.openai_server import Reply, scripted_server
+from support.openai_server import Rendezvous, Reply, scripted_server
 
 FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05}
 
@@ -147,8 +147,11 @@ def test_stream_broken_mid_answer_is_an_error_not_a_silent_retry():
 
 
 def test_concurrency_is_bounded_and_results_keep_input_order():
+    meet = Rendezvous(2)
+
     def script(body):
-        return Reply(content="echo " + body["messages"][0]["content"], delay_s=0.1)
+        meet.wait()
+        return Reply(content="echo " + body["messages"][0]["content"], delay_s=0.05)
 
     with scripted_server(script) as srv:
         c = client(srv.url, concurrency=2)

@@ -7,6 +7,7 @@ The server records every request body and header, and the most requests it held 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -96,9 +97,9 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 return
             body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
             server.headers.append(dict(self.headers))
-            reply = server.next_reply(body)
-            server.enter()
+            server.enter()  # in flight from arrival: a script may hold the request
             try:
+                reply = server.next_reply(body)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.status != 200:
@@ -199,3 +200,23 @@ def scripted_server(script: list[Reply] | Callable[[dict[str, Any]], Reply]) -> 
     with loopback(_handler(state)) as url:
         state.url = f"{url}/v1"
         yield state
+
+
+class Rendezvous:
+    """Holds the first `parties` requests until all of them have arrived (or `timeout_s` passes), so a test
+    can see that a client really keeps that many requests in flight, however slow the machine."""
+
+    def __init__(self, parties: int, timeout_s: float = 10.0) -> None:
+        self.barrier = threading.Barrier(parties, timeout=timeout_s)
+        self.parties = parties
+        self.arrived = 0
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self.lock:
+            self.arrived += 1
+            mine = self.arrived
+        if mine <= self.parties:
+            # fewer may come than expected: then the test's assertion on max_in_flight says so
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.barrier.wait()
