@@ -32,11 +32,9 @@ def wait_ok(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise AssertionError(f"{url} not ready")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, drb_index):
-    model = tiny_qwen2(tmp_path_factory.mktemp("tiny") / "tiny-qwen2")
-    port, api_port = free_ports(2)
-    cmd = [
+def serve_command(model) -> list[str]:
+    """`dr serve` of a tiny model with transformers serve on the CPU."""
+    return [
         sys.executable,
         "-m",
         "dr_cli.main",
@@ -47,6 +45,13 @@ def served(tmp_path_factory, drb_index):
         "--device",
         "cpu",
     ]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, drb_index):
+    model = tiny_qwen2(tmp_path_factory.mktemp("tiny") / "tiny-qwen2")
+    port, api_port = free_ports(2)
+    cmd = serve_command(model)
     cmd += ["--port", str(port), "--api-port", str(api_port), "--index", str(drb_index), "--api-key", "k"]
     # short generations: a random model rarely stops by itself
     env = {**os.environ, "DR_AGENT_MAX_OUTPUT_TOKENS": "48"}
@@ -92,17 +97,7 @@ def test_the_research_api_beside_the_engine_answers_and_needs_the_key(served):
 def test_sigterm_stops_the_engine_and_the_api(tmp_path, drb_index):
     model = tiny_qwen2(tmp_path / "tiny")
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "dr_cli.main",
-        "serve",
-        str(model),
-        "--engine",
-        "transformers",
-        "--device",
-        "cpu",
-    ]
+    cmd = serve_command(model)
     proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ok(f"http://127.0.0.1:{port}/health", proc)
     proc.send_signal(signal.SIGTERM)
