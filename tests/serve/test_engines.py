@@ -78,7 +78,8 @@ def test_without_vllm_transformers_serve_is_used_and_parallelism_is_refused(chec
     monkeypatch.setattr(engines, "available", lambda name: name == "transformers")
     engine, argv, served = engine_command(EngineSpec(model=str(checkpoint), device="cpu"))
     assert engine == "transformers" and argv[1:3] == ["serve", str(checkpoint)]
-    assert "--continuous-batching" in argv and argv[argv.index("--device") + 1] == "cpu"
+    assert "--continuous-batching" not in argv and argv[argv.index("--device") + 1] == "cpu"
+    assert "--continuous-batching" in engine_command(EngineSpec(model=str(checkpoint), device="cuda:0"))[1]
     assert served == str(checkpoint)  # transformers serve answers to the model as given
     with pytest.raises(MissingDependency, match="tensor or pipeline parallel serving needs vLLM"):
         engine_command(EngineSpec(model=str(checkpoint), tensor_parallel_size=4))
@@ -102,7 +103,7 @@ def test_dry_run_prints_the_command(checkpoint):
     result = subprocess.run([*cmd, "--port", "8123", "--", "--log-level", "info"], capture_output=True)
     assert result.returncode == 0, result.stderr
     line = result.stdout.decode().strip()
-    assert f"serve {checkpoint} --host 127.0.0.1 --port 8123 --continuous-batching" in line
+    assert f"serve {checkpoint} --host 127.0.0.1 --port 8123 --device auto" in line
     assert line.endswith("--log-level info")
     bad = subprocess.run([*cmd, "--rope-scaling", "{yarn"], capture_output=True)
     assert bad.returncode == 2 and b"--rope-scaling: not JSON" in bad.stderr

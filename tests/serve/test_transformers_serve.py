@@ -90,7 +90,7 @@ def test_the_research_api_beside_the_engine_answers_and_needs_the_key(served):
     )
     assert response.status_code == 200, response.text
     run = response.json()
-    assert run["status"] == "done", run["error"]
+    assert run["status"] == "done", (run["error"], served["log"].read_text()[-4000:])
     assert run["trajectory"]["steps"] >= 1 and run["trajectory"]["model"] == served["model"]
 
 

@@ -93,6 +93,16 @@ def choose_engine(requested: str) -> str:
     return requested
 
 
+def _gpu_device(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _executable(name: str) -> str:
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else (shutil.which(name) or name)
@@ -130,6 +140,9 @@ def engine_command(spec: EngineSpec) -> tuple[str, list[str], str]:
     if spec.served_model_name and spec.served_model_name != spec.model:
         raise ConfigError("transformers serve answers only to the model as given; drop --served-model-name")
     argv = [_executable("transformers"), "serve", spec.model, "--host", spec.host, "--port", str(spec.port)]
-    argv += ["--continuous-batching", "--device", spec.device, "--dtype", spec.dtype]
+    argv += ["--device", spec.device, "--dtype", spec.dtype]
+    if _gpu_device(spec.device):
+        # continuous batching (paged attention) is for GPUs; on the CPU it crashed under concurrent load here
+        argv.insert(argv.index("--device"), "--continuous-batching")
     # transformers serve pins the model it was started with and refuses any other name
     return engine, argv + spec.extra, spec.model
