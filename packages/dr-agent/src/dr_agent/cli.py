@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,6 +143,7 @@ def _many(
     rejects: str | None,
     resume: bool,
 ) -> None:
+    from dr_core.concurrency import completed_map
     from dr_core.errors import LLMError
     from dr_core.log import logger
     from dr_core.pipe import Pipe
@@ -156,30 +156,20 @@ def _many(
     with (
         Pipe([tasks], output, on_error=on_error, rejects=rejects, resume=resume, output_key=key) as pipe,
         EventSink(events) as sink,
-        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="research") as pool,
     ):
-        running: dict[Future[Any], Task] = {}
 
-        def drain(block_until: int) -> None:
-            nonlocal failed
-            while len(running) > block_until:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    task = running.pop(future)
-                    result = future.result()
-                    if result.stop_reason == "error":
-                        failed += 1
-                        message = f"task {task.id}: {result.meta.get('error')}"
-                        if on_error == "fail":
-                            raise LLMError(message)
-                        # a failed run is not output: kept aside, and a --resume will run it again
-                        pipe.rejects.add(tasks, 0, message, task.to_json())
-                        continue
-                    pipe.write(result)
+        def run(task: Task) -> Any:
+            return agent.run(task.question, task_id=task.id, on_event=sink)
 
-        for task in pipe.records(Task, description="research"):
-            running[pool.submit(agent.run, task.question, task_id=task.id, on_event=sink)] = task
-            drain(2 * concurrency)
-        drain(0)
+        for task, result in completed_map(run, pipe.records(Task, description="research"), concurrency):
+            if result.stop_reason == "error":
+                failed += 1
+                message = f"task {task.id}: {result.meta.get('error')}"
+                if on_error == "fail":
+                    raise LLMError(message)
+                # a failed run is not output: kept aside, and a --resume will run it again
+                pipe.rejects.add(tasks, 0, message, task.to_json())
+                continue
+            pipe.write(result)
     if failed:
         logger.warning("%d tasks failed; they are in the rejects file and rerun with --resume", failed)

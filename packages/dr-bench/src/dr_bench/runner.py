@@ -8,12 +8,12 @@ were written but not yet judged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from dr_core.concurrency import completed_map
 from dr_core.errors import LLMError
 from dr_core.jsonl import RecordWriter, read_records
 from dr_core.log import logger, progress
@@ -64,16 +64,14 @@ def run_suite(
                 return trajectory, None
             return trajectory, _judge(judge, task, trajectory)
 
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench") as pool:
-            running: dict[Future[tuple[Trajectory, Judgment | None]], Task] = {}
-            finished = progress(_completed(pool, todo, work, running, concurrency), "bench", total=len(todo))
-            for task, (trajectory, judgment) in finished:
-                if judgment is None:
-                    # a failed run (endpoint down, context overflow) is not a result: it reruns on resume
-                    failures.append(f"{task.id}: {trajectory.meta.get('error')}")
-                    continue
-                traj_writer.write(trajectory)
-                judg_writer.write(judgment)
+        finished = progress(completed_map(work, todo, concurrency), "bench", total=len(todo))
+        for task, (trajectory, judgment) in finished:
+            if judgment is None:
+                # a failed run (endpoint down, context overflow) is not a result: it reruns on resume
+                failures.append(f"{task.id}: {trajectory.meta.get('error')}")
+                continue
+            traj_writer.write(trajectory)
+            judg_writer.write(judgment)
     summary = summarize(out)
     summary["failed"] = len(failures)
     (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
@@ -81,29 +79,6 @@ def run_suite(
         shown = "; ".join(failures[:3])
         raise LLMError(f"{len(failures)} of {len(todo)} tasks failed (rerun with --resume): {shown}")
     return summary
-
-
-def _completed(
-    pool: ThreadPoolExecutor,
-    todo: list[Task],
-    work: Callable[[Task], Any],
-    running: dict[Future[Any], Task],
-    concurrency: int,
-) -> Any:
-    """(task, result) as they finish, with at most 2 x concurrency tasks submitted at a time."""
-    pending = iter(todo)
-    for task in pending:
-        running[pool.submit(work, task)] = task
-        if len(running) >= 2 * concurrency:
-            break
-    while running:
-        done, _ = wait(running, return_when=FIRST_COMPLETED)
-        for future in done:
-            task = running.pop(future)
-            yield task, future.result()
-            following = next(pending, None)
-            if following is not None:
-                running[pool.submit(work, following)] = following
 
 
 def _judge(judge: Any, task: Task, trajectory: Trajectory) -> Judgment:

@@ -1,11 +1,11 @@
 """Bounded concurrency for streams: map a function over an iterator with a few threads, results in input
-order, never more than a small window of inputs read ahead (so streams stay constant-memory)."""
+order or as they finish, never more than a small window of inputs read ahead (constant memory)."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 A = TypeVar("A")
@@ -29,3 +29,26 @@ def ordered_map(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def completed_map(
+    fn: Callable[[A], B], items: Iterable[A], workers: int, window: int | None = None
+) -> Iterator[tuple[A, B]]:
+    """(item, fn(item)) on `workers` threads as each finishes, reading at most `window` (2 x workers) items
+    ahead. When the caller stops early, the calls already started finish before this returns."""
+    window = window or 2 * workers
+    pending = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        running: dict[Future[B], A] = {}
+        for item in pending:
+            running[pool.submit(fn, item)] = item
+            if len(running) >= window:
+                break
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                yield item, future.result()
+                following = next(pending, None)
+                if following is not None:
+                    running[pool.submit(fn, following)] = following
