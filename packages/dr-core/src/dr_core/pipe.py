@@ -57,12 +57,15 @@ class Pipe:
 
     def records(
         self,
-        kind: type[R],
-        key: Callable[[R], Any] = lambda record: record.id,  # type: ignore[attr-defined]
+        kind: type[R] | None = None,
+        key: Callable[[Any], Any] = lambda record: record.id,
         description: str = "records",
-    ) -> Iterator[R]:
-        """The input records, validated as `kind`, without those whose key the output already holds."""
-        source = read_records(self.inputs, kind, on_error=self.on_error, rejects=self.rejects)
+        *,
+        adapt: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Iterator[Any]:
+        """The input records, validated as `kind` (or made by `adapt` from each JSON object), without those
+        whose key the output already holds."""
+        source = read_records(self.inputs, kind, on_error=self.on_error, rejects=self.rejects, adapt=adapt)
         for record in progress(source, description):
             if self.writer.done and key(record) in self.writer.done:
                 self.skipped_done += 1

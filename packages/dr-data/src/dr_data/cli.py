@@ -160,8 +160,7 @@ def reverse(
 
     from dr_core.concurrency import ordered_map
     from dr_core.errors import InputError
-    from dr_core.jsonl import RecordWriter, read_records
-    from dr_core.log import progress
+    from dr_core.jsonl import RecordWriter
     from dr_core.pipe import Pipe
     from dr_data.reverse import as_report, planning_example, reverse_with_teacher, reverse_without_teacher
 
@@ -192,12 +191,8 @@ def reverse(
             )
         )
         example_writer = stack.enter_context(RecordWriter(examples, resume=resume)) if examples else None
-        reports = (
-            r
-            for r in read_records(pipe.inputs, on_error=pipe.on_error, rejects=pipe.rejects, adapt=as_report)
-            if r.id not in pipe.writer.done
-        )
-        for plan in progress(ordered_map(work, reports, threads), "reversing"):
+        reports = pipe.records(adapt=as_report, description="reversing")
+        for plan in ordered_map(work, reports, threads):
             pipe.write(plan)
             if example_writer is not None:
                 example_writer.write(planning_example(plan))
@@ -329,7 +324,7 @@ def sft(
 
     from dr_core.errors import InputError
     from dr_core.jsonl import RecordWriter, read_records
-    from dr_core.log import logger, progress
+    from dr_core.log import logger
     from dr_core.pipe import Pipe
     from dr_core.records import Task
     from dr_data.sft import (
@@ -371,10 +366,10 @@ def sft(
     with ExitStack() as stack:
         pipe = stack.enter_context(Pipe(sources, output, on_error=on_error.value, rejects=rejects))
         report = stack.enter_context(RecordWriter(removed)) if removed else None
-        for kind, example in progress(
-            read_records(pipe.inputs, on_error=pipe.on_error, rejects=pipe.rejects, adapt=to_example),
-            "examples",
-        ):
+        examples = pipe.records(
+            adapt=to_example, key=lambda pair: pair[1] and pair[1].id, description="examples"
+        )
+        for kind, example in examples:
             if example is None:
                 continue
             if shares and not keep_share(example.id, shares.get(kind, 0.0)):

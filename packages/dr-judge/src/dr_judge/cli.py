@@ -83,8 +83,6 @@ def score_command(
     exact answers) can be judged.
     """
     from dr_core.errors import InputError
-    from dr_core.jsonl import read_records
-    from dr_core.log import progress
     from dr_core.pipe import Pipe
     from dr_judge.responses import as_response
 
@@ -106,10 +104,7 @@ def score_command(
         resume=resume,
         output_key=lambda j: j.get("target_id"),
     ) as pipe:
-        source = read_records(pipe.inputs, on_error=pipe.on_error, rejects=pipe.rejects, adapt=as_response)
-        for response in progress(source, "judging"):
-            if response.target_id in pipe.writer.done:
-                continue
+        for response in pipe.records(adapt=as_response, key=lambda r: r.target_id, description="judging"):
             task = known.get(response.task_id or "")
             if task is None:
                 problem = f"response {response.target_id}: task {response.task_id!r} is not in {tasks}"
@@ -134,7 +129,6 @@ def compare(
     """Compare two systems' responses task by task with the judge model, in both orders (position swap);
     one Comparison per task both answered: win, tie or loss for A, with the rationale."""
     from dr_core.jsonl import read_records
-    from dr_core.log import progress
     from dr_core.pipe import Pipe
     from dr_core.records import Comparison
     from dr_judge.responses import as_response
@@ -143,10 +137,10 @@ def compare(
     known = load_tasks(tasks)
     by_task_b = {r.task_id: r for r in read_records(str(b), adapt=as_response)}
     with Pipe([str(a)], output, resume=resume, output_key=lambda c: c.get("task_id")) as pipe:
-        for ra in progress(read_records(str(a), adapt=as_response), "comparing"):
+        for ra in pipe.records(adapt=as_response, key=lambda r: r.task_id, description="comparing"):
             rb = by_task_b.get(ra.task_id)
             task = known.get(ra.task_id or "")
-            if rb is None or task is None or ra.task_id in pipe.writer.done:
+            if rb is None or task is None:
                 continue
             winner, orders, rationale = judge.compare(task.question, ra.text or "", rb.text or "")
             pipe.write(
