@@ -27,7 +27,7 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
 fi
 "${pip[@]}" \
     -e packages/dr-core -e packages/dr-agent -e packages/dr-judge -e packages/dr-data \
-    -e kernels -e packages/dr-train -e packages/dr-serve -e packages/dr-bench \
+    -e kernels -e "packages/dr-train[deepspeed]" -e packages/dr-serve -e packages/dr-bench \
     -e ".[dev]"
 echo "$want" >"$stamp"
 echo "setup: ready in $venv" >&2

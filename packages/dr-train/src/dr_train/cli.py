@@ -1,7 +1,313 @@
-"""`dr train`: mid-training, SFT and RL."""
+"""`dr train`: mid-training and SFT into Hugging Face checkpoints (RL arrives as its own command)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    help="Train: mid-training, SFT and RL (each arrives as its own command).", no_args_is_help=True
-)
+from dr_core.options import Inputs, OnErrorChoice, OnErrorOpt, Rejects
+
+app = typer.Typer(help="Train: mid-training and SFT on packed long-context rows.", no_args_is_help=True)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A local Hugging Face folder, a config JSON (random init), or tiny:qwen2 / tiny:qwen2-small.",
+    ),
+]
+OutOpt = Annotated[
+    str, typer.Option("--out", "-o", help="Checkpoint folder: checkpoint-N/ inside, final model at the top.")
+]
+TokenizerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Tokenizer folder, or 'train' to learn a byte-level BPE from the data (default for new models)."
+    ),
+]
+VocabOpt = Annotated[int, typer.Option(help="Vocabulary size of a tokenizer learnt with --tokenizer train.")]
+MaxLenOpt = Annotated[int, typer.Option("--max-len", help="Tokens per packed row (e.g. 32768, then 131072).")]
+TokensOpt = Annotated[
+    int | None,
+    typer.Option("--tokens-per-step", help="Tokens per optimizer step, all ranks (default: one row each)."),
+]
+LongOpt = Annotated[
+    str,
+    typer.Option(
+        "--long", help="Records over --max-len: drop, truncate, error (or split, mid-training only)."
+    ),
+]
+LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
+WarmupOpt = Annotated[int, typer.Option("--warmup", help="Linear warm-up steps (cosine decay after).")]
+MinLrOpt = Annotated[float, typer.Option("--min-lr-ratio", help="Final learning rate as a share of --lr.")]
+WdOpt = Annotated[float, typer.Option("--weight-decay")]
+ClipOpt = Annotated[float, typer.Option("--clip", help="Gradient-norm clipping.")]
+EpochsOpt = Annotated[float, typer.Option("--epochs")]
+StepsOpt = Annotated[
+    int | None, typer.Option("--max-steps", help="Stop after this many steps (overrides --epochs).")
+]
+SaveOpt = Annotated[
+    int, typer.Option("--save-every", help="Checkpoint every N steps (0: only the final model).")
+]
+KeepOpt = Annotated[int, typer.Option("--keep", help="How many step checkpoints to keep.")]
+EvalOpt = Annotated[list[str] | None, typer.Option("--eval", help="Held-out JSONL for eval loss.")]
+EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Eval every N steps (and at the end).")]
+SeedOpt = Annotated[int, typer.Option("--seed")]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="bf16 or fp32 (auto: bf16 on a GPU, fp32 on CPU).")
+]
+KernelsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--kernels/--no-kernels", help="dr_kernels' fused loss and packed attention (off: plain HF)."
+    ),
+]
+CkptOpt = Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")]
+ActOffloadOpt = Annotated[
+    bool, typer.Option("--offload-activations", help="Keep saved activations in CPU memory.")
+]
+ZeroOpt = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage preset: 0, 1, 2 or 3.")]
+OffloadOpt = Annotated[
+    bool, typer.Option("--offload", help="ZeRO-Offload: optimizer (and ZeRO-3 parameters) on CPU.")
+]
+DeepSpeedOpt = Annotated[
+    str | None, typer.Option("--deepspeed", help="A DeepSpeed JSON config, passed through.")
+]
+NprocOpt = Annotated[
+    int, typer.Option("--nproc", help="Processes on this machine (relaunches under torchrun).")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
+RopeThetaOpt = Annotated[
+    float | None, typer.Option("--rope-theta", help="New rope base, e.g. 1000000 for 128K.")
+]
+RopeScalingOpt = Annotated[
+    str | None,
+    typer.Option("--rope-scaling", help="Context extension TYPE:FACTOR: yarn:4, linear:4, dynamic:4."),
+]
+MaxPosOpt = Annotated[
+    int | None, typer.Option("--max-positions", help="max_position_embeddings to save (default: scaled).")
+]
+
+
+def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from dr_core.errors import InputError
+    from dr_core.jsonl import RejectWriter
+    from dr_core.log import logger
+    from dr_core.pipe import default_rejects_path
+    from dr_train import checkpoint, distributed
+    from dr_train.data import build_dataset, item_texts, read_items
+    from dr_train.model import RopeSettings, build, is_checkpoint
+    from dr_train.tiny import CHAT_TEMPLATE
+    from dr_train.trainer import TrainConfig, Trainer, print_summary
+
+    sources = inputs or ["-"]
+    if opts["long"] not in ("drop", "truncate", "split", "error"):
+        raise InputError(f"--long {opts['long']}: choose drop, truncate, error or split")
+    if opts["nproc"] > 1 and distributed.LAUNCHED not in os.environ and "WORLD_SIZE" not in os.environ:
+        argv = ["train", stage, *sys.argv[sys.argv.index(stage) + 1 :]]
+        argv = _without_option(argv, "--nproc")
+        if opts["zero"] is None and opts["deepspeed"] is None:
+            argv += ["--zero", "0"]
+        raise typer.Exit(distributed.relaunch(opts["nproc"], argv, list(sources), stdout=data))
+    dist = distributed.current()
+    out = Path(opts["out"])
+    resume_from = None
+    if opts["resume"]:
+        resume_from = checkpoint.latest(out)
+        if (out / checkpoint.STATE).is_file() and checkpoint.read_state(out).get("done"):
+            logger.info("%s already holds a finished run; nothing to resume", out)
+            return
+    elif checkpoint.latest(out) is not None or (out / checkpoint.STATE).is_file():
+        raise InputError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+
+    import torch
+
+    precision = opts["precision"]
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise InputError(f"--precision {precision}: choose bf16, fp32 or auto")
+    tokens_per_step = opts["tokens_per_step"] or opts["max_len"] * dist.world
+    config = TrainConfig(
+        stage=stage,
+        out=out,
+        max_len=opts["max_len"],
+        tokens_per_step=tokens_per_step,
+        lr=opts["lr"],
+        min_lr_ratio=opts["min_lr_ratio"],
+        warmup_steps=opts["warmup"],
+        weight_decay=opts["weight_decay"],
+        clip=opts["clip"],
+        epochs=opts["epochs"],
+        max_steps=opts["max_steps"],
+        save_every=opts["save_every"],
+        keep=opts["keep"],
+        eval_every=opts["eval_every"],
+        seed=opts["seed"],
+        bf16=precision == "bf16",
+        kernels=opts["kernels"],
+        grad_ckpt=opts["grad_ckpt"],
+        offload_activations=opts["offload_activations"],
+        zero=opts["zero"],
+        offload=opts["offload"],
+        deepspeed=opts["deepspeed"],
+    )
+    device = distributed.init(dist, config.uses_deepspeed)
+    on_error = opts["on_error"].value
+    rejects_path = opts["rejects"] or (
+        default_rejects_path(sources, str(out / "train.jsonl")) if on_error == "skip" else None
+    )
+    if rejects_path and not dist.main:
+        # every rank reads the same lines; only the first keeps the rejects
+        import tempfile
+
+        rejects_path = str(Path(tempfile.mkdtemp()) / "rejects.jsonl")
+    with RejectWriter(rejects_path) if rejects_path else _Null() as rejects:
+        items = read_items(sources, stage, on_error, rejects)  # type: ignore[arg-type]
+    rope = RopeSettings(opts["rope_theta"], opts["rope_scaling"], opts["max_positions"])
+    spec = str(resume_from) if resume_from is not None else opts["model"]
+    tokenizer_spec = opts["tokenizer"]
+    if dist.world > 1 and not is_checkpoint(spec) and tokenizer_spec in (None, "train"):
+        # one tokenizer for every rank: the first learns it, the others read it
+        shared = out / "tokenizer.partial"
+        if dist.main:
+            from dr_train.tiny import train_tokenizer
+
+            train_tokenizer(item_texts(items, CHAT_TEMPLATE), vocab_size=opts["vocab_size"]).save_pretrained(
+                shared
+            )
+        distributed.barrier(dist)
+        tokenizer_spec = str(shared)
+    model, tokenizer = build(
+        spec,
+        tokenizer_spec,
+        lambda: item_texts(items, CHAT_TEMPLATE),
+        rope if resume_from is None else RopeSettings(),
+        config.seed,
+        vocab_size=opts["vocab_size"],
+    )
+    if tokenizer_spec is not None and tokenizer_spec.endswith("tokenizer.partial"):
+        distributed.barrier(dist)  # every rank has read it
+        if dist.main:
+            import shutil
+
+            shutil.rmtree(tokenizer_spec, ignore_errors=True)
+    dataset = build_dataset(items, tokenizer, stage, config.max_len, opts["long"])  # type: ignore[arg-type]
+    eval_data = None
+    if opts["eval"]:
+        eval_items = read_items(opts["eval"], stage)  # type: ignore[arg-type]
+        eval_data = build_dataset(eval_items, tokenizer, stage, config.max_len, "truncate")  # type: ignore[arg-type]
+    if resume_from is not None:
+        state = checkpoint.read_state(resume_from)
+        if state["data"] != dataset.fingerprint():
+            raise InputError(f"--resume: the input is not the data {resume_from} was trained on")
+        if state["settings"] != config.resume_keys() or state["world"] != dist.world:
+            raise InputError(
+                f"--resume: {resume_from} was trained with {state['settings']} on {state['world']} ranks; "
+                f"this run asks for {config.resume_keys()} on {dist.world}"
+            )
+    if dist.main:
+        logger.info(
+            "%s: %d rows of up to %d tokens (%d tokens, %d learnt) from %d records",
+            stage,
+            len(dataset.rows),
+            config.max_len,
+            dataset.tokens,
+            dataset.label_tokens,
+            dataset.stats.documents,
+        )
+    trainer = Trainer(model, tokenizer, dataset, config, dist, device, eval_data, resume_from)
+    summary = trainer.run()
+    if dist.main:
+        print_summary(summary, data)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == name:
+            skip = True
+            continue
+        if arg.startswith(name + "="):
+            continue
+        out.append(arg)
+    return out
+
+
+def _command(stage: str, long_default: str, lr_default: float):  # type: ignore[no-untyped-def]
+    def command(
+        inputs: Inputs = None,
+        model: ModelOpt = "tiny:qwen2",
+        out: OutOpt = "runs/" + stage,
+        tokenizer: TokenizerOpt = None,
+        vocab_size: VocabOpt = 2048,
+        max_len: MaxLenOpt = 32768,
+        tokens_per_step: TokensOpt = None,
+        long: LongOpt = long_default,
+        lr: LrOpt = lr_default,
+        warmup: WarmupOpt = 0,
+        min_lr_ratio: MinLrOpt = 0.1,
+        weight_decay: WdOpt = 0.0,
+        clip: ClipOpt = 1.0,
+        epochs: EpochsOpt = 1.0,
+        max_steps: StepsOpt = None,
+        save_every: SaveOpt = 0,
+        keep: KeepOpt = 2,
+        eval: EvalOpt = None,
+        eval_every: EvalEveryOpt = 0,
+        seed: SeedOpt = 0,
+        precision: PrecisionOpt = "auto",
+        kernels: KernelsOpt = True,
+        grad_ckpt: CkptOpt = True,
+        offload_activations: ActOffloadOpt = False,
+        zero: ZeroOpt = None,
+        offload: OffloadOpt = False,
+        deepspeed: DeepSpeedOpt = None,
+        nproc: NprocOpt = 1,
+        resume: ResumeOpt = False,
+        rope_theta: RopeThetaOpt = None,
+        rope_scaling: RopeScalingOpt = None,
+        max_positions: MaxPosOpt = None,
+        on_error: OnErrorOpt = OnErrorChoice.fail,
+        rejects: Rejects = None,
+    ) -> None:
+        from dr_core.log import stdout_for_data_only
+
+        options = dict(locals())
+        options.pop("stage")  # the enclosing function's, seen by locals() as a free variable
+        with stdout_for_data_only() as data:
+            _train(stage, data=data, **options)
+
+    return command
+
+
+app.command(
+    "midtrain",
+    help="Mid-training: next-token loss on every token of documents ('text') and rendered conversations, "
+    "packed into --max-len rows (positions restart per document; no attention across documents). "
+    "Run it at 32K, then again from that checkpoint at 128K with --rope-theta or --rope-scaling yarn:4.",
+)(_command("midtrain", "split", 2e-5))
+app.command(
+    "sft",
+    help="SFT: loss only on assistant turns of chat examples (or trajectories, plans, reports, as "
+    "dr data sft reads them), packed into --max-len rows. Checkpoints are Hugging Face folders; "
+    "--resume continues exactly.",
+)(_command("sft", "drop", 1e-5))

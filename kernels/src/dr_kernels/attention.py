@@ -1,0 +1,155 @@
+"""Packed-sequence attention: documents packed into one row never attend to each other.
+
+One function, `packed_attention`, picks the fastest backend present: flash-attn's varlen kernel (CUDA,
+flash-attn installed), PyTorch flex attention with a document block mask (CUDA), or SDPA run on each
+document alone (anywhere; the last resort, and the reference the others are tested against).
+`DR_ATTENTION=flash|flex|sdpa` or the `backend=` argument overrides the choice.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+import os
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+Backend = Literal["flash", "flex", "sdpa"]
+BACKENDS: tuple[Backend, ...] = ("flash", "flex", "sdpa")
+
+
+def boundaries(position_ids: torch.Tensor) -> torch.Tensor:
+    """cu_seqlens (int32, [0, ..., T]) of a packed row whose positions restart at 0 for every document."""
+    positions = position_ids.reshape(-1)
+    starts = torch.nonzero(positions == 0).flatten()
+    if starts.numel() == 0 or starts[0] != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    end = torch.tensor([positions.numel()], device=positions.device, dtype=starts.dtype)
+    return torch.cat([starts, end]).to(torch.int32)
+
+
+def cu_seqlens_of(doc_lengths: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    lengths = torch.tensor([0, *doc_lengths], dtype=torch.int32, device=device)
+    return lengths.cumsum(0, dtype=torch.int32)
+
+
+@functools.cache
+def _flash_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def choose_backend(device: torch.device, backend: Backend | None = None) -> Backend:
+    """The backend `packed_attention` uses on `device`: the argument, DR_ATTENTION, or the best present."""
+    chosen = backend or os.environ.get("DR_ATTENTION") or None
+    if chosen is not None:
+        if chosen not in BACKENDS:
+            raise ValueError(f"attention backend {chosen!r}: choose one of {', '.join(BACKENDS)}")
+        if chosen == "flash" and not (device.type == "cuda" and _flash_available()):
+            raise ValueError("attention backend 'flash' needs CUDA and flash-attn (pip install flash-attn)")
+        return chosen  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "flash" if _flash_available() else "flex"
+    return "sdpa"
+
+
+def _sdpa_per_document(q, k, v, cu: list[int], scale: float | None) -> torch.Tensor:
+    out = torch.empty_like(q)
+    for start, end in itertools.pairwise(cu):
+        out[:, :, start:end] = F.scaled_dot_product_attention(
+            q[:, :, start:end],
+            k[:, :, start:end],
+            v[:, :, start:end],
+            is_causal=True,
+            scale=scale,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+    return out
+
+
+def _flash(q, k, v, cu: torch.Tensor, scale: float | None) -> torch.Tensor:
+    from flash_attn import flash_attn_varlen_func
+
+    # flash-attn wants (tokens, heads, dim)
+    qt, kt, vt = (x[0].transpose(0, 1) for x in (q, k, v))
+    longest = int((cu[1:] - cu[:-1]).max())
+    out = flash_attn_varlen_func(qt, kt, vt, cu, cu, longest, longest, softmax_scale=scale, causal=True)
+    return out.transpose(0, 1)[None]
+
+
+@functools.cache
+def _compiled_flex() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex(q, k, v, cu: torch.Tensor, scale: float | None) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    total = q.shape[2]
+    doc = torch.zeros(total, dtype=torch.int32, device=q.device)
+    doc[cu[1:-1].long()] = 1
+    doc = doc.cumsum(0)
+
+    def document_causal(b, h, qi, ki):  # type: ignore[no-untyped-def]
+        return (doc[qi] == doc[ki]) & (qi >= ki)
+
+    mask = create_block_mask(document_causal, None, None, total, total, device=q.device)
+    kernel = _compiled_flex() if q.device.type == "cuda" else flex_attention
+    return kernel(q, k, v, block_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def packed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float | None = None,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """Causal attention within each document of a packed row.
+
+    q: (1, heads, T, dim); k, v: (1, kv_heads, T, dim) (grouped-query attention when fewer kv heads);
+    cu_seqlens: int32 [0, end_1, ..., T]. Returns (1, heads, T, dim).
+    """
+    if q.shape[0] != 1:
+        raise ValueError(f"packed attention takes one packed row (batch 1), got batch {q.shape[0]}")
+    chosen = choose_backend(q.device, backend)
+    if chosen == "flash":
+        return _flash(q, k, v, cu_seqlens.to(q.device, torch.int32), scale)
+    if chosen == "flex":
+        return _flex(q, k, v, cu_seqlens.to(q.device), scale)
+    return _sdpa_per_document(q, k, v, cu_seqlens.tolist(), scale)
+
+
+def hf_packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The attention function Hugging Face models call once patched (see `dr_kernels.patch`).
+
+    Document boundaries come from `cu_seq_lens_q` when the caller passes it (no device sync), else from
+    `position_ids`. Anything that is not one packed training row (a padded batch, decoding with a KV cache)
+    goes to plain SDPA with the mask it was given.
+    """
+    cu = kwargs.get("cu_seq_lens_q")
+    position_ids = kwargs.get("position_ids")
+    packed = query.shape[0] == 1 and query.shape[2] == key.shape[2] and attention_mask is None
+    if packed and (cu is not None or position_ids is not None):
+        cu = cu if cu is not None else boundaries(position_ids)
+        out = packed_attention(query, key, value, cu, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
