@@ -55,3 +55,50 @@ def label_logprobs(
 ) -> torch.Tensor:
     """log p(label) per token (0 where the label is ignored): what RL's policy ratio is built from."""
     return -linear_cross_entropy(hidden, weight, labels, bias, ignore_index, reduction="none")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Hugging Face's Llama/Qwen RMSNorm: fp32 statistics, cast back before the weight."""
+    dtype = x.dtype
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    summed = x + residual
+    return rms_norm(summed, weight, eps), summed
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) · up, the activation of Llama/Qwen MLPs."""
+    return F.silu(gate) * up
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_cos_sin(
+    position_ids: torch.Tensor,
+    inv_freq: torch.Tensor,
+    scaling: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) of shape (batch, tokens, head_dim) for positions, as Hugging Face's rotary modules make
+    them: angles in fp32, times the rope type's attention scaling (YaRN's), in the activations' dtype."""
+    freqs = position_ids.float()[..., None] * inv_freq.float()
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return (angles.cos() * scaling).to(dtype), (angles.sin() * scaling).to(dtype)
+
+
+def rope(
+    q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding of q (batch, heads, tokens, dim) and k (batch, kv_heads, tokens, dim)."""
+    cos, sin = rope_cos_sin(position_ids, inv_freq, scaling, q.dtype)
+    cos, sin = cos[:, None], sin[:, None]
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

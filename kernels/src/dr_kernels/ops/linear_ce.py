@@ -12,7 +12,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
+from dr_kernels.ops.backend import choose
 from dr_kernels.reference import IGNORE
 
 
@@ -44,43 +47,118 @@ def _chunk_terms(logits, labels, valid, label_smoothing, z_loss):
     return loss, grad
 
 
+@triton.jit
+def _ce_rows(
+    LOGITS, stride, LABELS, SCALE, LOSS, n_vocab, ignore_index, smoothing, z_loss,
+    WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One row of logits: its loss, and (WRITE_GRAD) d(loss)/d(logits)·scale written over the logits."""
+    row = tl.program_id(0).to(tl.int64)
+    base = LOGITS + row * stride
+    label = tl.load(LABELS + row)
+    scale = tl.load(SCALE + row)
+    valid = label != ignore_index
+    # online logsumexp: one read of the row
+    running_max = tl.full([], float("-inf"), tl.float32)
+    total = tl.zeros([], tl.float32)
+    summed = tl.zeros([], tl.float32)
+    for start in range(0, n_vocab, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < n_vocab
+        z = tl.load(base + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        new_max = tl.maximum(running_max, tl.max(z, axis=0))
+        total = total * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max), axis=0)
+        running_max = new_max
+        summed += tl.sum(tl.where(mask, z, 0.0), axis=0)
+    lse = running_max + tl.log(total)
+    safe = tl.where(valid, label, 0)
+    target = tl.load(base + safe).to(tl.float32)
+    loss = lse - target
+    if smoothing > 0:
+        loss = (1.0 - smoothing) * loss + smoothing * (lse - summed / n_vocab)
+    if z_loss > 0:
+        loss += z_loss * lse * lse
+    weight = tl.where(valid, scale, 0.0)
+    tl.store(LOSS + row, loss * weight)
+    if WRITE_GRAD:
+        # p·(1 + 2c·lse) - s/V - (1-s)·onehot(y), times the token's weight
+        for start in range(0, n_vocab, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n_vocab
+            z = tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
+            grad = tl.exp(z - lse) * (1.0 + 2.0 * z_loss * lse) - smoothing / n_vocab
+            grad = tl.where(offs == safe, grad - (1.0 - smoothing), grad)
+            tl.store(base + offs, (grad * weight).to(LOGITS.dtype.element_ty), mask=mask)
+
+
+def _chunk(h, weight, bias, labels, scale, ignore_index, label_smoothing, z_loss, use_triton, want_grad):
+    """(per-token loss · scale in fp32, d(loss·scale)/d(logits) in the activations' dtype or None)."""
+    if use_triton:
+        logits = F.linear(h, weight, bias).contiguous()
+        loss = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        _ce_rows[(h.shape[0],)](
+            logits, logits.stride(0), labels, scale.float().contiguous(), loss, logits.shape[1], ignore_index,
+            float(label_smoothing), float(z_loss), WRITE_GRAD=want_grad,
+            BLOCK=min(4096, triton.next_power_of_2(logits.shape[1])),
+        )  # fmt: skip
+        return loss, (logits if want_grad else None)
+    logits = F.linear(h, weight, bias).float()
+    valid = labels != ignore_index
+    loss, grad = _chunk_terms(logits, labels, valid, label_smoothing, z_loss)
+    scale = scale * valid
+    return loss * scale, ((grad * scale[:, None]).to(h.dtype) if want_grad else None)
+
+
+def _accumulate(grad, h, weight, start, end, grad_hidden, grad_weight, grad_bias):
+    if grad_hidden is not None:
+        torch.mm(grad, weight, out=grad_hidden[start:end])
+    if grad_weight is not None:
+        grad_weight.addmm_(grad.t().to(grad_weight.dtype), h.to(grad_weight.dtype))
+    if grad_bias is not None:
+        grad_bias += grad.float().sum(0)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, hidden, weight, bias, labels, weights, scalar, ignore_index, label_smoothing, z_loss, chunk
+        ctx,
+        hidden,
+        weight,
+        bias,
+        labels,
+        weights,
+        scalar,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        chunk,
+        use_triton,
     ):
         tokens = hidden.shape[0]
-        valid = labels != ignore_index
         per_token = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
         need = ctx.needs_input_grad
-        grad_hidden = torch.zeros_like(hidden) if scalar and need[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if scalar and need[1] else None
-        grad_bias = (
-            torch.zeros_like(bias, dtype=torch.float32) if scalar and bias is not None and need[2] else None
+        grads = (
+            torch.zeros_like(hidden) if scalar and need[0] else None,
+            torch.zeros_like(weight) if scalar and need[1] else None,
+            torch.zeros_like(bias, dtype=torch.float32) if scalar and bias is not None and need[2] else None,
         )
         for start in range(0, tokens, chunk):
             end = min(start + chunk, tokens)
             h = hidden[start:end]
-            logits = F.linear(h, weight, bias).float()
-            loss, grad = _chunk_terms(logits, labels[start:end], valid[start:end], label_smoothing, z_loss)
-            w = weights[start:end] * valid[start:end]
-            per_token[start:end] = loss * w
-            if scalar:
-                grad = (grad * w[:, None]).to(hidden.dtype)
-                if grad_hidden is not None:
-                    grad_hidden[start:end] = grad @ weight
-                if grad_weight is not None:
-                    grad_weight += grad.t().float() @ h.float()
-                if grad_bias is not None:
-                    grad_bias += grad.float().sum(0)
+            loss, grad = _chunk(
+                h, weight, bias, labels[start:end], weights[start:end], ignore_index, label_smoothing, z_loss,
+                use_triton, scalar and any(g is not None for g in grads),
+            )  # fmt: skip
+            per_token[start:end] = loss
+            if grad is not None:
+                _accumulate(grad, h, weight, start, end, *grads)
         ctx.scalar = scalar
-        ctx.has_bias = bias is not None
         if scalar:
-            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+            ctx.save_for_backward(*grads)
             ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
             return per_token.sum()
         ctx.save_for_backward(hidden, weight, bias, labels, weights)
-        ctx.args = (ignore_index, label_smoothing, z_loss, chunk)
+        ctx.args = (ignore_index, label_smoothing, z_loss, chunk, use_triton)
         return per_token
 
     @staticmethod
@@ -93,32 +171,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 None if grad_weight is None else (grad_weight * grad_out).to(dw),
                 None if grad_bias is None else (grad_bias * grad_out).to(db),
             ]
-            return (*out, *[None] * 7)
+            return (*out, *[None] * 8)
         hidden, weight, bias, labels, weights = ctx.saved_tensors
-        ignore_index, label_smoothing, z_loss, chunk = ctx.args
+        ignore_index, label_smoothing, z_loss, chunk, use_triton = ctx.args
         need = ctx.needs_input_grad
-        grad_hidden = torch.zeros_like(hidden) if need[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None
-        valid = labels != ignore_index
+        grads = (
+            torch.zeros_like(hidden) if need[0] else None,
+            torch.zeros_like(weight) if need[1] else None,
+            torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None,
+        )
+        scale = weights * grad_out.float()
         for start in range(0, hidden.shape[0], chunk):
             end = min(start + chunk, hidden.shape[0])
             h = hidden[start:end]
-            logits = F.linear(h, weight, bias).float()
-            _, grad = _chunk_terms(logits, labels[start:end], valid[start:end], label_smoothing, z_loss)
-            scale = grad_out[start:end].float() * weights[start:end] * valid[start:end]
-            grad = (grad * scale[:, None]).to(hidden.dtype)
-            if grad_hidden is not None:
-                grad_hidden[start:end] = grad @ weight
-            if grad_weight is not None:
-                grad_weight += grad.t().float() @ h.float()
-            if grad_bias is not None:
-                grad_bias += grad.float().sum(0)
+            _, grad = _chunk(
+                h, weight, bias, labels[start:end], scale[start:end], ignore_index, label_smoothing, z_loss,
+                use_triton, True,
+            )  # fmt: skip
+            _accumulate(grad, h, weight, start, end, *grads)
+        grad_hidden, grad_weight, grad_bias = grads
         return (
             grad_hidden,
-            None if grad_weight is None else grad_weight.to(weight.dtype),
+            grad_weight,
             None if grad_bias is None else grad_bias.to(bias.dtype),
-            *[None] * 7,
+            *[None] * 8,
         )
 
 
@@ -133,6 +209,7 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     loss_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """The loss of `dr_kernels.reference.linear_cross_entropy`, computed chunk by chunk.
 
@@ -150,8 +227,19 @@ def linear_cross_entropy(
         weights = loss_mask.reshape(-1).float()
     chunk = chunk_size or _chunk_size(hidden.shape[0], hidden.shape[1], weight.shape[0])
     scalar = reduction != "none"
+    use_triton = choose(hidden, backend) == "triton"
     out = _LinearCrossEntropy.apply(
-        hidden, weight, bias, labels, weights, scalar, ignore_index, label_smoothing, z_loss, chunk
+        hidden,
+        weight,
+        bias,
+        labels,
+        weights,
+        scalar,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        chunk,
+        use_triton,
     )
     if reduction == "mean":
         return out / (weights * valid).sum().clamp(min=1)
@@ -166,6 +254,9 @@ def label_logprobs(
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
     ignore_index: int = IGNORE,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """log p(label) per token, differentiable (0 where the label is ignored), without the full logits."""
-    return -linear_cross_entropy(hidden, weight, labels, bias, ignore_index, reduction="none")
+    return -linear_cross_entropy(
+        hidden, weight, labels, bias, ignore_index, reduction="none", backend=backend
+    )

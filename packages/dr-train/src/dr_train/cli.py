@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Annotated, Any
@@ -311,3 +312,139 @@ app.command(
     "dr data sft reads them), packed into --max-len rows. Checkpoints are Hugging Face folders; "
     "--resume continues exactly.",
 )(_command("sft", "drop", 1e-5))
+
+
+@app.command()
+def rl(
+    inputs: Inputs = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The policy to start from: a Hugging Face folder.")
+    ] = "",
+    out: OutOpt = "runs/rl",
+    index: Annotated[str | None, typer.Option("--index", "-i", help="Search index the agent uses.")] = None,
+    search: Annotated[str | None, typer.Option(help="Search backend: local, searxng, brave.")] = None,
+    algo: Annotated[
+        str, typer.Option("--algo", help="grpo (group-normalized) or ppo (value head + GAE).")
+    ] = "grpo",
+    steps: Annotated[int, typer.Option("--steps", help="RL steps (each: rollouts, then an update).")] = 10,
+    tasks_per_step: Annotated[int, typer.Option("--tasks-per-step", help="Tasks per step.")] = 8,
+    group: Annotated[int, typer.Option("--group", "-G", help="Rollouts per task.")] = 4,
+    lr: LrOpt = 1e-5,
+    clip: Annotated[float, typer.Option("--clip", help="PPO ratio clipping ε.")] = 0.2,
+    kl_coef: Annotated[float, typer.Option("--kl-coef", help="KL to the starting policy.")] = 0.01,
+    vf_coef: Annotated[float, typer.Option("--vf-coef", help="Value-loss weight (PPO).")] = 0.1,
+    gamma: Annotated[float, typer.Option("--gamma", help="Discount (PPO; the report uses 1).")] = 1.0,
+    lam: Annotated[float, typer.Option("--lam", help="GAE λ (PPO; the report uses 1).")] = 1.0,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over each step's rollouts.")] = 1,
+    minibatch: Annotated[int, typer.Option("--minibatch", help="Sequences per optimizer step.")] = 8,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 1.0,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Agent model calls per rollout.")] = 8,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", help="Prompt + completion tokens per rollout.")
+    ] = 16384,
+    max_output_tokens: Annotated[
+        int, typer.Option("--max-output-tokens", help="Tokens per model call.")
+    ] = 512,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Rollouts at once.")] = 2,
+    judge_base_url: Annotated[str | None, typer.Option(help="Judge endpoint for checklist tasks.")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Judge model for checklist tasks.")] = None,
+    save_every: SaveOpt = 0,
+    keep: KeepOpt = 2,
+    seed: SeedOpt = 0,
+    kernels: KernelsOpt = True,
+    resume: ResumeOpt = False,
+    on_error: OnErrorOpt = OnErrorChoice.fail,
+    rejects: Rejects = None,
+) -> None:
+    """RL on research tasks (Task JSONL): rollouts through the real agent loop and tools with the policy
+    itself, reward from dr-judge (exact answer, or checklist score with a judge model), GRPO or PPO updates
+    on the sampled tokens only. Writes metrics.jsonl and Hugging Face checkpoints like sft."""
+    from pathlib import Path
+
+    from dr_agent.build import build_agent
+    from dr_core.errors import InputError
+    from dr_core.jsonl import RejectWriter, read_records
+    from dr_core.log import logger, stdout_for_data_only
+    from dr_core.pipe import default_rejects_path
+    from dr_core.records import Task
+    from dr_judge.cli import make_judge
+    from dr_train import checkpoint
+    from dr_train.model import RopeSettings, build, is_checkpoint
+    from dr_train.rl import RLConfig, RLTrainer, frozen_copy
+
+    if algo not in ("grpo", "ppo"):
+        raise InputError(f"--algo {algo}: choose grpo or ppo")
+    if group < 2 and algo == "grpo":
+        raise InputError("--group: GRPO compares samples of the same task, so it needs at least 2")
+    if not model or not is_checkpoint(model):
+        raise InputError(
+            f"--model {model!r}: give the Hugging Face folder of the policy (e.g. dr train sft's --out)"
+        )
+    sources = inputs or ["-"]
+    out_path = Path(out)
+    resume_from = None
+    if resume:
+        if (out_path / checkpoint.STATE).is_file() and checkpoint.read_state(out_path).get("done"):
+            logger.info("%s already holds a finished run; nothing to resume", out_path)
+            return
+        resume_from = checkpoint.latest(out_path)
+    elif checkpoint.latest(out_path) is not None or (out_path / checkpoint.STATE).is_file():
+        raise InputError(
+            f"{out_path} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    rejects_path = rejects or (
+        default_rejects_path(sources, str(out_path / "tasks.jsonl")) if on_error.value == "skip" else None
+    )
+    with stdout_for_data_only() as data:
+        if rejects_path:
+            with RejectWriter(rejects_path) as writer:
+                tasks = list(read_records(sources, Task, on_error="skip", rejects=writer))
+        else:
+            tasks = list(read_records(sources, Task))
+        if not tasks:
+            raise InputError("no tasks to train on")
+        unjudgeable = [t.id for t in tasks if t.answer is None and not t.checklist]
+        if unjudgeable:
+            raise InputError(
+                f"tasks without an answer or checklist cannot be rewarded: {', '.join(unjudgeable[:5])}"
+            )
+        judge = make_judge(judge_base_url, judge_model)
+        if judge.llm is None and any(t.answer is None for t in tasks):
+            raise InputError("checklist tasks need a judge model: --judge-base-url and --judge-model")
+        start = str(resume_from) if resume_from is not None else model
+        policy, tokenizer = build(start, None, list, RopeSettings(), seed)
+        reference = frozen_copy(build(model, None, list, RopeSettings(), seed)[0]) if kl_coef else None
+        agent = build_agent(
+            search={"backend": search, "index": index},
+            agent={"max_steps": max_steps, "max_tokens": max_tokens, "max_output_tokens": max_output_tokens},
+            web=False,
+        )
+        config = RLConfig(
+            out=out_path,
+            algo=algo,  # type: ignore[arg-type]
+            steps=steps,
+            tasks_per_step=tasks_per_step,
+            group=group,
+            lr=lr,
+            clip=clip,
+            kl_coef=kl_coef,
+            vf_coef=vf_coef,
+            gamma=gamma,
+            lam=lam,
+            epochs=epochs,
+            minibatch=minibatch,
+            temperature=temperature,
+            max_steps=max_steps,
+            max_tokens=max_tokens,
+            max_output_tokens=max_output_tokens,
+            concurrency=concurrency,
+            save_every=save_every,
+            keep=keep,
+            seed=seed,
+            kernels=kernels,
+        )
+        trainer = RLTrainer(
+            policy, tokenizer, reference, agent, judge, tasks, config, resume_from, reference_path=model
+        )
+        summary = trainer.run()
+        data.write(json.dumps(summary) + "\n")

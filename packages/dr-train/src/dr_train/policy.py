@@ -1,0 +1,111 @@
+"""The model being trained, standing where the agent's LLM client stands.
+
+`LocalPolicy.chat()` renders the conversation with the model's chat template, samples a reply with
+`generate` on the same Hugging Face model the update step trains, and returns it as the agent expects (tool
+calls stay in the text; the agent's `<tool_call>` parser reads them). Every turn's exact prompt and sampled
+token ids are recorded under the rollout's key, so RL trains on the tokens the policy really produced,
+never on a re-tokenization of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from dr_core.llm import ChatResult, LLMConfig, to_wire
+from dr_core.records import Message, Usage
+
+
+@dataclass
+class Turn:
+    prompt: list[int]
+    response: list[int]
+
+
+@dataclass
+class Recording:
+    turns: list[Turn] = field(default_factory=list)
+
+
+_current = threading.local()
+
+
+class record_turns:
+    """Within this block, this thread's chat() calls are recorded into `recording`."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+
+    def __enter__(self) -> Recording:
+        _current.recording = self.recording
+        return self.recording
+
+    def __exit__(self, *exc: object) -> None:
+        _current.recording = None
+
+
+class LocalPolicy:
+    """chat() with an in-process model; safe for concurrent rollouts (generation only reads weights)."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, name: str = "policy", max_context: int | None = None
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = LLMConfig(model=name, base_url="local://policy")
+        self.max_context = max_context or getattr(model.config, "max_position_embeddings", 32768)
+        self.lock = threading.Lock()
+
+    def chat(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        **_: Any,
+    ) -> ChatResult:
+        import torch
+
+        wire = [to_wire(m) for m in messages]
+        prompt = self.tokenizer.apply_chat_template(
+            wire, tools=tools or None, tokenize=True, add_generation_prompt=True, return_dict=False
+        )
+        if hasattr(prompt, "input_ids"):
+            prompt = prompt["input_ids"]
+        prompt = list(prompt)
+        room = self.max_context - len(prompt)
+        new_tokens = max(1, min(max_tokens or 1024, room))
+        if room <= 0:
+            return ChatResult(
+                message=Message(role="assistant", content=""),
+                finish_reason="length",
+                usage=Usage(prompt_tokens=len(prompt)),
+            )
+        sample = temperature > 0
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids=torch.tensor([prompt], device=device),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+                max_new_tokens=new_tokens,
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=top_p if sample else None,
+                top_k=None,
+                use_cache=True,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
+        response = output[0, len(prompt) :].tolist()
+        finished = bool(response) and response[-1] == self.tokenizer.eos_token_id
+        recording = getattr(_current, "recording", None)
+        if recording is not None:
+            recording.turns.append(Turn(prompt, response))
+        text = self.tokenizer.decode(response, skip_special_tokens=True)
+        return ChatResult(
+            message=Message(role="assistant", content=text),
+            finish_reason="stop" if finished else "length",
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(response)),
+        )

@@ -1,0 +1,78 @@
+"""The arithmetic of RL for language-model agents: advantages (GRPO's group normalization, GAE for PPO),
+the clipped policy loss, the KL estimate to the reference policy, and PPO's clipped value loss.
+
+Plain functions on tensors, checked against hand-computed cases in the tests. Per-token tensors are 1-D
+over the tokens the policy produced (tool results and prompts never appear in them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO: each reward minus its group's mean, over the group's standard deviation (population).
+
+    `rewards` holds consecutive groups of `group_size` samples of the same task; a group whose samples all
+    scored the same gives zero advantage (nothing to prefer).
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    groups = rewards.float().reshape(-1, group_size)
+    mean = groups.mean(dim=1, keepdim=True)
+    std = groups.std(dim=1, unbiased=False, keepdim=True)
+    return ((groups - mean) / (std + eps)).reshape(-1)
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns) by generalized advantage estimation over one rollout's action tokens.
+
+    The value after the last token is 0 (the episode ends). With gamma = lam = 1, as the Step-DeepResearch
+    report uses, the advantage of a token is the sum of the rewards from it on, minus its value.
+    """
+    advantages = torch.zeros_like(values, dtype=torch.float32)
+    running = 0.0
+    for t in range(values.numel() - 1, -1, -1):
+        following = values[t + 1].item() if t + 1 < values.numel() else 0.0
+        delta = rewards[t].item() + gamma * following - values[t].item()
+        running = delta + gamma * lam * running
+        advantages[t] = running
+    return advantages, advantages + values.float()
+
+
+def ppo_token_rewards(
+    final_reward: float, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, kl_coef: float
+) -> torch.Tensor:
+    """PPO's per-token rewards: -kl_coef·(log π - log π_ref) at every token, plus the outcome at the last."""
+    rewards = torch.zeros_like(logprobs, dtype=torch.float32)
+    if ref_logprobs is not None and kl_coef:
+        rewards -= kl_coef * (logprobs.float() - ref_logprobs.float())
+    if rewards.numel():
+        rewards[-1] += final_reward
+    return rewards
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token -min(ρ·A, clip(ρ, 1-ε, 1+ε)·A) with ρ = π/π_old, and whether each token was clipped."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped)
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π‖π_ref) estimate exp(r) - r - 1 with r = log π_ref - log π: unbiased, never negative."""
+    r = ref_logprobs - logprobs
+    return torch.exp(r) - r - 1
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """Per-token ½·max((V - R)², (clip(V, V_old ± ε) - R)²)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)

@@ -1,0 +1,205 @@
+"""The main job: the whole pipeline on the embedded default, one `dr` command after another.
+
+    world → index → trajectories (oracle teacher) → sft data → train a base model (from scratch) with SFT
+    → serve it → bench on the held-out world tasks → RL → bench again → one table
+
+Every step is the `dr` command a user would type (printed to stderr as it runs), reading and writing JSONL
+and checkpoints under --out; re-running skips the steps whose outputs exist. The table goes to stdout and
+to OUT/results.md. Flags swap in a real base model (--base-model FOLDER), a real teacher endpoint
+(--teacher endpoint --teacher-base-url URL --teacher-model M) and a GPU (--gpu: vLLM serving, bf16).
+
+    python scripts/main_job.py --out runs/main            # about half an hour on a 2-core CPU
+    python scripts/main_job.py --out runs/quick --quick   # the pipeline end to end in a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DR = [sys.executable, "-m", "dr_cli.main"]
+
+
+def run(*args: str | Path, stdout: Path | None = None) -> str:
+    command = [*DR, *map(str, args)]
+    print("$ dr " + shlex.join(command[len(DR) :]), file=sys.stderr, flush=True)
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, check=False)
+    if result.returncode != 0:
+        sys.exit(
+            f"main job: `dr {args[0]} {args[1] if len(args) > 1 else ''}` failed (exit {result.returncode})"
+        )
+    text = result.stdout.decode()
+    if stdout is not None:
+        stdout.write_text(text)
+    return text
+
+
+def resumed(folder: Path) -> list[str]:
+    """--resume when an earlier, interrupted run of this step left checkpoints behind."""
+    return ["--resume"] if any(folder.glob("checkpoint-*/trainer_state.json")) else []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(model: Path, gpu: bool, log: Path):
+    """`dr serve MODEL` in the background until the block ends; yields its OpenAI-compatible base URL."""
+    port = free_port()
+    engine = ["--engine", "vllm"] if gpu else ["--engine", "transformers", "--device", "cpu"]
+    command = [*DR, "serve", str(model), "--port", str(port), "--host", "127.0.0.1", *engine]
+    print("$ dr " + shlex.join(command[len(DR) :]) + " &", file=sys.stderr, flush=True)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 600
+            import httpx
+
+            while True:
+                if proc.poll() is not None:
+                    sys.exit(f"main job: dr serve {model} exited ({proc.returncode}); see {log}")
+                try:
+                    if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    sys.exit(f"main job: dr serve {model} was not up after 600 s; see {log}")
+                time.sleep(1)
+            yield f"{url}/v1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
+    folder = out / "bench" / name
+    if (folder / "summary.json").exists():
+        return folder
+    with served(model, args.gpu, out / f"serve-{name}.log") as url:
+        run(
+            "bench", "run", "--suite", out / "world" / "test.jsonl", "-o", folder,
+            "--base-url", url, "--model", str(model), "--index", out / "index", "--no-web",
+            "--limit", str(args.bench_tasks), "--concurrency", str(args.concurrency),
+            "--max-steps", str(args.agent_steps), "--max-tokens", str(args.agent_tokens),
+            "--temperature", "0",
+        )  # fmt: skip
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/main"))
+    parser.add_argument("--quick", action="store_true", help="A small world and short training (CI).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-model", default=None, help="A Hugging Face folder to start from (default: "
+                        "a tiny Qwen2 trained from scratch).")  # fmt: skip
+    parser.add_argument("--tiny", default="tiny:qwen2-small", help="The from-scratch shape.")
+    parser.add_argument("--teacher", default="oracle", choices=["oracle", "endpoint"])
+    parser.add_argument("--teacher-base-url", default=None)
+    parser.add_argument("--teacher-model", default=None)
+    parser.add_argument("--gpu", action="store_true", help="Serve with vLLM and train in bf16.")
+    parser.add_argument("--entities", type=int, default=None)
+    parser.add_argument("--tasks", type=int, default=None)
+    parser.add_argument("--sft-epochs", type=float, default=None)
+    parser.add_argument("--sft-lr", type=float, default=2e-3)
+    parser.add_argument("--max-len", type=int, default=8192)
+    parser.add_argument("--rl-steps", type=int, default=None)
+    parser.add_argument("--rl-lr", type=float, default=2e-5)
+    parser.add_argument("--algo", default="grpo", choices=["grpo", "ppo"])
+    parser.add_argument("--bench-tasks", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--agent-steps", type=int, default=8)
+    parser.add_argument("--agent-tokens", type=int, default=12000)
+    args = parser.parse_args()
+    quick = args.quick
+    args.entities = args.entities or (120 if quick else 600)
+    args.tasks = args.tasks or (150 if quick else 1500)
+    args.sft_epochs = args.sft_epochs or (1 if quick else 2)
+    args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 8)
+    args.bench_tasks = args.bench_tasks or (4 if quick else 100)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    world = out / "world"
+    if not (world / "test.jsonl").exists():
+        run("data", "world", "-o", world, "--seed", str(args.seed), "--entities", str(args.entities),
+            "--tasks", str(args.tasks), "--max-hops", "2")  # fmt: skip
+    if not (out / "index").exists():
+        run("data", "index", world / "corpus.jsonl", "-i", out / "index")
+    trajectories = out / "trajectories.jsonl"
+    if not trajectories.exists():
+        teacher = ["--teacher", args.teacher]
+        if args.teacher == "endpoint":
+            teacher += ["--base-url", args.teacher_base_url or "", "--model", args.teacher_model or "",
+                        "--samples", "4"]  # fmt: skip
+        run(
+            "data",
+            "trajectories",
+            world / "train.jsonl",
+            "--index",
+            out / "index",
+            *teacher,
+            "-o",
+            trajectories,
+        )
+    sft_data = out / "sft.jsonl"
+    if not sft_data.exists():
+        run("data", "sft", trajectories, "--decontaminate", world / "test.jsonl", "-o", sft_data)
+
+    precision = ["--precision", "bf16"] if args.gpu else []
+    base = Path(args.base_model) if args.base_model else out / "models" / "base"
+    if not args.base_model and not (base / "trainer_state.json").exists():
+        # the untrained model: random weights and a tokenizer learnt from the SFT data, zero steps
+        run("train", "sft", sft_data, "--model", args.tiny, "-o", base, "--max-len", str(args.max_len),
+            "--max-steps", "0", "--seed", str(args.seed))  # fmt: skip
+    sft_model = out / "models" / "sft"
+    if not (sft_model / "trainer_state.json").exists():
+        run("train", "sft", sft_data, "--model", base, "-o", sft_model, "--max-len", str(args.max_len),
+            "--epochs", str(args.sft_epochs), "--lr", str(args.sft_lr), "--warmup", "10", "--no-grad-ckpt",
+            "--save-every", "50", "--seed", str(args.seed), *resumed(sft_model), *precision)  # fmt: skip
+    rl_model = out / "models" / "rl"
+    runs = [("untrained", base), ("sft", sft_model)]
+    folders = [bench(name, model, args, out) for name, model in runs]
+    if args.rl_steps and not (rl_model / "trainer_state.json").exists():
+        run("train", "rl", world / "train.jsonl", "--model", sft_model, "--index", out / "index",
+            "-o", rl_model, "--algo", args.algo, "--steps", str(args.rl_steps),
+            "--tasks-per-step", "8" if not quick else "2", "--group", "4" if not quick else "2",
+            "--lr", str(args.rl_lr), "--max-steps", str(args.agent_steps),
+            "--max-tokens", str(args.agent_tokens), "--concurrency", str(args.concurrency),
+            "--save-every", "2", "--seed", str(args.seed), *resumed(rl_model))  # fmt: skip
+    if args.rl_steps:
+        folders.append(bench("rl", rl_model, args, out))
+    table = out / "results.md"
+    report = run("bench", "report", *folders, "--markdown", table)
+    summaries = [json.loads(line) for line in report.splitlines() if line.strip()]
+    results = {
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "runs": {name: s for (name, _), s in zip([*runs, ("rl", rl_model)], summaries, strict=False)},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    sys.stdout.write(table.read_text())
+    print(f"main job: done in {results['minutes']} min; results in {table}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
