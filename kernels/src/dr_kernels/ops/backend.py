@@ -13,6 +13,20 @@ import torch
 
 Backend = Literal["triton", "torch"]
 
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # no Triton wheel for this platform: the PyTorch implementations still run
+    import math
+    import types
+
+    triton = types.SimpleNamespace(
+        jit=lambda fn: fn,
+        cdiv=lambda a, b: -(-a // b),
+        next_power_of_2=lambda n: 1 << max(0, math.ceil(math.log2(max(n, 1)))),
+    )
+    tl = types.SimpleNamespace(constexpr=None)  # kernel signatures name tl.constexpr
+
 
 @functools.cache
 def triton_available() -> bool:
@@ -41,6 +55,4 @@ def choose(tensor: torch.Tensor, backend: str | None = None) -> Backend:
 
 
 def block_size(n: int) -> int:
-    import triton
-
     return triton.next_power_of_2(max(n, 1))

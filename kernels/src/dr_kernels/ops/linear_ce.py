@@ -6,16 +6,13 @@ For a scalar loss (sum or mean) the gradients are made in the forward pass, as L
 is a multiply; for per-token outputs (RL's log-probabilities) the backward recomputes each chunk's logits.
 """
 
-from __future__ import annotations
 
 import math
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from dr_kernels.ops.backend import choose
+from dr_kernels.ops.backend import choose, tl, triton
 from dr_kernels.reference import IGNORE
 
 

@@ -5,14 +5,11 @@ input dtype before the weight multiplies it. The fused form returns (normed, res
 tensors a decoder layer needs, reading its inputs once.
 """
 
-from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from dr_kernels import reference
-from dr_kernels.ops.backend import block_size, choose
+from dr_kernels.ops.backend import block_size, choose, tl, triton
 
 
 @triton.jit

@@ -6,14 +6,11 @@ inverse frequencies and an attention scaling factor, which the caller passes (se
 them from the model's own rotary module). Backward is the rotation by the opposite angle.
 """
 
-from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from dr_kernels import reference
-from dr_kernels.ops.backend import block_size, choose
+from dr_kernels.ops.backend import block_size, choose, tl, triton
 
 
 @triton.jit

@@ -1,13 +1,10 @@
 """SwiGLU: silu(gate) · up, forward and backward in one elementwise pass each (nothing else kept)."""
 
-from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from dr_kernels import reference
-from dr_kernels.ops.backend import choose
+from dr_kernels.ops.backend import choose, tl, triton
 
 BLOCK = 1024
 

@@ -1,0 +1,148 @@
+"""Packed attention equals each document alone; a patched model computes what the unpatched one does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dr_kernels import patch, unpatch
+from dr_kernels.attention import boundaries, choose_backend, cu_seqlens_of, packed_attention
+from dr_kernels.patch import is_patched
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = ["sdpa", "flex"] + (
+    ["flash"] if DEVICE == "cuda" and choose_backend(torch.device("cuda")) == "flash" else []
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_attention_equals_each_document_alone(backend):
+    torch.manual_seed(0)
+    lengths = [5, 11, 1, 16]
+    total = sum(lengths)
+    # PyTorch's flex attention has no backward on the CPU: there, its forward is what can be checked
+    train = not (backend == "flex" and DEVICE == "cpu")
+    q = torch.randn(1, 4, total, 16, device=DEVICE, requires_grad=train)
+    k = torch.randn(1, 2, total, 16, device=DEVICE, requires_grad=train)  # grouped-query: 2 kv heads
+    v = torch.randn(1, 2, total, 16, device=DEVICE, requires_grad=train)
+    out = packed_attention(q, k, v, cu_seqlens_of(lengths, DEVICE), backend=backend)
+    start = 0
+    alone = []
+    for n in lengths:
+        piece = slice(start, start + n)
+        alone.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q[:, :, piece], k[:, :, piece], v[:, :, piece], is_causal=True, enable_gqa=True
+            )
+        )
+        start += n
+    expected = torch.cat(alone, dim=2)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
+    if not train:
+        return
+    dy = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), dy)
+    theirs = torch.autograd.grad(expected, (q, k, v), dy)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+def test_document_boundaries_come_from_positions_restarting_at_zero():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    assert boundaries(positions).tolist() == [0, 3, 5, 9]
+    assert cu_seqlens_of([3, 2, 4]).tolist() == [0, 3, 5, 9]
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="choose one of"):
+        choose_backend(torch.device("cpu"), "magic")  # type: ignore[arg-type]
+
+
+def tiny(family: str):
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    classes = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+    }
+    config_class, model_class = classes[family]
+    torch.manual_seed(0)
+    config = config_class(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=70,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        max_position_embeddings=256,
+        rope_parameters={
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "rope_theta": 10000.0,
+            "original_max_position_embeddings": 64,
+        },
+    )
+    return model_class(config).to(DEVICE)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
+def test_a_patched_model_gives_the_same_loss_and_gradients_on_a_packed_row(family):
+    from dr_train.pack import document_mask
+
+    model = tiny(family)
+    ids = torch.randint(0, 97, (1, 23), device=DEVICE)
+    positions = torch.tensor([list(range(10)) + list(range(13))], device=DEVICE)
+    labels = ids.clone()
+    labels[0, 10] = -100  # a document's first token is not predicted from the one before
+
+    def loss_and_grads(**kwargs):
+        loss = model(input_ids=ids, position_ids=positions, labels=labels, **kwargs).loss
+        loss.backward()
+        out = loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        return out
+
+    plain_loss, plain_grads = loss_and_grads(attention_mask=document_mask([0] * 10 + [1] * 13).to(DEVICE))
+    patch(model, backend="triton")
+    assert is_patched(model) and model.config._attn_implementation == "dr_packed"
+    fused_loss, fused_grads = loss_and_grads()  # no mask: the positions say where documents start
+    torch.testing.assert_close(fused_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_unpatch_restores_the_model_and_generation_agrees_either_way():
+    model = tiny("qwen2")
+    prompt = torch.randint(0, 97, (1, 6), device=DEVICE)
+    before = model.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
+    patch(model, backend="triton")
+    patched = model.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
+    unpatch(model)
+    assert not is_patched(model) and model.config._attn_implementation != "dr_packed"
+    assert "forward" not in model.model.layers[0].mlp.__dict__  # the class's own forward again
+    assert torch.equal(before, patched)
+    assert torch.equal(model.generate(input_ids=prompt, max_new_tokens=6, do_sample=False), before)
+
+
+def test_patch_touches_only_the_model_it_is_given():
+    patched, other = tiny("qwen2"), tiny("qwen2")
+    patch(patched)
+    assert "forward" in patched.model.layers[0].mlp.__dict__
+    assert "forward" not in other.model.layers[0].mlp.__dict__
+    assert other.config._attn_implementation != "dr_packed"
+
+
+def test_unsupported_families_are_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with pytest.raises(ValueError, match="supports qwen2, qwen3, llama"):
+        patch(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)))
