@@ -16,3 +16,19 @@ lint:
 # format the code
 fmt:
     .venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+# the main job: world -> index -> trajectories -> SFT -> serve -> bench -> RL -> bench, one table
+demo *ARGS:
+    bash scripts/setup.sh && .venv/bin/python scripts/main_job.py {{ARGS}}
+
+# dr-data throughput (CPU)
+bench-data:
+    .venv/bin/python scripts/bench_data.py
+
+# dr_kernels against PyTorch and Liger-Kernel (GPU; --device cpu --small for a smoke run)
+bench-kernels *ARGS:
+    .venv/bin/python scripts/bench_kernels.py {{ARGS}}
+
+# training throughput: plain HF, HF + Liger, dr (GPU; --device cpu --small for a smoke run)
+bench-train *ARGS:
+    .venv/bin/python scripts/bench_train.py {{ARGS}}

@@ -71,7 +71,7 @@ def served(model: Path, gpu: bool, log: Path):
                 if proc.poll() is not None:
                     sys.exit(f"main job: dr serve {model} exited ({proc.returncode}); see {log}")
                 try:
-                    if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
@@ -127,14 +127,21 @@ def main() -> None:
     parser.add_argument("--bench-tasks", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--agent-steps", type=int, default=8)
-    parser.add_argument("--agent-tokens", type=int, default=12000)
+    parser.add_argument("--agent-tokens", type=int, default=None, help="Tokens per agent run (all calls).")
     args = parser.parse_args()
     quick = args.quick
+    if quick and args.tiny == "tiny:qwen2-small":
+        args.tiny = "tiny:qwen2"
+    # one agent for every stage (teacher, bench, RL): a model call writes at most this many tokens, and a
+    # search shows this many results
+    os.environ.setdefault("DR_AGENT_MAX_OUTPUT_TOKENS", "384")
+    os.environ.setdefault("DR_SEARCH_TOP_K", "3")
     args.entities = args.entities or (120 if quick else 600)
     args.tasks = args.tasks or (150 if quick else 1500)
     args.sft_epochs = args.sft_epochs or (1 if quick else 2)
     args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 8)
     args.bench_tasks = args.bench_tasks or (4 if quick else 100)
+    args.agent_tokens = args.agent_tokens or (4000 if quick else 12000)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

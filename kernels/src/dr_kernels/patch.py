@@ -123,10 +123,14 @@ def _layer_forward(backend: str | None):
             **kwargs,
         )
         norm = self.post_attention_layernorm
-        # the residual add and the norm after it, in one pass
-        hidden_states, residual = add_rms_norm(
-            hidden_states, residual, norm.weight, norm.variance_epsilon, backend=backend
-        )
+        if norm.weight.numel() == residual.shape[-1]:
+            # the residual add and the norm after it, in one pass
+            hidden_states, residual = add_rms_norm(
+                hidden_states, residual, norm.weight, norm.variance_epsilon, backend=backend
+            )
+        else:  # the weight is partitioned (DeepSpeed ZeRO-3): only the norm's own call gathers it
+            residual = residual + hidden_states
+            hidden_states = norm(residual)
         return residual + self.mlp(hidden_states)
 
     return forward

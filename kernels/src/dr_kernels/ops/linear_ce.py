@@ -6,7 +6,6 @@ For a scalar loss (sum or mean) the gradients are made in the forward pass, as L
 is a multiply; for per-token outputs (RL's log-probabilities) the backward recomputes each chunk's logits.
 """
 
-
 import math
 
 import torch

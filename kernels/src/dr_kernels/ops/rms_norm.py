@@ -5,7 +5,6 @@ input dtype before the weight multiplies it. The fused form returns (normed, res
 tensors a decoder layer needs, reading its inputs once.
 """
 
-
 import torch
 
 from dr_kernels import reference

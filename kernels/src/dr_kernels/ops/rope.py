@@ -6,7 +6,6 @@ inverse frequencies and an attention scaling factor, which the caller passes (se
 them from the model's own rotary module). Backward is the rotation by the opposite angle.
 """
 
-
 import torch
 
 from dr_kernels import reference

@@ -1,6 +1,5 @@
 """SwiGLU: silu(gate) · up, forward and backward in one elementwise pass each (nothing else kept)."""
 
-
 import torch
 
 from dr_kernels import reference

@@ -356,9 +356,11 @@ def rl(
     on_error: OnErrorOpt = OnErrorChoice.fail,
     rejects: Rejects = None,
 ) -> None:
-    """RL on research tasks (Task JSONL): rollouts through the real agent loop and tools with the policy
-    itself, reward from dr-judge (exact answer, or checklist score with a judge model), GRPO or PPO updates
-    on the sampled tokens only. Writes metrics.jsonl and Hugging Face checkpoints like sft."""
+    """RL (GRPO or PPO) on research tasks, with rollouts through the real agent loop and tools.
+
+    Tasks are Task JSONL. The policy researches each task --group times; dr-judge rewards each run (exact
+    answer, or the checklist score with a judge model); updates use only the tokens the policy sampled.
+    Writes metrics.jsonl and Hugging Face checkpoints like sft."""
     from pathlib import Path
 
     from dr_agent.build import build_agent

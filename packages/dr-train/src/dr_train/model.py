@@ -20,6 +20,12 @@ from dr_core.errors import InputError
 # CPU: small enough for seconds per step, big enough to learn the world's tool-calling format.
 TINY: dict[str, dict[str, Any]] = {
     "qwen2": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "qwen2-mini": {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+    },
     "qwen2-small": {
         "hidden_size": 256,
         "intermediate_size": 768,

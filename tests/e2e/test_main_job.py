@@ -1,0 +1,46 @@
+"""The README's main job, end to end, in its short version: every stage runs for real and hands its output
+to the next (world → index → oracle trajectories → sft data → train sft → serve → bench → rl → bench)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
+    out = tmp_path / "main"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "main_job.py"), "--out", str(out), "--quick"],
+        capture_output=True,
+        timeout=1500,
+        env={**os.environ, "DR_QUIET": "1"},
+    )
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    table = result.stdout.decode()
+    assert table.count("\n| ") == 4  # header + untrained, sft, rl
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["runs"]) == ["untrained", "sft", "rl"]
+    for summary in results["runs"].values():
+        assert summary["n"] == 4 and 0.0 <= summary["score"]["mean"] <= 1.0
+    for model in ("base", "sft", "rl"):
+        assert (out / "models" / model / "model.safetensors").is_file()
+    rl = [json.loads(line) for line in (out / "models" / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert rl and {"reward_mean", "reward_std", "kl", "tool_calls", "response_tokens"} <= set(rl[-1])
+    sft = [json.loads(line) for line in (out / "models" / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert sft[-1]["loss"] < sft[0]["loss"]
+    # a second run finds every output in place and only prints the table again
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "main_job.py"), "--out", str(out), "--quick"],
+        capture_output=True,
+        timeout=600,
+    )
+    assert again.returncode == 0 and again.stdout.decode() == table
+    assert b"$ dr train" not in again.stderr
