@@ -1,7 +1,7 @@
 """Training throughput and memory: plain Hugging Face, Hugging Face + Liger-Kernel, and dr train's path.
 
     python scripts/bench_train.py                         # one GPU: Qwen2.5-0.5B shape at 32K and 128K
-    python scripts/bench_train.py --zero3-7b              # + the longest row Qwen2.5-7B trains with ZeRO-3 offload
+    python scripts/bench_train.py --zero3-7b              # + the longest row of a 7B with ZeRO-3 offload
     python scripts/bench_train.py --device cpu --small    # a smoke run of every variant on the CPU
 
 Every variant trains the same randomly initialized model (bf16 weights, AdamW, gradient checkpointing) on
