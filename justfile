@@ -19,7 +19,7 @@ fmt:
 
 # the main job: world -> index -> trajectories -> SFT -> serve -> bench -> RL -> bench, one table
 demo *ARGS:
-    bash scripts/setup.sh && .venv/bin/python scripts/main_job.py {{ARGS}}
+    bash scripts/main_job.sh {{ARGS}}
 
 # dr-data throughput (CPU)
 bench-data:

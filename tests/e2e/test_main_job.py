@@ -30,7 +30,7 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     assert list(results["runs"]) == ["untrained", "sft", "rl"]
     for summary in results["runs"].values():
         assert summary["n"] == 4 and 0.0 <= summary["score"]["mean"] <= 1.0
-    for model in ("base", "sft", "rl"):
+    for model in ("base", "mid", "sft", "rl"):
         assert (out / "models" / model / "model.safetensors").is_file()
     rl = [json.loads(line) for line in (out / "models" / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert rl and {"reward_mean", "reward_std", "kl", "tool_calls", "response_tokens"} <= set(rl[-1])

@@ -105,6 +105,15 @@ def _chunk(h, weight, bias, labels, scale, ignore_index, label_smoothing, z_loss
     return loss * scale, ((grad * scale[:, None]).to(h.dtype) if want_grad else None)
 
 
+def _grad_buffers(hidden, weight, bias, need):
+    """Zeroed gradients for the inputs that need one (the bias's in fp32: it sums over every token)."""
+    return (
+        torch.zeros_like(hidden) if need[0] else None,
+        torch.zeros_like(weight) if need[1] else None,
+        torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None,
+    )
+
+
 def _accumulate(grad, h, weight, start, end, grad_hidden, grad_weight, grad_bias):
     if grad_hidden is not None:
         torch.mm(grad, weight, out=grad_hidden[start:end])
@@ -132,12 +141,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     ):
         tokens = hidden.shape[0]
         per_token = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
-        need = ctx.needs_input_grad
-        grads = (
-            torch.zeros_like(hidden) if scalar and need[0] else None,
-            torch.zeros_like(weight) if scalar and need[1] else None,
-            torch.zeros_like(bias, dtype=torch.float32) if scalar and bias is not None and need[2] else None,
-        )
+        grads = _grad_buffers(hidden, weight, bias, ctx.needs_input_grad if scalar else (False,) * 3)
         for start in range(0, tokens, chunk):
             end = min(start + chunk, tokens)
             h = hidden[start:end]
@@ -170,12 +174,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             return (*out, *[None] * 8)
         hidden, weight, bias, labels, weights = ctx.saved_tensors
         ignore_index, label_smoothing, z_loss, chunk, use_triton = ctx.args
-        need = ctx.needs_input_grad
-        grads = (
-            torch.zeros_like(hidden) if need[0] else None,
-            torch.zeros_like(weight) if need[1] else None,
-            torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None,
-        )
+        grads = _grad_buffers(hidden, weight, bias, ctx.needs_input_grad)
         scale = weights * grad_out.float()
         for start in range(0, hidden.shape[0], chunk):
             end = min(start + chunk, hidden.shape[0])

@@ -193,7 +193,14 @@ class RLTrainer:
             if reference is not None:
                 patch(reference)
         model.config.use_cache = True
+        # rollouts and updates on one device: the GPU when there is one
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(self.device)
+        if reference is not None:
+            reference.to(self.device)
         self.value_head = ValueHead.build(model.config.hidden_size) if config.algo == "ppo" else None
+        if self.value_head is not None:
+            self.value_head.to(self.device)
         params = list(model.parameters()) + (list(self.value_head.parameters()) if self.value_head else [])
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.policy = LocalPolicy(model, tokenizer)

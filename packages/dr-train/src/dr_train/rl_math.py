@@ -32,13 +32,14 @@ def gae(
     The value after the last token is 0 (the episode ends). With gamma = lam = 1, as the Step-DeepResearch
     report uses, the advantage of a token is the sum of the rewards from it on, minus its value.
     """
-    advantages = torch.zeros_like(values, dtype=torch.float32)
+    r, v = rewards.float().tolist(), values.float().tolist()
+    out = [0.0] * len(v)
     running = 0.0
-    for t in range(values.numel() - 1, -1, -1):
-        following = values[t + 1].item() if t + 1 < values.numel() else 0.0
-        delta = rewards[t].item() + gamma * following - values[t].item()
-        running = delta + gamma * lam * running
-        advantages[t] = running
+    for t in range(len(v) - 1, -1, -1):
+        following = v[t + 1] if t + 1 < len(v) else 0.0
+        running = r[t] + gamma * following - v[t] + gamma * lam * running
+        out[t] = running
+    advantages = torch.tensor(out, dtype=torch.float32, device=values.device)
     return advantages, advantages + values.float()
 
 
