@@ -308,6 +308,8 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_and_saves_a_loadable_checkpo
         "3e-3",
         "--save-every",
         "2",
+        "--tokens-per-step",
+        "2048",  # two rows per rank per step: DeepSpeed accumulates, then one update
         timeout=600,
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
@@ -315,6 +317,7 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_and_saves_a_loadable_checkpo
     assert summary["steps"] == 3
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["tokens"] > 3 * 4 * 300  # four rows of several examples each step
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out)

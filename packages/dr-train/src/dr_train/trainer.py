@@ -316,7 +316,7 @@ class Trainer:
         # DeepSpeed averages gradients over ranks; the step's loss is a sum over every rank's tokens
         scale = self.dist.world / normalizer
         model = self.engine if self.engine is not None else self.module
-        for row in rows:
+        for index, row in enumerate(rows):
             batch = row_tensors(row, self.device)
             with autocast, offload:
                 summed = token_losses(
@@ -328,6 +328,9 @@ class Trainer:
             loss = summed * scale
             if self.engine is not None:
                 model.backward(loss, scale_wrt_gas=False)
+                if index < len(rows) - 1:
+                    # DeepSpeed counts micro-batches in step(); only the last one updates (_optimizer_step)
+                    model.step()
             else:
                 loss.backward()
             total += float(summed.detach())
