@@ -146,8 +146,8 @@ def main() -> None:
     args.midtrain_entities = args.midtrain_entities or (200 if quick else 50000)
     if args.midtrain_epochs is None:
         args.midtrain_epochs = 0.2 if quick else 1
-    args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 4)
-    args.bench_tasks = args.bench_tasks or (4 if quick else 40)
+    args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 3)
+    args.bench_tasks = args.bench_tasks or (4 if quick else 30)
     args.agent_tokens = args.agent_tokens or (8000 if quick else 12000)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

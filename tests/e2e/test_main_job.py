@@ -25,7 +25,12 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     table = result.stdout.decode()
-    assert table.count("\n| ") == 4  # header + untrained, sft, rl
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 4 and [r.split(" | ")[0].rsplit("/", 1)[-1] for r in rows[1:]] == [
+        "untrained",
+        "sft",
+        "rl",
+    ]
     results = json.loads((out / "results.json").read_text())
     assert list(results["runs"]) == ["untrained", "sft", "rl"]
     for summary in results["runs"].values():
