@@ -29,11 +29,11 @@ from pathlib import Path
 DR = [sys.executable, "-m", "dr_cli.main"]
 
 
-def run(*args: str | Path, stdout: Path | None = None) -> str:
+def run(*args: str | Path, stdout: Path | None = None, allow: tuple[int, ...] = ()) -> str:
     command = [*DR, *map(str, args)]
     print("$ dr " + shlex.join(command[len(DR) :]), file=sys.stderr, flush=True)
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, check=False)
-    if result.returncode != 0:
+    if result.returncode != 0 and result.returncode not in allow:
         sys.exit(
             f"main job: `dr {args[0]} {args[1] if len(args) > 1 else ''}` failed (exit {result.returncode})"
         )
@@ -93,13 +93,21 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
     if (folder / "summary.json").exists():
         return folder
     with served(model, args.gpu, out / f"serve-{name}.log") as url:
-        run(
-            "bench", "run", "--suite", out / "world" / "test.jsonl", "-o", folder,
+        flags = [
+            "--suite", out / "world" / "test.jsonl", "-o", folder,
             "--base-url", url, "--model", str(model), "--index", out / "index", "--no-web",
             "--limit", str(args.bench_tasks), "--concurrency", str(args.concurrency),
             "--max-steps", str(args.agent_steps), "--max-tokens", str(args.agent_tokens),
             "--temperature", "0",
-        )  # fmt: skip
+        ]  # fmt: skip
+        # exit 3: some runs failed (a server error, not a wrong answer); they are retried once, and
+        # whatever still fails is left out of the table, whose n column says how many were scored
+        for attempt in range(2):
+            run("bench", "run", *flags, *(["--resume"] if attempt else []), allow=(3,))
+            if (folder / "summary.json").exists():
+                summary = json.loads((folder / "summary.json").read_text())
+                if not summary.get("failed"):
+                    break
     return folder
 
 
