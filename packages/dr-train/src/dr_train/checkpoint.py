@@ -92,3 +92,41 @@ def publish(folder: Path, out: Path, name: str | None, keep: int) -> Path:
     for _, old in found[: max(0, len(found) - keep)] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def save_model(model: Any, folder: Path, state_dict: Any = None) -> None:
+    """Save weights and config as a server should load them: without dr_kernels' patch, KV cache on."""
+    from dr_kernels.patch import is_patched, patch, unpatch
+
+    patched = is_patched(model)
+    use_cache = model.config.use_cache
+    if patched:
+        unpatch(model)
+    model.config.use_cache = True
+    try:
+        model.save_pretrained(folder, state_dict=state_dict)
+    finally:
+        model.config.use_cache = use_cache
+        if patched:
+            patch(model)
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop the metric lines of steps after `step` (they will be trained again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def resume_point(out: Path, resume: bool) -> tuple[bool, Path | None]:
+    """(finished, checkpoint to resume from) for a run writing to `out`; a run already there without
+    --resume is refused rather than overwritten."""
+    from dr_core.errors import InputError
+
+    finished = (out / STATE).is_file() and read_state(out).get("done", False)
+    if resume:
+        return finished, None if finished else latest(out)
+    if latest(out) is not None or (out / STATE).is_file():
+        raise InputError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    return False, None

@@ -118,14 +118,10 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
         raise typer.Exit(distributed.relaunch(opts["nproc"], argv, list(sources), stdout=data))
     dist = distributed.current()
     out = Path(opts["out"])
-    resume_from = None
-    if opts["resume"]:
-        resume_from = checkpoint.latest(out)
-        if (out / checkpoint.STATE).is_file() and checkpoint.read_state(out).get("done"):
-            logger.info("%s already holds a finished run; nothing to resume", out)
-            return
-    elif checkpoint.latest(out) is not None or (out / checkpoint.STATE).is_file():
-        raise InputError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    finished, resume_from = checkpoint.resume_point(out, opts["resume"])
+    if finished:
+        logger.info("%s already holds a finished run; nothing to resume", out)
+        return
 
     import torch
 
@@ -384,16 +380,10 @@ def rl(
         )
     sources = inputs or ["-"]
     out_path = Path(out)
-    resume_from = None
-    if resume:
-        if (out_path / checkpoint.STATE).is_file() and checkpoint.read_state(out_path).get("done"):
-            logger.info("%s already holds a finished run; nothing to resume", out_path)
-            return
-        resume_from = checkpoint.latest(out_path)
-    elif checkpoint.latest(out_path) is not None or (out_path / checkpoint.STATE).is_file():
-        raise InputError(
-            f"{out_path} already holds a run: pass --resume to continue it, or choose another --out"
-        )
+    finished, resume_from = checkpoint.resume_point(out_path, resume)
+    if finished:
+        logger.info("%s already holds a finished run; nothing to resume", out_path)
+        return
     rejects_path = rejects or (
         default_rejects_path(sources, str(out_path / "tasks.jsonl")) if on_error.value == "skip" else None
     )
@@ -415,7 +405,11 @@ def rl(
             raise InputError("checklist tasks need a judge model: --judge-base-url and --judge-model")
         start = str(resume_from) if resume_from is not None else model
         policy, tokenizer = build(start, None, list, RopeSettings(), seed)
-        reference = frozen_copy(build(model, None, list, RopeSettings(), seed)[0]) if kl_coef else None
+        reference = None
+        if kl_coef:  # the starting policy; a resumed run reads it again from --model
+            reference = frozen_copy(
+                policy if resume_from is None else build(model, None, list, RopeSettings(), seed)[0]
+            )
         agent = build_agent(
             search={"backend": search, "index": index},
             agent={"max_steps": max_steps, "max_tokens": max_tokens, "max_output_tokens": max_output_tokens},
@@ -436,9 +430,6 @@ def rl(
             epochs=epochs,
             minibatch=minibatch,
             temperature=temperature,
-            max_steps=max_steps,
-            max_tokens=max_tokens,
-            max_output_tokens=max_output_tokens,
             concurrency=concurrency,
             save_every=save_every,
             keep=keep,

@@ -55,7 +55,6 @@ class LocalPolicy:
         self.tokenizer = tokenizer
         self.config = LLMConfig(model=name, base_url="local://policy")
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", 32768)
-        self.lock = threading.Lock()
 
     def chat(
         self,

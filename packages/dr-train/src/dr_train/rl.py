@@ -54,9 +54,6 @@ class RLConfig:
     grad_clip: float = 1.0
     temperature: float = 1.0
     top_p: float = 1.0
-    max_steps: int = 8
-    max_tokens: int | None = 16384
-    max_output_tokens: int = 512
     concurrency: int = 2
     save_every: int = 0
     keep: int = 2
@@ -315,13 +312,7 @@ class RLTrainer:
 
         metrics_path = self.out / "metrics.jsonl"
         self.out.mkdir(parents=True, exist_ok=True)
-        if metrics_path.exists():
-            kept = [
-                line
-                for line in metrics_path.read_text().splitlines()
-                if json.loads(line)["step"] <= self.step
-            ]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
+        checkpoint.trim_metrics(metrics_path, self.step)
         record: dict[str, Any] = {}
         steps = range(self.step, self.config.steps)
         for step in progress(steps, f"rl ({self.config.algo})", total=len(steps)):
@@ -372,17 +363,8 @@ class RLTrainer:
     def save(self, name: str | None) -> None:
         import torch
 
-        from dr_kernels.patch import is_patched, patch, unpatch
-
         folder = checkpoint.staging(self.out, name or "final")
-        patched = is_patched(self.model)
-        if patched:
-            unpatch(self.model)
-        try:
-            self.model.save_pretrained(folder)
-        finally:
-            if patched:
-                patch(self.model)
+        checkpoint.save_model(self.model, folder)
         self.tokenizer.save_pretrained(folder)
         torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
         torch.save(checkpoint.rng_state(), folder / "rng.pt")

@@ -285,17 +285,18 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------
 
-    def step_rows(self, step: int) -> list[Row]:
-        """The rows this rank trains on at `step`."""
+    def step_indices(self, step: int) -> list[int]:
+        """Which rows (of every rank) make up `step`: a function of the seed and the step alone."""
         epoch, index = divmod(step, self.steps_per_epoch)
         order = epoch_order(len(self.data.rows), self.config.seed, epoch)
-        chosen = order[index * self.rows_per_step : (index + 1) * self.rows_per_step]
+        return order[index * self.rows_per_step : (index + 1) * self.rows_per_step]
+
+    def step_rows(self, chosen: list[int]) -> list[Row]:
+        """The rows this rank trains on, of the step's rows."""
         return [self.data.rows[i] for i in chosen[self.dist.rank :: self.dist.world]]
 
-    def step_label_tokens(self, step: int) -> int:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        order = epoch_order(len(self.data.rows), self.config.seed, epoch)
-        chosen = order[index * self.rows_per_step : (index + 1) * self.rows_per_step]
+    def step_label_tokens(self, chosen: list[int]) -> int:
+        """Learnt tokens in the whole step (all ranks): the loss's denominator."""
         return sum(sum(1 for x in self.data.rows[i].labels if x != IGNORE) for i in chosen)
 
     def _forward_backward(self, rows: list[Row], normalizer: int) -> tuple[float, int]:
@@ -370,7 +371,7 @@ class Trainer:
         metrics_path = self.out / "metrics.jsonl"
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._trim_metrics(metrics_path)
+            checkpoint.trim_metrics(metrics_path, self.step)
         layers = self.module.config.num_hidden_layers
         hidden = self.module.config.hidden_size
         peak = self._peak_flops()
@@ -378,8 +379,9 @@ class Trainer:
         eval_loss = None
         steps = range(self.step, self.total_steps)
         for step in progress(steps, f"{config.stage}", total=len(steps)):
-            rows = self.step_rows(step)
-            normalizer = self.step_label_tokens(step)
+            chosen = self.step_indices(step)
+            rows = self.step_rows(chosen)
+            normalizer = self.step_label_tokens(chosen)
             lr = lr_at(step, self.total_steps, config)
             started = time.perf_counter()
             summed, tokens = self._forward_backward(rows, normalizer)
@@ -477,7 +479,7 @@ class Trainer:
                 state_dict = self.module.state_dict()
         if self.dist.main:
             assert folder is not None
-            self._save_weights(folder, state_dict)
+            checkpoint.save_model(self.module, folder, state_dict)
             self.tokenizer.save_pretrained(folder)
             if self.engine is None:
                 torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
@@ -497,23 +499,6 @@ class Trainer:
             checkpoint.write_state(folder, state)
             checkpoint.publish(folder, self.out, name, self.config.keep)
         barrier(self.dist)
-
-    def _save_weights(self, folder: Path, state_dict: Any) -> None:
-        """Save the model as a server should load it: plain attention and the KV cache on."""
-        from dr_kernels import patch
-        from dr_kernels.patch import is_patched, unpatch
-
-        model = self.module
-        patched = is_patched(model)
-        if patched:
-            unpatch(model)
-        model.config.use_cache = True
-        try:
-            model.save_pretrained(folder, state_dict=state_dict)
-        finally:
-            model.config.use_cache = False
-            if patched:
-                patch(model)
 
     def _sync(self) -> None:
         import torch
@@ -536,15 +521,6 @@ class Trainer:
             return None
         name = torch.cuda.get_device_name(self.device)
         return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-    def _trim_metrics(self, path: Path) -> None:
-        """On resume, drop metric lines of steps after the checkpoint (they will be trained again)."""
-        if not path.exists():
-            return
-        kept = [
-            line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= self.step
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 def print_summary(summary: Summary, stream: Any = None) -> None:
