@@ -104,3 +104,28 @@ def test_sigterm_stops_the_engine_and_the_api(tmp_path, drb_index):
     proc.wait(timeout=60)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_transformers_serve_hands_a_malformed_tool_call_to_the_agent_as_text(tmp_path):
+    """The server's own reply parser, on a tiny model's tokenizer: a tool call with a raw newline inside a
+    JSON string comes back as content (the agent's parser then answers it with an error the model can
+    correct); with Qwen2's fallback template the same reply fails the whole request."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.cli.serving.utils import parse_assistant_message
+
+    from dr_agent.parse import parse_text_tool_calls
+
+    folder = tiny_qwen2(tmp_path / "tiny")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "q"}], add_generation_prompt=True)
+    reply = 'Searching.\n<tool_call>\n{"name": "search", "arguments": {"queries": ["a\nb"]}}\n</tool_call>'
+    generated = tokenizer(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    content, _, calls = parse_assistant_message(tokenizer, model, generated, prompt)
+    assert content == reply and calls is None
+    parsed_calls, _, errors = parse_text_tool_calls(content)
+    assert not parsed_calls and errors  # sent back to the model, not a server error
+
+    tokenizer.response_template = None  # transformers' fallback for model_type qwen2
+    with pytest.raises(ValueError, match="could not parse"):
+        parse_assistant_message(tokenizer, model, generated, prompt)

@@ -47,27 +47,62 @@ Call a function by writing <tool_call>{"name": ..., "arguments": {...}}</tool_ca
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
+# How `transformers serve` reads a reply: the text up to <|im_end|>, as it was written. Without it the
+# server falls back to Qwen2's template, whose tool-call parser fails the whole request (HTTP 500) when a
+# small model writes a malformed <tool_call>; with it the agent's own parser reads the calls and sends a
+# malformed one back to the model as an error it can correct.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {"content": {"close_pattern": r"\s*(?:<\|im_end\|>|<\|endoftext\|>)", "content": "text"}},
+}
+
 
 def train_tokenizer(texts: list[str], vocab_size: int = 400):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE learnt from `texts`, as the Qwen2 tokenizer class that loads it again.
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    transformers loads the tokenizer of any qwen2-type checkpoint as `Qwen2Tokenizer`, which keeps the
+    vocabulary and merges but applies Qwen2's own normalizer and pre-tokenizer; the tokenizer returned here
+    is that same class, so a run that learns its tokenizer encodes exactly as every later load (training,
+    serving) does.
+
+    The merges are learnt with a space before a capital or a digit kept apart, so no merge joins such a
+    space, nor any punctuation, to a word. A name is then spelt with the same tokens wherever it stands
+    (after a space in a question or an article, after a quote in a tool call's JSON), and a small model
+    copies a name it has never seen token for token; with merges like "ĠP" its first piece would differ
+    by position and the copy go wrong.
+    """
+    import json
+
+    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r" (?=[A-Z0-9])"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    learner.train_from_iterator(texts, trainer)
+    bpe = json.loads(learner.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=bpe["vocab"],
+        merges=merges,
+        unk_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        bos_token=None,
-        unk_token=None,
     )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in SPECIAL], special_tokens=True
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.response_template = RESPONSE_TEMPLATE
+    return tokenizer
 
 
 def tiny_qwen2(directory: Path, texts: list[str] | None = None, seed: int = 0, hidden_size: int = 64) -> Path:
