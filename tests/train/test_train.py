@@ -327,3 +327,34 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_and_saves_a_loadable_checkpo
         "model.layers.0.mlp.up_proj.weight"
     ]
     assert not torch.equal(trained.float(), first.float())  # the third step moved the weights
+
+
+@pytest.mark.slow
+def test_ulysses_sequence_parallel_on_two_processes_trains_as_one_process_does(tmp_path):
+    """--sp 2: each rank holds half of every row (padded to an even length), attention gathers the whole
+    sequence for half of the heads; the losses and the trained weights are those of one process."""
+    pytest.importorskip("deepspeed")
+    source = write_jsonl(tmp_path / "data.jsonl", examples() * 2)
+    common = ["--max-len", "1001", "--max-steps", "3", "--vocab-size", "300", "--lr", "3e-3", "--seed", "1"]
+    runs = {}
+    for name, extra in {"one": [], "sp": ["--nproc", "2", "--sp", "2", "--zero", "0"]}.items():
+        out = tmp_path / name
+        result = dr("train", "sft", str(source), "-o", str(out), *common, *extra, timeout=600)
+        assert result.returncode == 0, result.stderr.decode()[-4000:]
+        runs[name] = out
+    losses = {
+        name: [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        for name, out in runs.items()
+    }
+    assert len(losses["one"]) == 3
+    assert losses["sp"] == pytest.approx(losses["one"], rel=1e-4)
+    from safetensors.torch import load_file
+
+    one, sp = (load_file(runs[name] / "model.safetensors") for name in ("one", "sp"))
+    assert one.keys() == sp.keys()
+    for key in one:
+        torch.testing.assert_close(sp[key], one[key], rtol=1e-4, atol=1e-5)
+    tokens = [json.loads(line)["tokens"] for line in (runs["sp"] / "metrics.jsonl").read_text().splitlines()]
+    assert tokens == [
+        json.loads(line)["tokens"] for line in (runs["one"] / "metrics.jsonl").read_text().splitlines()
+    ]

@@ -81,6 +81,14 @@ DeepSpeedOpt = Annotated[
 NprocOpt = Annotated[
     int, typer.Option("--nproc", help="Processes on this machine (relaunches under torchrun).")
 ]
+SpOpt = Annotated[
+    int,
+    typer.Option(
+        "--sp",
+        help="Ulysses sequence parallelism (DeepSpeed): N ranks share each row, each holding 1/N of its "
+        "tokens and attending with 1/N of the heads. Divides --nproc.",
+    ),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
 RopeThetaOpt = Annotated[
     float | None, typer.Option("--rope-theta", help="New rope base, e.g. 1000000 for 128K.")
@@ -130,7 +138,9 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
         precision = "bf16" if torch.cuda.is_available() else "fp32"
     if precision not in ("bf16", "fp32"):
         raise InputError(f"--precision {precision}: choose bf16, fp32 or auto")
-    tokens_per_step = opts["tokens_per_step"] or opts["max_len"] * dist.world
+    if opts["sp"] < 1 or dist.world % opts["sp"]:
+        raise InputError(f"--sp {opts['sp']} must divide the number of processes ({dist.world})")
+    tokens_per_step = opts["tokens_per_step"] or opts["max_len"] * (dist.world // opts["sp"])
     config = TrainConfig(
         stage=stage,
         out=out,
@@ -154,6 +164,7 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
         zero=opts["zero"],
         offload=opts["offload"],
         deepspeed=opts["deepspeed"],
+        sp=opts["sp"],
     )
     device = distributed.init(dist, config.uses_deepspeed)
     on_error = opts["on_error"].value
@@ -279,6 +290,7 @@ def _command(stage: str, long_default: str, lr_default: float):  # type: ignore[
         offload: OffloadOpt = False,
         deepspeed: DeepSpeedOpt = None,
         nproc: NprocOpt = 1,
+        sp: SpOpt = 1,
         resume: ResumeOpt = False,
         rope_theta: RopeThetaOpt = None,
         rope_scaling: RopeScalingOpt = None,
@@ -333,6 +345,13 @@ def rl(
     lam: Annotated[float, typer.Option("--lam", help="GAE λ (PPO; the report uses 1).")] = 1.0,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over each step's rollouts.")] = 1,
     minibatch: Annotated[int, typer.Option("--minibatch", help="Sequences per optimizer step.")] = 8,
+    loss_norm: Annotated[
+        str,
+        typer.Option(
+            "--loss-norm",
+            help="rollout: each rollout weighs the same (mean over its tokens, GRPO's); token: each token.",
+        ),
+    ] = "rollout",
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 1.0,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Agent model calls per rollout.")] = 8,
     max_tokens: Annotated[
@@ -372,6 +391,8 @@ def rl(
 
     if algo not in ("grpo", "ppo"):
         raise InputError(f"--algo {algo}: choose grpo or ppo")
+    if loss_norm not in ("rollout", "token"):
+        raise InputError(f"--loss-norm {loss_norm}: choose rollout or token")
     if group < 2 and algo == "grpo":
         raise InputError("--group: GRPO compares samples of the same task, so it needs at least 2")
     if not model or not is_checkpoint(model):
@@ -429,6 +450,7 @@ def rl(
             lam=lam,
             epochs=epochs,
             minibatch=minibatch,
+            loss_norm=loss_norm,  # type: ignore[arg-type]
             temperature=temperature,
             concurrency=concurrency,
             save_every=save_every,

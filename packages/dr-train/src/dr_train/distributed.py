@@ -159,7 +159,7 @@ def relaunch(nproc: int, argv: list[str], inputs: list[str], stdout: Any = None)
         command = [
             sys.executable,
             "-m",
-            "torch.distributed.run",
+            "dr_train.distributed",  # torch.distributed.run, less its traceback when a rank fails
             f"--nproc_per_node={nproc}",
             f"--master_port={free_port()}",
             "-m",
@@ -170,3 +170,22 @@ def relaunch(nproc: int, argv: list[str], inputs: list[str], stdout: Any = None)
     finally:
         if saved_stdin is not None:
             os.unlink(saved_stdin)
+
+
+def _launch(argv: list[str]) -> int:
+    """torch.distributed.run's main; a failed rank has said why on stderr already, so the launcher's own
+    traceback is left out and the first failed rank's exit status is returned."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    try:
+        main(argv)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        print(f"rank {rank} failed (exit {failure.exitcode})", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_launch(sys.argv[1:]))

@@ -1,10 +1,11 @@
 """The training loop of `dr train midtrain` and `dr train sft`, top to bottom.
 
-A step takes `rows_per_step` packed rows (split across ranks). Its loss is the sum of the token losses of
-all those rows divided by how many tokens carry a label in the whole step, so every learnt token weighs the
-same however the documents fell into rows. The data order is a function of (seed, epoch) and the learning
-rate a function of the step, so a run resumed from a checkpoint (weights, optimizer, RNG) continues exactly
-as the uninterrupted run would have.
+A step takes `rows_per_step` packed rows (split across data-parallel ranks; with `sp` > 1 the ranks form
+groups of `sp` that each hold one slice of the same row, DeepSpeed's Ulysses sequence parallelism). Its
+loss is the sum of the token losses of all those rows divided by how many tokens carry a label in the
+whole step, so every learnt token weighs the same however the documents fell into rows. The data order
+is a function of (seed, epoch) and the learning rate a function of the step, so a run resumed from a
+checkpoint (weights, optimizer, RNG) continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class TrainConfig:
     zero: int | None = None
     offload: bool = False
     deepspeed: str | None = None
+    sp: int = 1  # Ulysses sequence parallelism: ranks that share one row
     log_every: int = 1
 
     @property
@@ -66,7 +68,8 @@ class TrainConfig:
 
     def resume_keys(self) -> dict[str, Any]:
         """Settings a resumed run must share with the one it continues."""
-        return {"max_len": self.max_len, "tokens_per_step": self.tokens_per_step, "seed": self.seed}
+        keys = {"max_len": self.max_len, "tokens_per_step": self.tokens_per_step, "seed": self.seed}
+        return {**keys, "sp": self.sp} if self.sp > 1 else keys
 
 
 @dataclass
@@ -118,6 +121,34 @@ def document_lengths(row: Row) -> list[int]:
     for doc in row.doc_ids:
         lengths[doc] = lengths.get(doc, 0) + 1
     return list(lengths.values())
+
+
+def shard(batch: dict[str, Any], sp: int, sp_rank: int, pad_id: int) -> dict[str, Any]:
+    """This rank's contiguous slice of a packed row for Ulysses sequence parallelism.
+
+    The row is padded to a multiple of `sp` with a document of its own (positions from 0, no labels), so
+    the padding attends to nothing real. `doc_lengths` stays the whole row's: attention runs on the whole
+    sequence once DeepSpeed's all-to-all has gathered it (a slice of the heads on each rank).
+    """
+    import torch
+
+    ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+    lengths = list(batch["doc_lengths"])
+    pad = -ids.shape[1] % sp
+    if pad:
+        device = ids.device
+        ids = torch.cat([ids, torch.full((1, pad), pad_id, dtype=ids.dtype, device=device)], dim=1)
+        positions = torch.cat([positions, torch.arange(pad, device=device)[None]], dim=1)
+        labels = torch.cat([labels, torch.full((pad,), IGNORE, dtype=labels.dtype, device=device)])
+        lengths.append(pad)
+    size = ids.shape[1] // sp
+    part = slice(sp_rank * size, (sp_rank + 1) * size)
+    return {
+        "input_ids": ids[:, part],
+        "position_ids": positions[:, part],
+        "labels": labels[part],
+        "doc_lengths": lengths,
+    }
 
 
 def token_losses(model: Any, batch: dict[str, Any], kernels: bool, zero3: bool) -> Any:
@@ -187,7 +218,10 @@ class Trainer:
         self.device = device or torch.device("cpu")
         self.on_step = on_step
         self.out = Path(config.out)
-        world = self.dist.world
+        # ranks r·sp … r·sp+sp-1 share a row (DeepSpeed's sequence-parallel groups); the groups split rows
+        self.sp_rank = self.dist.rank % config.sp
+        self.dp_rank = self.dist.rank // config.sp
+        self.dp_world = world = self.dist.world // config.sp
         wanted = config.tokens_per_step or config.max_len * world
         self.micro_steps = max(1, round(wanted / (config.max_len * world)))
         if len(data.rows) < self.micro_steps * world:
@@ -233,6 +267,9 @@ class Trainer:
         model.train()
         self.params = sum(p.numel() for p in model.parameters())
         self.zero3 = False
+        mpu = None
+        if config.sp > 1:
+            mpu = self._sequence_parallel(model)
         if config.uses_deepspeed:
             from dr_train.distributed import deepspeed_config, require_deepspeed
 
@@ -242,7 +279,7 @@ class Trainer:
                 config.offload,
                 config.deepspeed,
                 self.micro_steps,
-                self.dist.world,
+                self.dp_world,
                 config.clip,
                 config.bf16,
                 config.lr,
@@ -256,7 +293,7 @@ class Trainer:
                     model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
                 )
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=model, optimizer=optimizer, config=ds_config
+                model=model, optimizer=optimizer, config=ds_config, mpu=mpu
             )
             self.module = self.engine.module
         else:
@@ -269,6 +306,38 @@ class Trainer:
         torch.manual_seed(config.seed)
         if self.resume_from is not None:
             self._load(self.resume_from)
+
+    def _sequence_parallel(self, model: Any) -> Any:
+        """Route attention through DeepSpeed's Ulysses wrapper; returns its process groups for the engine."""
+        if not self.config.kernels:
+            raise InputError(
+                "--sp needs the kernels' packed attention (drop --no-kernels): Ulysses discards the 4-D "
+                "mask that keeps packed documents apart"
+            )
+        if not self.config.uses_deepspeed:
+            raise InputError("--sp runs under DeepSpeed: add --zero 0, 2 or 3")
+        text = model.config.get_text_config()
+        heads, kv_heads, sp = text.num_attention_heads, text.num_key_value_heads, self.config.sp
+        if heads % sp or (kv_heads % sp and sp % kv_heads):
+            raise InputError(
+                f"--sp {sp}: the model's {heads} attention heads and {kv_heads} key/value heads must "
+                "split evenly across the sequence-parallel ranks"
+            )
+        from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
+
+        return UlyssesSPAttentionHF.register_with_transformers(
+            model,
+            core_attn_implementation=model.config._attn_implementation,
+            sequence_parallel_size=sp,
+            micro_batch_size=1,
+            seq_length_is_variable=True,
+        )
+
+    def _batch(self, row: Row) -> dict[str, Any]:
+        batch = row_tensors(row, self.device)
+        if self.config.sp == 1:
+            return batch
+        return shard(batch, self.config.sp, self.sp_rank, self.module.config.pad_token_id or 0)
 
     def _load(self, folder: Path) -> None:
         import torch
@@ -293,7 +362,7 @@ class Trainer:
 
     def step_rows(self, chosen: list[int]) -> list[Row]:
         """The rows this rank trains on, of the step's rows."""
-        return [self.data.rows[i] for i in chosen[self.dist.rank :: self.dist.world]]
+        return [self.data.rows[i] for i in chosen[self.dp_rank :: self.dp_world]]
 
     def step_label_tokens(self, chosen: list[int]) -> int:
         """Learnt tokens in the whole step (all ranks): the loss's denominator."""
@@ -314,11 +383,12 @@ class Trainer:
             if self.config.offload_activations
             else nullcontext()
         )
-        # DeepSpeed averages gradients over ranks; the step's loss is a sum over every rank's tokens
-        scale = self.dist.world / normalizer
+        # DeepSpeed sums gradients over every rank and divides by the data-parallel ranks (sequence-parallel
+        # ranks each hold part of one row's loss); the step's loss is a sum over all its learnt tokens
+        scale = self.dp_world / normalizer
         model = self.engine if self.engine is not None else self.module
         for index, row in enumerate(rows):
-            batch = row_tensors(row, self.device)
+            batch = self._batch(row)
             with autocast, offload:
                 summed = token_losses(
                     self.module if self.engine is None else self.engine.module,
@@ -335,7 +405,7 @@ class Trainer:
             else:
                 loss.backward()
             total += float(summed.detach())
-            tokens += len(row)
+            tokens += len(row) if self.sp_rank == 0 else 0
         return total, tokens
 
     def _optimizer_step(self, lr: float) -> float:
@@ -390,7 +460,9 @@ class Trainer:
             elapsed = time.perf_counter() - started
             summed = self._reduce(summed)
             tokens = int(self._reduce(tokens))
-            flops = self._reduce(sum(row_flops(r, self.params, layers, hidden) for r in rows))
+            flops = self._reduce(
+                sum(row_flops(r, self.params, layers, hidden) for r in rows) if self.sp_rank == 0 else 0.0
+            )
             self.step = step + 1
             self.tokens_seen += tokens
             last_loss = summed / normalizer
@@ -449,12 +521,12 @@ class Trainer:
         model = self.module
         model.eval()
         total, count = 0.0, 0
-        rows = self.eval_data.rows[self.dist.rank :: self.dist.world]
+        rows = self.eval_data.rows[self.dp_rank :: self.dp_world]
         with torch.no_grad():
             for row in rows:
-                batch = row_tensors(row, self.device)
+                batch = self._batch(row)
                 total += float(token_losses(model, batch, self.config.kernels, self.zero3))
-                count += sum(1 for x in row.labels if x != IGNORE)
+                count += int((batch["labels"] != IGNORE).sum())
         model.train()
         total, count = self._reduce(total), self._reduce(count)
         return total / max(count, 1)
