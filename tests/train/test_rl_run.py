@@ -51,12 +51,64 @@ def small_world(tmp_path_factory):
     return root, tasks
 
 
-def rl(root: Path, tasks: Path, out: str, *extra: str):
+@pytest.fixture(scope="module")
+def unsure_policy(small_world):
+    """The same model taught each task's oracle trajectory and, as often, the same trajectory ending in
+    "Answer: unknown": it researches as the teacher did, then answers right about half of the time."""
+    root, _ = small_world
+    mixed = []
+    for line in (root / "traj.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        wrong = json.loads(line)
+        right_line = record["final"].split("\n", 1)[0]
+        wrong["final"] = record["final"].replace(right_line, "Answer: unknown", 1)
+        turn = [m for m in wrong["messages"] if m["role"] == "assistant"][-1]
+        call = turn["tool_calls"][-1]
+        assert call["name"] == "answer"
+        call["arguments"]["text"] = wrong["final"]
+        mixed += [json.dumps(record), json.dumps(wrong)]
+    (root / "mixed.jsonl").write_text("\n".join(mixed * 8) + "\n")
+    dr(
+        "train", "sft", root / "mixed.jsonl", "--model", "tiny:qwen2", "-o", root / "unsure",
+        "--max-len", "4096", "--max-steps", "300", "--lr", "3e-3", "--warmup", "5", "--vocab-size", "1024",
+        "--no-grad-ckpt",
+    )  # fmt: skip
+    return root / "unsure"
+
+
+def rl(root: Path, tasks: Path, out: str, *extra: str, model: Path | None = None):
     return dr(
-        "train", "rl", tasks, "--model", root / "sft", "--index", root / "index", "-o", root / out,
+        "train", "rl", tasks, "--model", model or root / "sft", "--index", root / "index", "-o", root / out,
         "--tasks-per-step", "2", "--group", "4", "--max-steps", "6", "--max-tokens", "8000",
         "--concurrency", "2", "--temperature", "0.9", "--lr", "5e-5", *extra,
     )  # fmt: skip
+
+
+def answer_probability(model_dir: Path, trajectory: dict) -> float:
+    """The chance that the model, having researched as the oracle did, writes the oracle's answer: the
+    product of its token probabilities after "Answer: " in the final tool call. With the research steps
+    learnt by heart, this is the expected reward of a rollout."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dr_core.llm import to_wire
+    from dr_data.sft import to_example
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    _, example = to_example(trajectory)
+    wire = [to_wire(m) for m in example.messages]
+    text = tokenizer.apply_chat_template(wire, tools=example.tools, tokenize=False)
+    start = text.rindex('"Answer: ') + len('"Answer: ')
+    answer = text[start : text.index("\\n", start)]
+    prefix = tokenizer(text[:start], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text[:start] + answer, add_special_tokens=False)["input_ids"]
+    assert ids[: len(prefix)] == prefix and len(ids) > len(prefix)
+    with torch.no_grad():
+        logprobs = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+    targets = torch.tensor(ids[1:])
+    picked = logprobs[torch.arange(len(targets)), targets][len(prefix) - 1 :]
+    return float(picked.sum().exp())
 
 
 def metrics_of(folder: Path) -> list[dict]:
@@ -77,6 +129,24 @@ def test_grpo_rollouts_research_through_the_tools_and_train_on_what_was_sampled(
     # the update ran on every sampled token; whether it moved the policy depends on the groups
     # disagreeing (the arithmetic of that is pinned in test_rl_math)
     assert (root / "grpo" / "model.safetensors").is_file() and (root / "grpo" / "optimizer.pt").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_reward_of_a_policy_that_answers_right_half_of_the_time(small_world, unsure_policy):
+    root, tasks = small_world
+    trajectories = [json.loads(line) for line in (root / "traj.jsonl").read_text().splitlines()]
+    before = [answer_probability(unsure_policy, t) for t in trajectories]
+    assert all(0.2 < p < 0.9 for p in before), before  # room to move either way
+    rl(
+        root, tasks, "grpo-up", "--algo", "grpo", "--steps", "6", "--group", "8", "--lr", "3e-4",
+        "--temperature", "0.8", "--kl-coef", "0", model=unsure_policy,
+    )  # fmt: skip
+    after = [answer_probability(root / "grpo-up", t) for t in trajectories]
+    # the expected reward, not the sampled one (16 rollouts a step are too few to compare steps by)
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.1, (before, after)
+    metrics = metrics_of(root / "grpo-up")
+    assert len(metrics) == 6
+    assert all(0 < m["reward_mean"] < 1 for m in metrics[:1])  # the groups disagreed: a signal to learn
 
 
 @pytest.mark.slow

@@ -51,6 +51,10 @@ class RLConfig:
     lam: float = 1.0
     epochs: int = 1
     minibatch: int = 8
+    # how a minibatch's token losses are averaged: "rollout" gives every rollout the same weight (the mean
+    # over its own tokens, as GRPO does), "token" gives every token the same weight, so long rollouts
+    # count for more
+    loss_norm: Literal["rollout", "token"] = "rollout"
     grad_clip: float = 1.0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -276,13 +280,21 @@ class RLTrainer:
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
         counted = 0
         rng = random.Random(config.seed * 31 + self.step)
+        rollout_tokens: dict[int, int] = {}
+        for seq in sequences:
+            rollout_tokens[seq.rollout] = rollout_tokens.get(seq.rollout, 0) + seq.actions
         for _ in range(config.epochs):
             order = list(sequences)
             rng.shuffle(order)
             for start in range(0, len(order), config.minibatch):
                 batch = order[start : start + config.minibatch]
                 tokens = sum(s.actions for s in batch)
+                rollouts = len({s.rollout for s in batch})
                 for seq in batch:
+                    if config.loss_norm == "token":
+                        weight = 1 / tokens
+                    else:
+                        weight = 1 / (rollout_tokens[seq.rollout] * rollouts)
                     logprobs, values = forward(self.model, seq, config.kernels, self.value_head)
                     pg, clipped = clipped_policy_loss(logprobs, seq.old_logprobs, seq.advantages, config.clip)
                     loss = pg.sum()
@@ -295,7 +307,7 @@ class RLTrainer:
                         vl = clipped_value_loss(values, seq.old_values, seq.returns, config.value_clip)
                         loss = loss + config.vf_coef * vl.sum()
                         stats["value_loss"] += float(vl.detach().sum())
-                    (loss / tokens).backward()
+                    (loss * weight).backward()
                     stats["policy_loss"] += float(pg.detach().sum())
                     stats["clip_fraction"] += float(clipped.float().sum())
                     counted += seq.actions
