@@ -54,7 +54,11 @@ def _attention_forward(rotary: Any, backend: str | None):
 
     from dr_kernels.ops.rope import rope
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):  # type: ignore[no-untyped-def]
+    def forward(  # type: ignore[no-untyped-def]
+        self, hidden_states, position_embeddings, attention_mask, past_key_values=None, cache=None, **kwargs
+    ):
+        # the KV cache is `cache` from transformers 5.24, `past_key_values` before
+        past_key_values = cache if cache is not None else past_key_values
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape)
@@ -109,8 +113,10 @@ def _layer_forward(backend: str | None):
         past_key_values=None,
         use_cache=False,
         position_embeddings=None,
+        cache=None,
         **kwargs,
     ):
+        past_key_values = cache if cache is not None else past_key_values
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         hidden_states, _ = self.self_attn(

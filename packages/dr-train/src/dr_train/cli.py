@@ -234,6 +234,7 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
     summary = trainer.run()
     if dist.main:
         print_summary(summary, data)
+    distributed.shutdown()
 
 
 class _Null:

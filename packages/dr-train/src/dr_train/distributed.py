@@ -67,6 +67,15 @@ def barrier(dist: Dist) -> None:
         torch_dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits: a group left for exit to tear down can abort
+    the process ("terminate called without an active exception") after the work is done."""
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def require_deepspeed() -> Any:
     try:
         import deepspeed
