@@ -146,7 +146,7 @@ def test_grpo_raises_the_reward_of_a_policy_that_answers_right_half_of_the_time(
     assert sum(after) / len(after) > sum(before) / len(before) + 0.1, (before, after)
     metrics = metrics_of(root / "grpo-up")
     assert len(metrics) == 6
-    assert all(0 < m["reward_mean"] < 1 for m in metrics[:1])  # the groups disagreed: a signal to learn
+    assert 0 < metrics[0]["reward_mean"] < 1  # the first groups disagreed: a signal to learn from
 
 
 @pytest.mark.slow

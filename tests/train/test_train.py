@@ -342,10 +342,11 @@ def test_ulysses_sequence_parallel_on_two_processes_trains_as_one_process_does(t
         result = dr("train", "sft", str(source), "-o", str(out), *common, *extra, timeout=600)
         assert result.returncode == 0, result.stderr.decode()[-4000:]
         runs[name] = out
-    losses = {
-        name: [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = {
+        name: [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         for name, out in runs.items()
     }
+    losses = {name: [m["loss"] for m in rows] for name, rows in metrics.items()}
     assert len(losses["one"]) == 3
     assert losses["sp"] == pytest.approx(losses["one"], rel=1e-4)
     from safetensors.torch import load_file
@@ -354,7 +355,4 @@ def test_ulysses_sequence_parallel_on_two_processes_trains_as_one_process_does(t
     assert one.keys() == sp.keys()
     for key in one:
         torch.testing.assert_close(sp[key], one[key], rtol=1e-4, atol=1e-5)
-    tokens = [json.loads(line)["tokens"] for line in (runs["sp"] / "metrics.jsonl").read_text().splitlines()]
-    assert tokens == [
-        json.loads(line)["tokens"] for line in (runs["one"] / "metrics.jsonl").read_text().splitlines()
-    ]
+    assert [m["tokens"] for m in metrics["sp"]] == [m["tokens"] for m in metrics["one"]]
