@@ -165,6 +165,48 @@ def test_ppo_trains_a_value_head_and_a_killed_run_resumes(small_world):
     assert metrics[-1]["value_loss"] >= 0 and "kl" in metrics[-1]
 
 
+@pytest.mark.slow
+def test_ppo_on_two_deepspeed_ranks_updates_as_one_process_does_and_resumes(small_world):
+    """One rollout at a time, each from a seed of its own, so both runs sample the same rollouts; three
+    sequences a minibatch, so one rank runs a zero-weight pass in each."""
+    from safetensors.torch import load_file
+
+    root, tasks = small_world
+    same = ("--algo", "ppo", "--steps", "2", "--concurrency", "1", "--minibatch", "3", "--lr", "1e-4")
+    rl(root, tasks, "one", *same)
+    two = rl(root, tasks, "two", *same, "--nproc", "2", "--zero", "2", "--save-every", "1")
+    assert json.loads(two.stdout)["steps"] == 2 and len(two.stdout.splitlines()) == 1  # one summary
+    assert [m["reward_mean"] for m in metrics_of(root / "two")] == [
+        m["reward_mean"] for m in metrics_of(root / "one")
+    ]
+    start, one = load_file(root / "sft" / "model.safetensors"), load_file(root / "one" / "model.safetensors")
+
+    def differs(folder: Path) -> float:
+        """How far a run's weights are from the one-process run's, relative to how far that one moved."""
+        other = load_file(folder / "model.safetensors")
+        moved = sum(float(((one[k] - start[k]) ** 2).sum()) for k in one) ** 0.5
+        assert moved > 1e-3
+        return sum(float(((one[k] - other[k]) ** 2).sum()) for k in one) ** 0.5 / moved
+
+    assert differs(root / "two") < 1e-3
+    # as if killed during step 2: the step-1 checkpoint holds DeepSpeed's state (optimizer moments
+    # included); resuming redoes step 2 as the uninterrupted run did
+    (root / "two" / "trainer_state.json").unlink()
+    assert (root / "two" / "checkpoint-1" / "deepspeed").is_dir()
+    resumed = rl(root, tasks, "two", *same, "--nproc", "2", "--zero", "2", "--resume")
+    assert json.loads(resumed.stdout)["steps"] == 2
+    assert [m["step"] for m in metrics_of(root / "two")] == [1, 2]
+    assert differs(root / "two") < 1e-3
+    # DeepSpeed's sharded state cannot be resumed by one plain process
+    (root / "two" / "trainer_state.json").unlink()
+    refused = subprocess.run(
+        [*DR, "train", "rl", str(tasks), "--model", str(root / "sft"), "--index", str(root / "index"),
+         "-o", str(root / "two"), "--algo", "ppo", "--steps", "2", "--resume"],
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2 and b"DeepSpeed on 2 ranks" in refused.stderr, refused.stderr[-2000:]
+
+
 def test_rl_refuses_tasks_it_cannot_reward(tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"question": "Why?", "type": "research"}) + "\n")

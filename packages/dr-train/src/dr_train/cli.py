@@ -118,12 +118,7 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
     sources = inputs or ["-"]
     if opts["long"] not in ("drop", "truncate", "split", "error"):
         raise InputError(f"--long {opts['long']}: choose drop, truncate, error or split")
-    if opts["nproc"] > 1 and distributed.LAUNCHED not in os.environ and "WORLD_SIZE" not in os.environ:
-        argv = ["train", stage, *sys.argv[sys.argv.index(stage) + 1 :]]
-        argv = _without_option(argv, "--nproc")
-        if opts["zero"] is None and opts["deepspeed"] is None:
-            argv += ["--zero", "0"]
-        raise typer.Exit(distributed.relaunch(opts["nproc"], argv, list(sources), stdout=data))
+    _relaunch_if_asked(stage, opts["nproc"], opts["zero"], opts["deepspeed"], sources, data)
     dist = distributed.current()
     out = Path(opts["out"])
     finished, resume_from = checkpoint.resume_point(out, opts["resume"])
@@ -243,6 +238,22 @@ class _Null:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _relaunch_if_asked(
+    stage: str, nproc: int, zero: int | None, deepspeed: str | None, sources: list[str], data: Any
+) -> None:
+    """`--nproc N` (N > 1) in a command not yet started as a rank: run it again as N ranks under torchrun
+    (with DeepSpeed, ZeRO-0 unless another stage or a config was named) and exit with their status."""
+    from dr_train import distributed
+
+    if nproc <= 1 or distributed.LAUNCHED in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    argv = ["train", stage, *sys.argv[sys.argv.index(stage) + 1 :]]
+    argv = _without_option(argv, "--nproc")
+    if zero is None and deepspeed is None:
+        argv += ["--zero", "0"]
+    raise typer.Exit(distributed.relaunch(nproc, argv, list(sources), stdout=data))
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -368,6 +379,11 @@ def rl(
     keep: KeepOpt = 2,
     seed: SeedOpt = 0,
     kernels: KernelsOpt = True,
+    zero: Annotated[
+        int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage for the update: 0, 1 or 2.")
+    ] = None,
+    deepspeed: DeepSpeedOpt = None,
+    nproc: NprocOpt = 1,
     resume: ResumeOpt = False,
     on_error: OnErrorOpt = OnErrorChoice.fail,
     rejects: Rejects = None,
@@ -376,7 +392,9 @@ def rl(
 
     Tasks are Task JSONL. The policy researches each task --group times; dr-judge rewards each run (exact
     answer, or the checklist score with a judge model); updates use only the tokens the policy sampled.
-    Writes metrics.jsonl and Hugging Face checkpoints like sft."""
+    Writes metrics.jsonl and Hugging Face checkpoints like sft. With --nproc N every rank holds the whole
+    policy, runs a share of each step's rollouts and of each minibatch, and DeepSpeed reduces the
+    gradients (ZeRO-1/2 split the optimizer state and gradients)."""
     from pathlib import Path
 
     from dr_agent.build import build_agent
@@ -386,7 +404,7 @@ def rl(
     from dr_core.pipe import default_rejects_path
     from dr_core.records import Task
     from dr_judge.cli import make_judge
-    from dr_train import checkpoint
+    from dr_train import checkpoint, distributed
     from dr_train.model import RopeSettings, build, is_checkpoint
     from dr_train.rl import RLConfig, RLTrainer, frozen_copy
 
@@ -400,16 +418,26 @@ def rl(
         raise InputError(
             f"--model {model!r}: give the Hugging Face folder of the policy (e.g. dr train sft's --out)"
         )
+    if zero is not None and zero not in (0, 1, 2):
+        raise InputError(f"--zero {zero}: RL generates with the whole policy on every rank; choose 0, 1 or 2")
     sources = inputs or ["-"]
     out_path = Path(out)
-    finished, resume_from = checkpoint.resume_point(out_path, resume)
-    if finished:
-        logger.info("%s already holds a finished run; nothing to resume", out_path)
-        return
-    rejects_path = rejects or (
-        default_rejects_path(sources, str(out_path / "tasks.jsonl")) if on_error.value == "skip" else None
-    )
     with stdout_for_data_only() as data:
+        _relaunch_if_asked("rl", nproc, zero, deepspeed, sources, data)
+        dist = distributed.current()
+        finished, resume_from = checkpoint.resume_point(out_path, resume)
+        if finished:
+            logger.info("%s already holds a finished run; nothing to resume", out_path)
+            return
+        rejects_path = rejects or (
+            default_rejects_path(sources, str(out_path / "tasks.jsonl")) if on_error.value == "skip" else None
+        )
+        if rejects_path and not dist.main:  # every rank reads the same lines; the first keeps the rejects
+            import tempfile
+
+            rejects_path = str(Path(tempfile.mkdtemp()) / "rejects.jsonl")
+        uses_deepspeed = zero is not None or deepspeed is not None
+        device = distributed.init(dist, uses_deepspeed)
         if rejects_path:
             with RejectWriter(rejects_path) as writer:
                 tasks = list(read_records(sources, Task, on_error="skip", rejects=writer))
@@ -459,8 +487,27 @@ def rl(
             seed=seed,
             kernels=kernels,
         )
+        ds_config = None
+        if uses_deepspeed:  # the batch shape is RL's own (RLTrainer sets it)
+            ds_config = distributed.deepspeed_config(
+                zero, False, deepspeed, 1, dist.world, config.grad_clip, False, lr, (0.9, 0.999),
+                config.weight_decay,
+            )  # fmt: skip
         trainer = RLTrainer(
-            policy, tokenizer, reference, agent, judge, tasks, config, resume_from, reference_path=model
+            policy,
+            tokenizer,
+            reference,
+            agent,
+            judge,
+            tasks,
+            config,
+            resume_from,
+            reference_path=model,
+            dist=dist,
+            device=device,
+            ds_config=ds_config,
         )
         summary = trainer.run()
-        data.write(json.dumps(summary) + "\n")
+        if dist.main:
+            data.write(json.dumps(summary) + "\n")
+        distributed.shutdown()

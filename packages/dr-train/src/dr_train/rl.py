@@ -4,12 +4,19 @@ One step: pick tasks, let the policy research each `group` times (the agent's se
 the index, under its step and token budgets), reward each run with dr-judge (exact answer for deep-search
 tasks, checklist score otherwise), then update on the tokens the policy sampled; prompts and tool results
 are context, never trained on. The policy's log-probabilities come from dr_kernels' fused head (no logits).
+
+On several processes (`--nproc N`, DeepSpeed ZeRO 0-2) every rank holds the whole policy: the step's
+rollouts are dealt out over the ranks and gathered again, so every rank sees all of them and computes the
+same advantages; each minibatch's sequences are dealt out the same way, and DeepSpeed averages the
+gradients. Every rank runs the same number of passes per optimizer step (a rank short of sequences runs a
+zero-weight one), which ZeRO's gradient reduction needs.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -17,10 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dr_core.concurrency import ordered_map
+from dr_core.errors import InputError
 from dr_core.log import logger, progress
 from dr_core.records import Task, Trajectory
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
+from dr_train.distributed import Dist, barrier
 from dr_train.policy import LocalPolicy, Recording, record_turns
 from dr_train.rl_math import (
     clipped_policy_loss,
@@ -174,6 +183,9 @@ class RLTrainer:
         config: RLConfig,
         resume_from: Path | None = None,
         reference_path: str | None = None,
+        dist: Dist | None = None,
+        device: Any = None,
+        ds_config: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -186,6 +198,7 @@ class RLTrainer:
         self.config = config
         self.out = Path(config.out)
         self.reference_path = reference_path
+        self.dist = dist or Dist()
         self.step = 0
         if config.kernels:
             from dr_kernels import patch
@@ -194,16 +207,46 @@ class RLTrainer:
             if reference is not None:
                 patch(reference)
         model.config.use_cache = True
-        # rollouts and updates on one device: the GPU when there is one
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(self.device)
+        # rollouts and updates on one device per rank: its GPU when there is one
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.value_head = ValueHead.build(model.config.hidden_size) if config.algo == "ppo" else None
         if reference is not None:
             reference.to(self.device)
-        self.value_head = ValueHead.build(model.config.hidden_size) if config.algo == "ppo" else None
-        if self.value_head is not None:
-            self.value_head.to(self.device)
-        params = list(model.parameters()) + (list(self.value_head.parameters()) if self.value_head else [])
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        # every rank runs this many passes per optimizer step: its share of a minibatch, padded
+        self.micro_steps = math.ceil(config.minibatch / self.dist.world)
+        if ds_config is not None:
+            from dr_train.distributed import require_deepspeed
+
+            stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+            if stage == 3:
+                raise InputError(
+                    "dr train rl generates its rollouts with the whole policy on every rank, which ZeRO-3 "
+                    "splits up: use --zero 0, 1 or 2"
+                )
+            ds_config = dict(ds_config, train_micro_batch_size_per_gpu=1)
+            ds_config["gradient_accumulation_steps"] = self.micro_steps
+            ds_config["train_batch_size"] = self.micro_steps * self.dist.world
+            ds_config.setdefault("gradient_clipping", config.grad_clip)
+            parts = {"policy": model} | ({"value": self.value_head} if self.value_head is not None else {})
+            trained = torch.nn.ModuleDict(parts)
+            optimizer = None
+            if "optimizer" not in ds_config:
+                optimizer = torch.optim.AdamW(
+                    trained.parameters(), lr=config.lr, weight_decay=config.weight_decay
+                )
+            deepspeed = require_deepspeed()
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=trained, optimizer=optimizer, config=ds_config
+            )
+        else:
+            self.engine = None
+            model.to(self.device)
+            if self.value_head is not None:
+                self.value_head.to(self.device)
+            params = list(model.parameters()) + (
+                list(self.value_head.parameters()) if self.value_head is not None else []
+            )
+            self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.policy = LocalPolicy(model, tokenizer)
         agent.llm = self.policy
         if resume_from is not None:
@@ -216,7 +259,14 @@ class RLTrainer:
         count = min(self.config.tasks_per_step, len(self.tasks))
         return rng.sample(self.tasks, count)
 
-    def _rollout(self, task: Task) -> Rollout:
+    def _rollout(self, job: tuple[int, int, Task]) -> Rollout:
+        step, index, task = job
+        if self.config.concurrency == 1:
+            # one rollout at a time: each samples from a seed of its own, so a run's rollouts are the same
+            # on any number of ranks
+            import torch
+
+            torch.manual_seed((self.config.seed * 7919 + step) * 100_003 + index)
         recording = Recording()
         with record_turns(recording):
             trajectory = self.agent.run(
@@ -226,12 +276,25 @@ class RLTrainer:
         return Rollout(task, trajectory, float(reward), recording.turns)
 
     def rollouts(self, step: int) -> list[Rollout]:
+        """The step's rollouts, every task `group` times in a row; on several ranks each runs every
+        world-th one and all of them are gathered on every rank."""
         import torch
 
-        torch.manual_seed(self.config.seed * 7919 + step)
+        rank, world = self.dist.rank, self.dist.world
+        torch.manual_seed(self.config.seed * 7919 + step + 1_000_003 * rank)
         self.model.eval()
-        jobs = [task for task in self.step_tasks(step) for _ in range(self.config.group)]
-        return list(ordered_map(self._rollout, jobs, self.config.concurrency))
+        jobs = [(step, index, task) for index, task in enumerate(self._jobs(step))]
+        mine = list(ordered_map(self._rollout, jobs[rank::world], self.config.concurrency))
+        if world == 1:
+            return mine
+        import torch.distributed as torch_dist
+
+        shares: list[Any] = [None] * world
+        torch_dist.all_gather_object(shares, mine)
+        return [shares[index % world][index // world] for index in range(len(jobs))]
+
+    def _jobs(self, step: int) -> list[Task]:
+        return [task for task in self.step_tasks(step) for _ in range(self.config.group)]
 
     # ---- update ------------------------------------------------------------------------------------
 
@@ -241,11 +304,30 @@ class RLTrainer:
         config = self.config
         sequences = [s for i, r in enumerate(rollouts) for s in sequences_of(r.turns, i)]
         sequences = [s for s in sequences if s.actions]
+        rank, world = self.dist.rank, self.dist.world
         with torch.no_grad():
-            for seq in sequences:
+            for seq in sequences[rank::world]:
                 seq.old_logprobs, seq.old_values = forward(self.model, seq, config.kernels, self.value_head)
                 if self.reference is not None and config.kl_coef:
                     seq.ref_logprobs, _ = forward(self.reference, seq, config.kernels)
+        if world > 1:  # every rank computed every world-th sequence's; all of them go to every rank
+            import torch.distributed as torch_dist
+
+            def cpu(t: Any) -> Any:
+                return None if t is None else t.cpu()
+
+            mine = [
+                (cpu(s.old_logprobs), cpu(s.old_values), cpu(s.ref_logprobs)) for s in sequences[rank::world]
+            ]
+            shares: list[Any] = [None] * world
+            torch_dist.all_gather_object(shares, mine)
+
+            def here(t: Any) -> Any:
+                return None if t is None else t.to(self.device)
+
+            for index, seq in enumerate(sequences):
+                old, values, ref = shares[index % world][index // world]
+                seq.old_logprobs, seq.old_values, seq.ref_logprobs = here(old), here(values), here(ref)
         rewards = torch.tensor([r.reward for r in rollouts])
         if config.algo == "grpo":
             advantages = group_advantages(rewards, config.group)
@@ -273,12 +355,15 @@ class RLTrainer:
         return sequences
 
     def update(self, sequences: list[Sequence]) -> dict[str, float]:
+        """`epochs` passes over the step's sequences in minibatches of `minibatch` sequences, one optimizer
+        step each. Every rank knows every sequence; on several ranks each trains on every world-th one of a
+        minibatch, and the weights make the ranks' gradients add up to the one-process minibatch's."""
         import torch
 
         config = self.config
+        rank, world = self.dist.rank, self.dist.world
         self.model.train()
-        stats = {"policy_loss": 0.0, "value_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
-        counted = 0
+        stats = torch.zeros(5, dtype=torch.float64)  # policy loss, value loss, kl, clipped, tokens
         rng = random.Random(config.seed * 31 + self.step)
         rollout_tokens: dict[int, int] = {}
         for seq in sequences:
@@ -290,32 +375,60 @@ class RLTrainer:
                 batch = order[start : start + config.minibatch]
                 tokens = sum(s.actions for s in batch)
                 rollouts = len({s.rollout for s in batch})
-                for seq in batch:
+                passes: list[Sequence | None] = list(batch[rank::world])
+                if self.engine is not None:
+                    passes += [None] * (self.micro_steps - len(passes))
+                for seq in passes:
+                    # a rank short of sequences runs one of the batch with weight 0 (no gradient), so
+                    # that every rank takes part in each gradient reduction
+                    real = seq is not None
+                    seq = seq or batch[0]
                     if config.loss_norm == "token":
                         weight = 1 / tokens
                     else:
                         weight = 1 / (rollout_tokens[seq.rollout] * rollouts)
-                    logprobs, values = forward(self.model, seq, config.kernels, self.value_head)
-                    pg, clipped = clipped_policy_loss(logprobs, seq.old_logprobs, seq.advantages, config.clip)
-                    loss = pg.sum()
-                    if seq.ref_logprobs is not None:
-                        kl = kl_k3(logprobs, seq.ref_logprobs)
-                        if config.algo == "grpo":
-                            loss = loss + config.kl_coef * kl.sum()
-                        stats["kl"] += float(kl.detach().sum())
-                    if values is not None:
-                        vl = clipped_value_loss(values, seq.old_values, seq.returns, config.value_clip)
-                        loss = loss + config.vf_coef * vl.sum()
-                        stats["value_loss"] += float(vl.detach().sum())
-                    (loss * weight).backward()
-                    stats["policy_loss"] += float(pg.detach().sum())
-                    stats["clip_fraction"] += float(clipped.float().sum())
-                    counted += seq.actions
-                params = [p for group in self.optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-        return {k: v / max(counted, 1) for k, v in stats.items()}
+                    # DeepSpeed averages gradients over the ranks; the minibatch's loss is their sum
+                    weight = weight * world if real else 0.0
+                    loss = self._loss(seq, stats if real else None)
+                    if self.engine is not None:
+                        self.engine.backward(loss * weight, scale_wrt_gas=False)
+                        self.engine.step()  # counts the pass; the last of the minibatch's updates
+                    else:
+                        (loss * weight).backward()
+                if self.engine is None:
+                    params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            import torch.distributed as torch_dist
+
+            torch_dist.all_reduce(stats)
+        counted = max(float(stats[4]), 1.0)
+        names = ("policy_loss", "value_loss", "kl", "clip_fraction")
+        return {name: float(stats[i]) / counted for i, name in enumerate(names)}
+
+    def _loss(self, seq: Sequence, stats: Any) -> Any:
+        """The sequence's summed token loss (policy, KL for GRPO, value for PPO); adds to `stats`."""
+        config = self.config
+        logprobs, values = forward(self.model, seq, config.kernels, self.value_head)
+        pg, clipped = clipped_policy_loss(logprobs, seq.old_logprobs, seq.advantages, config.clip)
+        loss = pg.sum()
+        kl_sum = vl_sum = 0.0
+        if seq.ref_logprobs is not None:
+            kl = kl_k3(logprobs, seq.ref_logprobs)
+            if config.algo == "grpo":
+                loss = loss + config.kl_coef * kl.sum()
+            kl_sum = float(kl.detach().sum())
+        if values is not None:
+            vl = clipped_value_loss(values, seq.old_values, seq.returns, config.value_clip)
+            loss = loss + config.vf_coef * vl.sum()
+            vl_sum = float(vl.detach().sum())
+        if stats is not None:
+            stats += stats.new_tensor(
+                [float(pg.detach().sum()), vl_sum, kl_sum, float(clipped.float().sum()), seq.actions]
+            )
+        return loss
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -323,8 +436,10 @@ class RLTrainer:
         import torch
 
         metrics_path = self.out / "metrics.jsonl"
-        self.out.mkdir(parents=True, exist_ok=True)
-        checkpoint.trim_metrics(metrics_path, self.step)
+        main = self.dist.main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            checkpoint.trim_metrics(metrics_path, self.step)
         record: dict[str, Any] = {}
         steps = range(self.step, self.config.steps)
         for step in progress(steps, f"rl ({self.config.algo})", total=len(steps)):
@@ -350,17 +465,18 @@ class RLTrainer:
                 "rollout_s": round(rollout_s, 2),
                 "step_s": round(time.perf_counter() - started, 2),
             }
-            with metrics_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            logger.info(
-                "rl step %d/%d reward %.3f ± %.3f, %.1f tool calls, kl %.4f",
-                self.step,
-                self.config.steps,
-                record["reward_mean"],
-                record["reward_std"],
-                record["tool_calls"],
-                record.get("kl", 0.0),
-            )
+            if main:
+                with metrics_path.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                logger.info(
+                    "rl step %d/%d reward %.3f ± %.3f, %.1f tool calls, kl %.4f",
+                    self.step,
+                    self.config.steps,
+                    record["reward_mean"],
+                    record["reward_std"],
+                    record["tool_calls"],
+                    record.get("kl", 0.0),
+                )
             if (
                 self.config.save_every
                 and self.step % self.config.save_every == 0
@@ -373,36 +489,56 @@ class RLTrainer:
     # ---- checkpoints -------------------------------------------------------------------------------
 
     def save(self, name: str | None) -> None:
+        """`OUT/NAME` (or the final model into `OUT`): the policy as a Hugging Face folder, its tokenizer,
+        the optimizer (DeepSpeed's sharded state on several ranks), the value head, RNG and state."""
         import torch
 
-        folder = checkpoint.staging(self.out, name or "final")
-        checkpoint.save_model(self.model, folder)
-        self.tokenizer.save_pretrained(folder)
-        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-        torch.save(checkpoint.rng_state(), folder / "rng.pt")
-        if self.value_head is not None:
-            torch.save(self.value_head.state_dict(), folder / "value_head.pt")
-        checkpoint.write_state(
-            folder,
-            {
-                "stage": "rl",
-                "algo": self.config.algo,
-                "step": self.step,
-                "total_steps": self.config.steps,
-                "reference": self.reference_path,
-                "done": name is None,
-            },
-        )
-        checkpoint.publish(folder, self.out, name, self.config.keep)
+        main = self.dist.main
+        tag = name or "final"
+        folder = checkpoint.staging(self.out, tag) if main else self.out / f"{tag}.partial"
+        if self.engine is not None:
+            barrier(self.dist)  # the first rank has emptied the folder
+            self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state")
+        if main:
+            checkpoint.save_model(self.model, folder)
+            self.tokenizer.save_pretrained(folder)
+            if self.engine is None:
+                torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(checkpoint.rng_state(), folder / "rng.pt")
+            if self.value_head is not None:
+                torch.save(self.value_head.state_dict(), folder / "value_head.pt")
+            checkpoint.write_state(
+                folder,
+                {
+                    "stage": "rl",
+                    "algo": self.config.algo,
+                    "step": self.step,
+                    "total_steps": self.config.steps,
+                    "reference": self.reference_path,
+                    "world": self.dist.world,
+                    "deepspeed": self.engine is not None,
+                    "done": name is None,
+                },
+            )
+            checkpoint.publish(folder, self.out, name, self.config.keep)
+        barrier(self.dist)
 
     def _load(self, folder: Path) -> None:
         import torch
 
         state = checkpoint.read_state(folder)
+        sharded = bool(state.get("deepspeed"))
+        if sharded != (self.engine is not None) or (sharded and state.get("world", 1) != self.dist.world):
+            ran = f"DeepSpeed on {state.get('world', 1)} ranks" if sharded else "without DeepSpeed"
+            now = f"DeepSpeed on {self.dist.world} ranks" if self.engine is not None else "without DeepSpeed"
+            raise InputError(f"--resume: {folder} was trained {ran}; this run asks for {now}")
         self.step = state["step"]
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-        if self.value_head is not None:
-            self.value_head.load_state_dict(torch.load(folder / "value_head.pt", weights_only=True))
+        if self.engine is not None:
+            self.engine.load_checkpoint(str(folder / "deepspeed"), load_module_strict=False)
+        else:
+            self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+            if self.value_head is not None:
+                self.value_head.load_state_dict(torch.load(folder / "value_head.pt", weights_only=True))
         checkpoint.set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
         logger.info("resumed RL from %s at step %d", folder, self.step)
 
