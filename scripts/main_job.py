@@ -130,6 +130,13 @@ def main() -> None:
     parser.add_argument("--midtrain-entities", type=int, default=None, help="Size of the mid-training world.")
     parser.add_argument("--midtrain-epochs", type=float, default=None, help="0 skips mid-training.")
     parser.add_argument("--midtrain-lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--copy-warmup",
+        type=int,
+        default=None,
+        help="Copy drills before mid-training a model from scratch: at most this many steps "
+        "(default 3000; 0 with --quick or --base-model).",
+    )
     parser.add_argument("--sft-epochs", type=float, default=None)
     parser.add_argument("--sft-lr", type=float, default=1e-3)
     parser.add_argument("--max-len", type=int, default=4096)
@@ -154,6 +161,8 @@ def main() -> None:
     args.midtrain_entities = args.midtrain_entities or (200 if quick else 50000)
     if args.midtrain_epochs is None:
         args.midtrain_epochs = 0.2 if quick else 1
+    if args.copy_warmup is None:
+        args.copy_warmup = 0 if quick or args.base_model else 3000
     args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 3)
     args.bench_tasks = args.bench_tasks or (4 if quick else 30)
     args.agent_tokens = args.agent_tokens or (8000 if quick else 12000)
@@ -191,8 +200,9 @@ def main() -> None:
 
     precision = ["--precision", "bf16"] if args.gpu else []
     # Agentic mid-training text: the encyclopedia of another world (other names, other facts, so nothing
-    # about the test questions is learnt by heart) plus the trajectories, every token learnt. This is where
-    # a model trained from scratch learns to copy names from its context, which searching needs.
+    # about the test questions is learnt by heart) plus the trajectories, every token learnt. A model from
+    # scratch first does copy drills (--copy-warmup): searching and answering mean copying names and ids
+    # from the context, which this little text does not teach it.
     mid_world = out / "midtrain-world"
     if not (mid_world / "corpus.jsonl").exists():
         run("data", "world", "-o", mid_world, "--seed", str(args.seed + 1000),
@@ -208,7 +218,7 @@ def main() -> None:
         run("train", "midtrain", *mid_data, "--model", base, "-o", mid_model, "--max-len", str(args.max_len),
             "--epochs", str(args.midtrain_epochs), "--lr", str(args.midtrain_lr), "--warmup", "50",
             "--no-grad-ckpt", "--save-every", "500", "--seed", str(args.seed), *resumed(mid_model),
-            *precision)  # fmt: skip
+            "--copy-warmup", str(args.copy_warmup), *precision)  # fmt: skip
     sft_model = out / "models" / "sft"
     if not (sft_model / "trainer_state.json").exists():
         start = mid_model if args.midtrain_epochs else base

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from dr_core.records import Example, Message, ToolCall
+from dr_train import trainer as trainer_module
+from dr_train.chat import IGNORE
 from dr_train.data import build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build
 from dr_train.tiny import CHAT_TEMPLATE
-from dr_train.trainer import TrainConfig, Trainer, lr_at
+from dr_train.trainer import TrainConfig, Trainer, copy_drill, lr_at
 
 DR = [sys.executable, "-m", "dr_cli.main"]
 CITIES = ["Velmora", "Ostrand", "Quillby", "Harrowgate", "Tessaly", "Brindle", "Corvale", "Mirefold"]
@@ -97,6 +99,41 @@ def test_sft_on_a_tiny_model_lowers_the_loss(tmp_path):
     Trainer(model, tokenizer, data, config, on_step=lambda step, record: losses.append(record["loss"])).run()
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:3]) / 3
+
+
+def test_a_copy_drill_repeats_a_span_and_learns_only_the_repeat():
+    import random
+
+    for seed in range(50):
+        drill = copy_drill(random.Random(seed), list(range(10, 60)))
+        assert len(drill.input_ids) == len(drill.labels) == trainer_module.COPY_DOC
+        learnt = [i for i, label in enumerate(drill.labels) if label != IGNORE]
+        assert learnt == list(range(learnt[0], learnt[-1] + 1))  # one span
+        assert all(drill.labels[i] == drill.input_ids[i] for i in learnt)
+        # the repeat starts one token before the learnt span; that token and the rest stood earlier
+        span = drill.input_ids[learnt[0] - 1 : learnt[-1] + 1]
+        earlier = drill.input_ids[: learnt[0] - 1]
+        assert any(earlier[i : i + len(span)] == span for i in range(len(earlier) - len(span) + 1))
+        assert 7 <= len(learnt) < trainer_module.COPY_DOC // 3
+
+
+def test_the_copy_warmup_runs_before_training_and_ends_once_copies_are_right(tmp_path, monkeypatch):
+    model, tokenizer, data, config = setup_run(tmp_path / "a", max_len=400, max_steps=3, copy_warmup=120)
+    Trainer(model, tokenizer, data, config).run()
+    log = [json.loads(line) for line in (config.out / "copy_warmup.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [50, 100, 120]  # a tiny model copies nothing yet: all 120 steps
+    assert all(0 <= r["copy_accuracy"] < trainer_module.COPY_TARGET for r in log)
+    assert [json.loads(line)["step"] for line in (config.out / "metrics.jsonl").read_text().splitlines()] == [
+        1, 2, 3,
+    ]  # fmt: skip
+    state = json.loads((config.out / "trainer_state.json").read_text())
+    assert state["summary"]["copy_warmup"]["steps"] == 120
+
+    monkeypatch.setattr(trainer_module, "COPY_TARGET", 0.0)  # reached at the first check
+    model, tokenizer, data, config = setup_run(tmp_path / "b", max_len=400, max_steps=1, copy_warmup=120)
+    Trainer(model, tokenizer, data, config).run()
+    log = [json.loads(line) for line in (config.out / "copy_warmup.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [50]
 
 
 def test_kernels_and_plain_hugging_face_train_the_same_steps(tmp_path):

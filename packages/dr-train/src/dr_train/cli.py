@@ -90,6 +90,15 @@ SpOpt = Annotated[
     ),
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
+CopyWarmupOpt = Annotated[
+    int,
+    typer.Option(
+        "--copy-warmup",
+        help="For a model trained from scratch: up to N steps of copy drills first (random tokens with a "
+        "repeated span), ending once 95%% of the repeats are predicted; teaches it to copy from its context "
+        "(names, ids), which a small text budget does not. Log in OUT/copy_warmup.jsonl.",
+    ),
+]
 RopeThetaOpt = Annotated[
     float | None, typer.Option("--rope-theta", help="New rope base, e.g. 1000000 for 128K.")
 ]
@@ -135,6 +144,10 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
         raise InputError(f"--precision {precision}: choose bf16, fp32 or auto")
     if opts["sp"] < 1 or dist.world % opts["sp"]:
         raise InputError(f"--sp {opts['sp']} must divide the number of processes ({dist.world})")
+    if opts["copy_warmup"] < 0:
+        raise InputError(f"--copy-warmup {opts['copy_warmup']}: give a number of steps (0: none)")
+    if opts["copy_warmup"] and opts["sp"] > 1:
+        raise InputError("--copy-warmup runs without --sp (its drills are short rows): run it first, alone")
     tokens_per_step = opts["tokens_per_step"] or opts["max_len"] * (dist.world // opts["sp"])
     config = TrainConfig(
         stage=stage,
@@ -160,6 +173,7 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
         offload=opts["offload"],
         deepspeed=opts["deepspeed"],
         sp=opts["sp"],
+        copy_warmup=opts["copy_warmup"],
     )
     device = distributed.init(dist, config.uses_deepspeed)
     on_error = opts["on_error"].value
@@ -303,6 +317,7 @@ def _command(stage: str, long_default: str, lr_default: float):  # type: ignore[
         deepspeed: DeepSpeedOpt = None,
         nproc: NprocOpt = 1,
         sp: SpOpt = 1,
+        copy_warmup: CopyWarmupOpt = 0,
         resume: ResumeOpt = False,
         rope_theta: RopeThetaOpt = None,
         rope_scaling: RopeScalingOpt = None,

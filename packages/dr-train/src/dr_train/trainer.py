@@ -25,7 +25,7 @@ from typing import Any
 from dr_core.errors import InputError
 from dr_core.log import logger
 from dr_train import checkpoint
-from dr_train.chat import IGNORE
+from dr_train.chat import IGNORE, Tokenized
 from dr_train.data import Dataset
 from dr_train.distributed import Dist
 from dr_train.pack import Row
@@ -61,6 +61,8 @@ class TrainConfig:
     deepspeed: str | None = None
     sp: int = 1  # Ulysses sequence parallelism: ranks that share one row
     log_every: int = 1
+    # up to this many steps of copy drills before the first step of a fresh run (0: none)
+    copy_warmup: int = 0
 
     @property
     def uses_deepspeed(self) -> bool:
@@ -91,6 +93,27 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     progress = min(1.0, (step - config.warmup_steps) / span)
     floor = config.lr * config.min_lr_ratio
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+COPY_DOC = 192  # tokens in one copy drill
+COPY_TARGET = 0.95  # the copy warm-up ends once this share of copied tokens is predicted right
+
+
+def copy_drill(rng: random.Random, vocabulary: list[int], length: int = COPY_DOC) -> Tokenized:
+    """Random tokens in which a random span (8 to length/3 tokens) appears again at a random later place;
+    only the repeat is learnt, after its first token (nothing tells where a repeat starts). Nothing but
+    the context predicts a repeated token, so the only way down the loss is to find the token after the
+    earlier occurrence of the current one and copy it: an induction head, the circuit behind copying a
+    name or an id from a prompt, which a model trained from scratch on a small budget of text does not
+    form on its own."""
+    ids = [rng.choice(vocabulary) for _ in range(length)]
+    span = rng.randrange(8, length // 3)
+    start = rng.randrange(0, length - 2 * span + 1)
+    again = rng.randrange(start + span, length - span + 1)
+    ids[again : again + span] = ids[start : start + span]
+    labels = [IGNORE] * length
+    labels[again + 1 : again + span] = ids[again + 1 : again + span]
+    return Tokenized(f"copy-{start}-{again}-{span}", ids, labels)
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> list[int]:
@@ -434,6 +457,67 @@ class Trainer:
         torch_dist.all_reduce(tensor)
         return float(tensor.item())
 
+    def copy_warmup(self) -> dict[str, Any]:
+        """Up to `copy_warmup` steps on copy drills (constant `lr` after a short ramp), ending early once
+        COPY_TARGET of a fixed held-out set of drills' repeated tokens are predicted right. A from-scratch
+        model sits on a plateau for a while, then learns to copy within a few hundred steps."""
+        config = self.config
+        special = set(self.tokenizer.all_special_ids)
+        vocabulary = [i for i in range(len(self.tokenizer)) if i not in special]
+        per_row = max(1, config.max_len // COPY_DOC)
+        held_out = [copy_drill(random.Random(config.seed * 7 + i), vocabulary) for i in range(32)]
+        accuracy, loss, step = self._copy_accuracy(held_out), None, 0
+        log = self.out / "copy_warmup.jsonl"
+        if self.dist.main:
+            log.unlink(missing_ok=True)
+        for step in range(1, config.copy_warmup + 1):
+            rng = random.Random((config.seed * 1_000_003 + step) * 1009 + self.dp_rank)
+            rows = []
+            for _ in range(self.micro_steps):
+                row = Row()
+                for _ in range(per_row):
+                    row.add(copy_drill(rng, vocabulary))
+                rows.append(row)
+            # every rank's rows hold the same number of learnt tokens in expectation; the step's count
+            normalizer = int(self._reduce(sum(sum(1 for x in r.labels if x != IGNORE) for r in rows)))
+            summed, _ = self._forward_backward(rows, normalizer)
+            self._optimizer_step(config.lr * min(1.0, step / 50))
+            loss = self._reduce(summed) / normalizer
+            if step % 50 == 0 or step == config.copy_warmup:
+                accuracy = self._copy_accuracy(held_out)
+                if self.dist.main:
+                    logger.info("copy warm-up step %d: loss %.3f, copies right %.3f", step, loss, accuracy)
+                    record = {"step": step, "loss": round(loss, 4), "copy_accuracy": accuracy}
+                    with log.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                if accuracy >= COPY_TARGET:
+                    break
+        if accuracy < COPY_TARGET:
+            logger.warning(
+                "copy warm-up: %d steps and %.0f%% of copies right (the aim is %.0f%%)",
+                step,
+                100 * accuracy,
+                100 * COPY_TARGET,
+            )
+        return {"steps": step, "copy_accuracy": accuracy}
+
+    def _copy_accuracy(self, drills: list[Tokenized]) -> float:
+        """Share of the drills' learnt tokens the model predicts (greedily) from the tokens before them."""
+        import torch
+
+        model = self.module
+        model.eval()
+        right = total = 0
+        with torch.no_grad():
+            ids = torch.tensor([d.input_ids for d in drills], device=self.device)
+            labels = torch.tensor([d.labels for d in drills], device=self.device)
+            predicted = model(input_ids=ids).logits.argmax(-1)
+            learnt = labels[:, 1:] != IGNORE
+            right = int(((predicted[:, :-1] == labels[:, 1:]) & learnt).sum())
+            total = int(learnt.sum())
+        model.train()
+        return round(self._reduce(right) / max(self._reduce(total), 1), 4)
+
     def run(self) -> Summary:
         from dr_core.log import progress
 
@@ -442,6 +526,9 @@ class Trainer:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoint.trim_metrics(metrics_path, self.step)
+        warmup = None
+        if config.copy_warmup and self.step == 0 and self.resume_from is None:
+            warmup = self.copy_warmup()
         layers = self.module.config.num_hidden_layers
         hidden = self.module.config.hidden_size
         peak = self._peak_flops()
@@ -511,7 +598,7 @@ class Trainer:
             eval_loss=None if eval_loss is None else round(eval_loss, 6),
             pack=asdict(self.data.stats),
         )
-        self.save(None, summary=asdict(summary))
+        self.save(None, summary=asdict(summary) | ({"copy_warmup": warmup} if warmup else {}))
         return summary
 
     def evaluate(self) -> float:
