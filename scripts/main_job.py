@@ -135,7 +135,7 @@ def main() -> None:
         type=int,
         default=None,
         help="Copy drills before mid-training a model from scratch: at most this many steps "
-        "(default 3000; 0 with --quick or --base-model).",
+        "(default 4000; 0 with --quick or --base-model).",
     )
     parser.add_argument("--sft-epochs", type=float, default=None)
     parser.add_argument("--sft-lr", type=float, default=1e-3)
@@ -162,7 +162,7 @@ def main() -> None:
     if args.midtrain_epochs is None:
         args.midtrain_epochs = 0.2 if quick else 1
     if args.copy_warmup is None:
-        args.copy_warmup = 0 if quick or args.base_model else 3000
+        args.copy_warmup = 0 if quick or args.base_model else 4000
     args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 3)
     args.bench_tasks = args.bench_tasks or (4 if quick else 30)
     args.agent_tokens = args.agent_tokens or (8000 if quick else 12000)

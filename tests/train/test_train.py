@@ -118,6 +118,7 @@ def test_a_copy_drill_repeats_a_span_and_learns_only_the_repeat():
 
 
 def test_the_copy_warmup_runs_before_training_and_ends_once_copies_are_right(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "COPY_DOCS", 4)  # a short test: 4 drills a step
     model, tokenizer, data, config = setup_run(tmp_path / "a", max_len=400, max_steps=3, copy_warmup=120)
     Trainer(model, tokenizer, data, config).run()
     log = [json.loads(line) for line in (config.out / "copy_warmup.jsonl").read_text().splitlines()]
