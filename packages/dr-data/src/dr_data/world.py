@@ -11,6 +11,7 @@ from one `random.Random(seed)` in a fixed order: one seed, one byte-identical wo
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -126,6 +127,11 @@ class _Names:
         raise RuntimeError("name space exhausted; lower --entities")
 
 
+def slug(name: str) -> str:
+    """"Sajan & Sons" -> "sajan-sons": lowercase words joined by hyphens."""
+    return "-".join(re.findall(r"[a-z0-9]+", name.lower()))
+
+
 def build_world(seed: int = 0, n_entities: int = DEFAULT_ENTITIES) -> World:
     """Entities, relations and documents, all from one seed."""
     rng = random.Random(seed)
@@ -239,6 +245,7 @@ def _write_documents(
 ) -> tuple[list[Document], dict[str, str]]:
     documents: list[Document] = []
     doc_of: dict[str, str] = {}
+    slugs: set[str] = set()
     for entity in entities.values():
         fields = {"name": entity.name, **entity.attrs}
         sentences = [rng.choice(ARTICLE_OPENINGS[entity.type]).format(**fields)]
@@ -246,7 +253,12 @@ def _write_documents(
             target = entities[entity.links[relation]]
             sentences.append(rng.choice(RELATION_SENTENCES[relation]).format(x=entity.name, y=target.name))
         sentences += rng.sample(FILLER, 2)
-        doc_id = f"{entity.id}-article"
+        # the id is the name as a URL would spell it, as most sites' are: an agent copies it from a search
+        # result as it copies a name (a serial number's run of digits is easy to get wrong)
+        doc_id = slug(entity.name)
+        if doc_id in slugs:
+            doc_id = f"{doc_id}-{entity.id}"
+        slugs.add(doc_id)
         documents.append(
             Document(id=doc_id, title=entity.name, text=" ".join(sentences), meta={"entity": entity.id})
         )
@@ -260,7 +272,7 @@ def _write_documents(
                 text += " " + rng.choice(RELATION_SENTENCES[relation]).format(x=entity.name, y=target.name)
             documents.append(
                 Document(
-                    id=f"{entity.id}-profile",
+                    id=f"{doc_id}-profile",
                     title=f"{entity.name} (profile)",
                     text=text,
                     meta={"entity": entity.id},
