@@ -128,7 +128,7 @@ class _Names:
 
 
 def slug(name: str) -> str:
-    """"Sajan & Sons" -> "sajan-sons": lowercase words joined by hyphens."""
+    """The name in lowercase words joined by hyphens: "Sajan & Sons" becomes "sajan-sons"."""
     return "-".join(re.findall(r"[a-z0-9]+", name.lower()))
 
 
