@@ -525,4 +525,5 @@ def rl(
         summary = trainer.run()
         if dist.main:
             data.write(json.dumps(summary) + "\n")
+            data.flush()
         distributed.shutdown()
