@@ -180,11 +180,7 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
     rejects_path = opts["rejects"] or (
         default_rejects_path(sources, str(out / "train.jsonl")) if on_error == "skip" else None
     )
-    if rejects_path and not dist.main:
-        # every rank reads the same lines; only the first keeps the rejects
-        import tempfile
-
-        rejects_path = str(Path(tempfile.mkdtemp()) / "rejects.jsonl")
+    rejects_path = _rank_rejects(rejects_path, dist)
     with RejectWriter(rejects_path) if rejects_path else _Null() as rejects:
         items = read_items(sources, stage, on_error, rejects)  # type: ignore[arg-type]
     rope = RopeSettings(opts["rope_theta"], opts["rope_scaling"], opts["max_positions"])
@@ -268,6 +264,16 @@ def _relaunch_if_asked(
     if zero is None and deepspeed is None:
         argv += ["--zero", "0"]
     raise typer.Exit(distributed.relaunch(nproc, argv, list(sources), stdout=data))
+
+
+def _rank_rejects(path: str | None, dist: Any) -> str | None:
+    """Where this rank writes rejected lines: every rank reads the same lines; only the first keeps them."""
+    if path is None or dist.main:
+        return path
+    import tempfile
+    from pathlib import Path
+
+    return str(Path(tempfile.mkdtemp()) / "rejects.jsonl")
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -447,10 +453,7 @@ def rl(
         rejects_path = rejects or (
             default_rejects_path(sources, str(out_path / "tasks.jsonl")) if on_error.value == "skip" else None
         )
-        if rejects_path and not dist.main:  # every rank reads the same lines; the first keeps the rejects
-            import tempfile
-
-            rejects_path = str(Path(tempfile.mkdtemp()) / "rejects.jsonl")
+        rejects_path = _rank_rejects(rejects_path, dist)
         uses_deepspeed = zero is not None or deepspeed is not None
         device = distributed.init(dist, uses_deepspeed)
         if rejects_path:
