@@ -155,16 +155,16 @@ def main() -> None:
     # search shows this many results
     os.environ.setdefault("DR_AGENT_MAX_OUTPUT_TOKENS", "384")
     os.environ.setdefault("DR_SEARCH_TOP_K", "3")
-    args.entities = args.entities or (120 if quick else 600)
-    args.tasks = args.tasks or (150 if quick else 1500)
-    args.sft_epochs = args.sft_epochs or 1
+    args.entities = args.entities or (120 if quick else 1200)
+    args.tasks = args.tasks or (150 if quick else 4000)
+    args.sft_epochs = args.sft_epochs or (1 if quick else 2)
     args.midtrain_entities = args.midtrain_entities or (200 if quick else 50000)
     if args.midtrain_epochs is None:
         args.midtrain_epochs = 0.2 if quick else 1
     if args.copy_warmup is None:
         args.copy_warmup = 0 if quick or args.base_model else 4000
     args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 3)
-    args.bench_tasks = args.bench_tasks or (4 if quick else 30)
+    args.bench_tasks = args.bench_tasks or (4 if quick else 100)
     args.agent_tokens = args.agent_tokens or (8000 if quick else 12000)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -244,8 +244,12 @@ def main() -> None:
         "minutes": round((time.monotonic() - started) / 60, 1),
         "runs": {name: s for (name, _), s in zip([*runs, ("rl", rl_model)], summaries, strict=False)},
     }
+    # where along each question's chain of entities the runs stopped
+    chains = out / "hops.md"
+    hops = run("bench", "hops", *folders, "--suite", world / "test.jsonl", "--markdown", chains)
+    results["hops"] = [json.loads(line) for line in hops.splitlines() if line.strip()]
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    sys.stdout.write(table.read_text())
+    sys.stdout.write(table.read_text() + "\n" + chains.read_text())
     print(f"main job: done in {results['minutes']} min; results in {table}", file=sys.stderr)
 
 

@@ -4,6 +4,7 @@ reflection with an endpoint teacher; hints scrubbed from what is kept."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,17 @@ def test_the_oracle_solves_every_world_task_through_the_real_agent_loop(tmp_path
         assert judge.judge(task, trajectory["final"], trajectory["id"]).score == 1.0
         # a multi-hop task takes a search and an open per hop
         assert names.count("open") == len(task.meta["hops"])
+        # after each article it opened, the teacher quotes the sentence it uses, word for word
+        pages = [m["content"] for m in trajectory["messages"] if m["role"] == "tool"]
+        quotes = [
+            re.search(r'The article says: "(.+?)" ', m["content"] or "")
+            for m in trajectory["messages"]
+            if m["role"] == "assistant"
+        ]
+        quotes = [q.group(1) for q in quotes if q]
+        assert len(quotes) == len(task.meta["hops"])
+        assert all(any(q in page for page in pages if page.startswith("# [")) for q in quotes)
+        assert task.answer in quotes[-1]
 
 
 def test_a_wrong_attempt_is_retried_with_reflection_and_the_hint_is_scrubbed(tmp_path, drb_index):

@@ -25,14 +25,19 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     table = result.stdout.decode()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    scores, chains = table.split("\n\n")
+    rows = [line for line in scores.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 4 and [r.split(" | ")[0].rsplit("/", 1)[-1] for r in rows[1:]] == [
         "untrained",
         "sft",
         "rl",
     ]
+    # and where along each question's chain the runs stopped: a row per step, a column per model
+    assert chains.splitlines()[0].startswith("| step of the chain |")
+    assert chains.count(" of 4 |") >= 3 * 7
     results = json.loads((out / "results.json").read_text())
     assert list(results["runs"]) == ["untrained", "sft", "rl"]
+    assert [h["n"] for h in results["hops"]] == [4, 4, 4]
     for summary in results["runs"].values():
         assert summary["n"] == 4 and 0.0 <= summary["score"]["mean"] <= 1.0
     for model in ("base", "mid", "sft", "rl"):

@@ -187,6 +187,38 @@ def compare(
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
 
 
+@app.command()
+def hops(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or trajectories files).")],
+    suite: Annotated[
+        str, typer.Option(help="The suite the runs ran: a task JSONL file or world:SEED[:ENTITIES[:TASKS]].")
+    ],
+    markdown: Annotated[Path | None, typer.Option(help="Also write a markdown table here.")] = None,
+) -> None:
+    """Where multi-hop runs stop: for each hop of each task (its meta.hops), whether a search query named
+    the hop's entity, a search listed its document, and it was opened. One JSON line per run."""
+    import orjson
+    from rich.table import Table
+
+    from dr_bench import hops as chains
+    from dr_bench.suites import load_suite
+    from dr_core.log import console
+
+    tasks = {task.id: task for task in load_suite(suite, Path("data/deepresearch_bench"))}
+    results = [chains.progress(run, tasks) for run in runs]
+    table = Table(title="progress along the chain (runs that reached each step)")
+    table.add_column("step")
+    for run in runs:
+        table.add_column(str(run))
+    for row in chains.rows(results):
+        table.add_row(*row)
+    console().print(table)
+    if markdown is not None:
+        markdown.write_text(chains.markdown(results))
+    for result in results:
+        sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+
+
 @app.command("import-drb")
 def import_drb_command(
     data: DrbDir = Path("data/deepresearch_bench"),
