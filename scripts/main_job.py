@@ -9,7 +9,7 @@ and checkpoints under --out; re-running skips the steps whose outputs exist. The
 to OUT/results.md. Flags swap in a real base model (--base-model FOLDER), a real teacher endpoint
 (--teacher endpoint --teacher-base-url URL --teacher-model M) and a GPU (--gpu: vLLM serving, bf16).
 
-    python scripts/main_job.py --out runs/main            # about half an hour on a 2-core CPU
+    python scripts/main_job.py --out runs/main            # about an hour and a half on a 2-core CPU
     python scripts/main_job.py --out runs/quick --quick   # the pipeline end to end in a few minutes
 """
 
