@@ -69,6 +69,11 @@ def test_each_hop_is_named_listed_and_opened_only_by_the_tool_that_does_it(tmp_p
         {"tasks": 2, "named": 2, "listed": 2, "opened": 2},
         {"tasks": 1, "named": 0, "listed": 0, "opened": 0},
     ]
+    # a suite whose hops lack a document is refused with the task named, not a traceback
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({**tasks[0], "meta": {"hops": [{"name": "Aldo Verin"}]}}) + "\n")
+    refused = subprocess.run([*DR, "bench", "hops", str(run), "--suite", str(broken)], capture_output=True)
+    assert refused.returncode != 0 and b"task two" in refused.stderr and b"Traceback" not in refused.stderr
     table = md.read_text()
     assert "| hop 1's document was opened | 2 of 2 |" in table
     assert "| a search query names hop 2's entity | 0 of 1 |" in table

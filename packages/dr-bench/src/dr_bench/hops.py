@@ -39,13 +39,18 @@ def chain(task: Task, trajectory: Trajectory) -> list[dict[str, bool]]:
                 listed.update(LISTED.findall(message.content))
             elif name == "open":
                 opened.update(OPENED.findall(message.content))
+    hops = task.meta.get("hops") or []
+    if not all(isinstance(h, dict) and isinstance(h.get("name"), str) and h.get("doc") for h in hops):
+        raise InputError(
+            f"task {task.id}: each of meta.hops needs a name and a doc (as `dr data world` writes)"
+        )
     return [
         {
             "named": any(hop["name"].lower() in query for query in queries),
             "listed": hop["doc"] in listed,
             "opened": hop["doc"] in opened,
         }
-        for hop in task.meta.get("hops") or []
+        for hop in hops
     ]
 
 
