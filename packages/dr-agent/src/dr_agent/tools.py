@@ -19,6 +19,10 @@ from dr_core.jsonl import describe_validation_error
 from dr_core.records import Citation, Source, ToolCall
 
 CITE = re.compile(r"\\cite\{([^}]*)\}")
+# the ids in a search result's lines ("[id] title") and in an opened page's header ("# [id] title"), as
+# _search and _open write them
+LISTED = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
+OPENED = re.compile(r"^# \[([^\]]+)\]", re.MULTILINE)
 
 
 class PlanArgs(BaseModel):

@@ -204,7 +204,7 @@ def hops(
     from dr_bench.suites import load_suite
     from dr_core.log import console
 
-    tasks = {task.id: task for task in load_suite(suite, Path("data/deepresearch_bench"))}
+    tasks = {task.id: task for task in load_suite(suite)}
     results = [chains.progress(run, tasks) for run in runs]
     table = Table(title="progress along the chain (runs that reached each step)")
     table.add_column("step")

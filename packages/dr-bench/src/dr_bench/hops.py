@@ -5,16 +5,14 @@ reach it stopped."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
+from dr_agent.tools import LISTED, OPENED
 from dr_core.errors import InputError
 from dr_core.jsonl import read_records
 from dr_core.records import Task, Trajectory
 
-LISTED = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
-OPENED = re.compile(r"^# \[([^\]]+)\]", re.MULTILINE)
 STEPS = ("named", "listed", "opened")
 
 
@@ -99,8 +97,10 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
     return table
 
 
-def markdown(results: list[dict[str, Any]], names: list[str] | None = None) -> str:
-    names = names or [r["run"] for r in results]
-    lines = ["| step of the chain | " + " | ".join(names) + " |", "|---|" + "---:|" * len(results)]
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| step of the chain | " + " | ".join(r["run"] for r in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
     return "\n".join(lines) + "\n"

@@ -8,12 +8,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dr_agent.tools import LISTED, OPENED
 from dr_core.llm import ChatResult, LLMConfig
 from dr_core.records import Message, Task, ToolCall, Usage
 from dr_data.world import PHRASES
 
-OPENED = re.compile(r"^# \[([^\]]+)\]", re.MULTILINE)
-LISTED = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
 ASKED = {"birth_year": "birth year", "founded_year": "founding year", "length_km": "length", "name": "name"}
 
