@@ -1,5 +1,6 @@
 """The README's main job, end to end, in its short version: every stage runs for real and hands its output
-to the next (world → index → oracle trajectories → sft data → train sft → serve → bench → rl → bench)."""
+to the next (world → index → oracle trajectories → sft data → mid-train → train sft → serve → bench → rl
+→ bench)."""
 
 from __future__ import annotations
 
@@ -27,17 +28,18 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     table = result.stdout.decode()
     scores, chains = table.split("\n\n")
     rows = [line for line in scores.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 4 and [r.split(" | ")[0].rsplit("/", 1)[-1] for r in rows[1:]] == [
+    assert len(rows) == 5 and [r.split(" | ")[0].rsplit("/", 1)[-1] for r in rows[1:]] == [
         "untrained",
+        "mid",
         "sft",
         "rl",
     ]
     # and where along each question's chain the runs stopped: a row per step, a column per model
     assert chains.splitlines()[0].startswith("| step of the chain |")
-    assert chains.count(" of 4 |") >= 3 * 7
+    assert chains.count(" of 4 |") >= 4 * 7
     results = json.loads((out / "results.json").read_text())
-    assert list(results["runs"]) == ["untrained", "sft", "rl"]
-    assert [h["n"] for h in results["hops"]] == [4, 4, 4]
+    assert list(results["runs"]) == ["untrained", "mid", "sft", "rl"]
+    assert [h["n"] for h in results["hops"]] == [4, 4, 4, 4]
     for summary in results["runs"].values():
         assert summary["n"] == 4 and 0.0 <= summary["score"]["mean"] <= 1.0
     for model in ("base", "mid", "sft", "rl"):

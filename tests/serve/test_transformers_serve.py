@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -104,6 +105,35 @@ def test_sigterm_stops_the_engine_and_the_api(tmp_path, drb_index):
     proc.wait(timeout=60)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_the_engine_does_not_outlive_a_killed_dr_serve(tmp_path):
+    """SIGKILL cannot be forwarded: the engine is tied to dr serve's life by the kernel instead."""
+    model = tiny_qwen2(tmp_path / "tiny")
+    port = free_port()
+    cmd = serve_command(model)
+    # a session of its own, so that an engine left behind by a failure here can still be cleaned up
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_ok(f"http://127.0.0.1:{port}/health", proc)
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            except httpx.HTTPError:
+                return
+            time.sleep(0.5)
+        raise AssertionError("the engine still answers a minute after dr serve was killed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_transformers_serve_hands_a_malformed_tool_call_to_the_agent_as_text(tmp_path):

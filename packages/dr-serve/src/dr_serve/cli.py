@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,11 +16,36 @@ import typer
 from dr_core.options import BaseUrl
 
 HEALTH_POLL_S = 0.5
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """In a child, before exec (`preexec_fn`): ask Linux to send it SIGTERM when the process that started it
+    (pid `parent`) dies, so an engine outlives neither a `dr serve` killed with SIGKILL, which cannot
+    forward anything, nor a crash. A parent already gone by then ends the child at once. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def child_of_this_process() -> Callable[[], None]:
+    """A `preexec_fn` tying the child's life to this process (see die_with_parent)."""
+    import functools
+    import os
+
+    return functools.partial(die_with_parent, os.getpid())
 
 
 class Supervisor:
     """Child processes (engine, API) whose lifetime is ours: SIGINT/SIGTERM are forwarded to them from the
-    moment they start, and when one exits the others are stopped."""
+    moment they start, when one exits the others are stopped, and they die with us even when we are killed
+    outright (SIGKILL)."""
 
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
@@ -34,7 +60,7 @@ class Supervisor:
                 child.send_signal(signum)
 
     def start(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(argv, env=env)
+        child = subprocess.Popen(argv, env=env, preexec_fn=child_of_this_process())
         self.children.append(child)
         return child
 
