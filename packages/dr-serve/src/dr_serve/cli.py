@@ -19,27 +19,30 @@ HEALTH_POLL_S = 0.5
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent(parent: int | None = None) -> None:
+def die_with_parent(parent: int, prctl: Callable[..., int] | None) -> None:
     """In a child, before exec (`preexec_fn`): ask Linux to send it SIGTERM when the process that started it
     (pid `parent`) dies, so an engine outlives neither a `dr serve` killed with SIGKILL, which cannot
-    forward anything, nor a crash. A parent already gone by then ends the child at once. Elsewhere a no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+    forward anything, nor a crash. A parent already gone by then ends the child at once."""
     import os
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if parent is not None and os.getppid() != parent:
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
         os._exit(1)
 
 
 def child_of_this_process() -> Callable[[], None]:
-    """A `preexec_fn` tying the child's life to this process (see die_with_parent)."""
+    """A `preexec_fn` tying the child's life to this process (see die_with_parent; Linux only, elsewhere
+    it does nothing). libc is looked up here, in the parent: the child between fork and exec only calls."""
     import functools
     import os
 
-    return functools.partial(die_with_parent, os.getpid())
+    prctl = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return functools.partial(die_with_parent, os.getpid(), prctl)
 
 
 class Supervisor:
