@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from dr_serve.cli import child_of_this_process
+from dr_core.proc import child_of_this_process
 
 DR = [sys.executable, "-m", "dr_cli.main"]
 

@@ -7,42 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from dr_core.options import BaseUrl
+from dr_core.proc import child_of_this_process
 
 HEALTH_POLL_S = 0.5
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def die_with_parent(parent: int, prctl: Callable[..., int] | None) -> None:
-    """In a child, before exec (`preexec_fn`): ask Linux to send it SIGTERM when the process that started it
-    (pid `parent`) dies, so an engine outlives neither a `dr serve` killed with SIGKILL, which cannot
-    forward anything, nor a crash. A parent already gone by then ends the child at once."""
-    import os
-
-    if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def child_of_this_process() -> Callable[[], None]:
-    """A `preexec_fn` tying the child's life to this process (see die_with_parent; Linux only, elsewhere
-    it does nothing). libc is looked up here, in the parent: the child between fork and exec only calls."""
-    import functools
-    import os
-
-    prctl = None
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return functools.partial(die_with_parent, os.getpid(), prctl)
 
 
 class Supervisor:
