@@ -14,6 +14,16 @@ import pytest
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist the workers share the cores: each worker, and every process it starts (dr serve's
+# engine, dr train), gets its share of threads. torch's OpenMP threads spin while they wait for each
+# other, so two workers each using every core slow one another down several times over: a tiny model
+# served beside a busy worker generated 2.5 times slower with 2 threads on 2 cores than with 1.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // _workers))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
+
 ROOT = Path(__file__).resolve().parent.parent
 DRB = ROOT / "data" / "deepresearch_bench"
 
