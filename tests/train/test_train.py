@@ -394,3 +394,52 @@ def test_ulysses_sequence_parallel_on_two_processes_trains_as_one_process_does(t
     for key in one:
         torch.testing.assert_close(sp[key], one[key], rtol=1e-4, atol=1e-5)
     assert [m["tokens"] for m in metrics["sp"]] == [m["tokens"] for m in metrics["one"]]
+
+
+def processes_naming(marker: str) -> list[int]:
+    """Live processes whose command line contains `marker` (zombies have none)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:  # gone meanwhile
+                pass
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tie is Linux's PR_SET_PDEATHSIG")
+def test_the_ranks_do_not_outlive_a_killed_dr_train(tmp_path):
+    """`dr train --nproc 2` killed outright (SIGKILL) takes its launcher and both ranks with it, rather than
+    leaving them training (and holding the rendezvous port) behind."""
+    pytest.importorskip("deepspeed")
+    import signal
+    import time
+
+    source = write_jsonl(tmp_path / "data.jsonl", examples() * 2)
+    out = tmp_path / "killed-run"
+    command = [*DR, "train", "sft", str(source), "-o", str(out), "--max-len", "512", "--max-steps", "100000",
+               "--vocab-size", "300", "--nproc", "2", "--zero", "0"]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the ranks never trained a step"
+            time.sleep(0.5)
+        # the launcher and both ranks name the output folder on their command lines
+        assert len(processes_naming(str(out))) >= 3
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 90
+        while processes_naming(str(out)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert processes_naming(str(out)) == []
+    finally:
+        for pid in processes_naming(str(out)):
+            os.kill(pid, signal.SIGKILL)

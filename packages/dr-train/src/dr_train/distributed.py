@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_core.errors import InputError
+from dr_core.proc import child_of_this_process
 
 LAUNCHED = "DR_TRAIN_LAUNCHED"
 
@@ -181,7 +182,8 @@ def relaunch(nproc: int, argv: list[str], inputs: list[str], stdout: Any = None)
             "dr_cli.main",
             *args,
         ]
-        return subprocess.call(command, env=env, stdout=stdout)
+        # the launcher (and, as it stops them on SIGTERM, the ranks) ends with us even when we are SIGKILLed
+        return subprocess.call(command, env=env, stdout=stdout, preexec_fn=child_of_this_process())
     finally:
         if saved_stdin is not None:
             os.unlink(saved_stdin)
