@@ -20,13 +20,12 @@ import contextlib
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from dr_core.proc import child_of_this_process
+from dr_core.proc import child_of_this_process, free_port
 
 DR = [sys.executable, "-m", "dr_cli.main"]
 
@@ -48,12 +47,6 @@ def run(*args: str | Path, stdout: Path | None = None, allow: tuple[int, ...] = 
 def resumed(folder: Path) -> list[str]:
     """--resume when an earlier, interrupted run of this step left checkpoints behind."""
     return ["--resume"] if any(folder.glob("checkpoint-*/trainer_state.json")) else []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

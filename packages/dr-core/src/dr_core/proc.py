@@ -1,12 +1,13 @@
 """Child processes whose life is tied to ours: Linux ends them when the process that started them dies,
 even when it is killed outright (SIGKILL), which leaves it no chance to stop them itself (`dr serve`'s
-engine, the main job's commands)."""
+engine, `dr train --nproc`'s launcher, the main job's commands); and a free port for one to listen on."""
 
 from __future__ import annotations
 
 import functools
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
@@ -31,3 +32,10 @@ def child_of_this_process() -> Callable[[], None]:
 
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     return functools.partial(die_with_parent, os.getpid(), prctl)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (a child started next can bind it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_core.errors import InputError
-from dr_core.proc import child_of_this_process
+from dr_core.proc import child_of_this_process, free_port
 
 LAUNCHED = "DR_TRAIN_LAUNCHED"
 
@@ -146,12 +145,6 @@ def deepspeed_config(
     config.setdefault("steps_per_print", 10**9)
     config.setdefault("wall_clock_breakdown", False)
     return config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def relaunch(nproc: int, argv: list[str], inputs: list[str], stdout: Any = None) -> int:
