@@ -17,7 +17,7 @@ if shutil.which("nvidia-smi") is None:
 # Under pytest-xdist the workers share the cores: each worker, and every process it starts (dr serve's
 # engine, dr train), gets its share of threads. torch's OpenMP threads spin while they wait for each
 # other, so two workers each using every core slow one another down several times over: a tiny model
-# served beside a busy worker generated 2.5 times slower with 2 threads on 2 cores than with 1.
+# served beside one busy process took 65 s for a bench with 2 threads on 2 cores, 28 s with 1.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     _threads = str(max(1, (os.cpu_count() or 1) // _workers))
