@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -415,25 +417,18 @@ def test_the_ranks_do_not_outlive_a_killed_dr_train(tmp_path):
     """`dr train --nproc 2` killed outright (SIGKILL) takes its launcher and both ranks with it, rather than
     leaving them training (and holding the rendezvous port) behind."""
     pytest.importorskip("deepspeed")
-    import signal
-    import time
-
     source = write_jsonl(tmp_path / "data.jsonl", examples() * 2)
     out = tmp_path / "killed-run"
     command = [*DR, "train", "sft", str(source), "-o", str(out), "--max-len", "512", "--max-steps", "100000",
                "--vocab-size", "300", "--nproc", "2", "--zero", "0"]  # fmt: skip
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
             assert proc.poll() is None and time.monotonic() < deadline, "the ranks never trained a step"
             time.sleep(0.5)
-        # the launcher and both ranks name the output folder on their command lines
-        assert len(processes_naming(str(out))) >= 3
+        # dr, the launcher and both ranks name the output folder on their command lines
+        assert len(processes_naming(str(out))) == 4
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 90
