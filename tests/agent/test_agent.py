@@ -8,7 +8,7 @@ from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Document, Trajectory
 from support.openai_server import Reply, scripted_server
-from support.policies import as_text_calls, call, researcher, tool_results
+from support.policies import as_text_calls, call, researcher, text_only, tool_results
 
 
 def agent_for(url: str, index_dir, **config) -> ResearchAgent:
@@ -189,3 +189,60 @@ def test_time_budget_stops_the_run(drb_index):
     with scripted_server([Reply(content="slow thought", delay_s=0.3)]) as srv:
         trajectory = agent_for(srv.url, drb_index, max_time_s=0.5).run("q")
     assert trajectory.stop_reason == "time_budget" and 1 <= trajectory.steps <= 3
+
+
+def test_a_server_that_refuses_tools_gets_text_tool_calls_from_then_on(drb_index, caplog):
+    with scripted_server(text_only(researcher("人工智能 教育"))) as srv:
+        agent = agent_for(srv.url, drb_index)
+        first = agent.run("AI in education?")
+        second = agent_for(srv.url, drb_index).run("AI in education?")  # another agent, same endpoint
+    assert first.stop_reason == second.stop_reason == "answered"
+    assert first.final == second.final == "The answer is in \\cite{21}."
+    assert first.meta["tool_mode"] == second.meta["tool_mode"] == "text"
+    # one refused request, then none: the switch is remembered for the endpoint
+    assert [bool(body.get("tools")) for body in srv.requests] == [True] + [False] * 8
+    assert sum("refuses the tools API" in r.message for r in caplog.records) == 1
+    assert "--enable-auto-tool-choice --tool-call-parser hermes" in caplog.text
+    # what was sent is text only: schemas in the system prompt, results as user turns, no tool roles
+    sent = srv.requests[-1]["messages"]
+    assert "<tools>" in sent[0]["content"] and '"name":"search"' in sent[0]["content"]
+    assert {m["role"] for m in sent} == {"system", "user", "assistant"}
+    assert any("<tool_call>" in (m.get("content") or "") for m in sent if m["role"] == "assistant")
+    # while the trajectory keeps the calls and results in their own shape, as training expects
+    assert [m.role for m in first.messages] == ["system", "user"] + ["assistant", "tool"] * 4
+    assert "<tools>" not in first.messages[0].content
+
+
+def test_tool_mode_api_says_which_server_flags_to_add_and_text_never_sends_tools(drb_index):
+    with scripted_server(text_only(researcher("人工智能 教育"))) as srv:
+        refused = agent_for(srv.url, drb_index, tool_mode="api").run("q")
+        assert refused.stop_reason == "error" and "HTTP 400" in refused.meta["error"]
+        assert (
+            "--enable-auto-tool-choice" in refused.meta["error"]
+            and "--tool-mode text" in refused.meta["error"]
+        )
+        forced = agent_for(srv.url, drb_index, tool_mode="text").run("AI in education?")
+    assert forced.stop_reason == "answered" and forced.meta["tool_mode"] == "text"
+    assert not any(body.get("tools") for body in srv.requests[1:])
+
+
+def test_a_model_that_repeats_itself_without_tools_stops_with_no_progress(drb_index):
+    with scripted_server([Reply(content="I am a helpful assistant.")]) as srv:
+        trajectory = agent_for(srv.url, drb_index, max_steps=30).run("q")
+    assert trajectory.stop_reason == "no_progress" and trajectory.steps == 3
+    assert len(srv.requests) == 3
+    # different replies, none with a tool call: stopped too, after six
+    replies = [Reply(content=f"Thought number {i}.") for i in range(20)]
+    with scripted_server(replies) as srv:
+        trajectory = agent_for(srv.url, drb_index, max_steps=30).run("q")
+    assert trajectory.stop_reason == "no_progress" and trajectory.steps == 6
+    # a reply with a tool call in between starts the count again
+    script = [
+        Reply(content="hm"),
+        Reply(content="hm"),
+        Reply(content=None, tool_calls=[call("plan", action="create", items=["a"])]),
+    ]
+    script += [Reply(content="hm")] * 5
+    with scripted_server(script) as srv:
+        trajectory = agent_for(srv.url, drb_index, max_steps=30).run("q")
+    assert trajectory.stop_reason == "no_progress" and trajectory.steps == 6

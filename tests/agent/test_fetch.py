@@ -56,7 +56,8 @@ def test_pages_over_the_size_limit_are_refused():
 def test_loopback_is_refused_unless_allowed():
     with web_server({"/": Page(b"<p>hello</p>")}) as site:
         with pytest.raises(
-            FetchError, match=r"resolves to 127\.0\.0\.1, a private, loopback or link-local address"
+            FetchError,
+            match=r"resolves to 127\.0\.0\.1, a private, loopback, link-local or otherwise non-public address",
         ):
             Fetcher().fetch(f"{site.url}/")
         assert site.hits == []  # refused before connecting
@@ -65,7 +66,9 @@ def test_loopback_is_refused_unless_allowed():
 @pytest.mark.parametrize("target", ["http://169.254.169.254/latest/meta-data/", "http://10.20.30.40/admin"])
 def test_a_redirect_to_a_private_address_is_refused_before_connecting(target):
     with web_server({"/go": Page(status=302, location=target)}) as site:
-        with pytest.raises(FetchError, match="a private, loopback or link-local address"):
+        with pytest.raises(
+            FetchError, match="a private, loopback, link-local or otherwise non-public address"
+        ):
             allow_loopback().fetch(f"{site.url}/go")
         assert site.hits == ["/go"]
 
@@ -89,3 +92,53 @@ def test_schemes_errors_and_timeouts_are_fetch_errors():
             fetcher.fetch(f"{site.url}/slow")
         with pytest.raises(FetchError, match="HTTP 404"):
             fetcher.fetch(f"{site.url}/missing")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://100.100.100.200/latest/meta-data/",  # a cloud metadata address in 100.64/10 (shared space)
+        "http://[2002:a9fe:a9fe::]/",  # 6to4 wrapping 169.254.169.254
+        "http://[fec0::1]/",  # site-local
+        "http://[::ffff:10.0.0.1]/",  # IPv4-mapped private
+        "http://[64:ff9b::7f00:1]/",  # NAT64 of 127.0.0.1
+    ],
+)
+def test_only_globally_routable_addresses_are_fetched(url):
+    with pytest.raises(FetchError, match="otherwise non-public address"):
+        Fetcher().fetch(url)
+
+
+def test_the_fetch_connects_to_the_address_it_checked_not_to_a_rebound_one(monkeypatch):
+    """A name that resolves to an allowed address when checked and to 127.0.0.1 the next time (a zero-TTL
+    DNS rebinding) is read from the checked address, with its own Host header."""
+    import socket
+
+    with web_server({"/": Page(b"public page", "text/plain")}, host="127.0.0.2") as public:
+        port = int(public.url.rsplit(":", 1)[1])
+        with web_server({"/": Page(b"SECRET", "text/plain")}, host="127.0.0.1", port=port) as secret:
+            real = socket.getaddrinfo
+            answers = iter(["127.0.0.2"])
+
+            def rebinding(host, *args, **kw):
+                if host == "rebind.example":
+                    return real(next(answers, "127.0.0.1"), *args, **kw)
+                return real(host, *args, **kw)
+
+            monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+            page = Fetcher(FetchConfig(allow=["127.0.0.2/32"], timeout_s=2.0)).fetch(
+                f"http://rebind.example:{port}/"
+            )
+            assert page.text == "public page"
+            assert secret.hits == [] and public.hits == ["/"]
+            assert public.hosts == [f"rebind.example:{port}"]
+
+
+def test_the_timeout_bounds_the_whole_fetch_not_each_read():
+    import time
+
+    with web_server({"/drip": Page(b"x" * 20, "text/plain", drip_s=0.25)}) as site:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match=r"timed out after 1\.0s"):
+            allow_loopback(timeout_s=1.0).fetch(f"{site.url}/drip")
+        assert time.monotonic() - started < 2.0  # the drip would take 5 s

@@ -35,3 +35,20 @@ def test_ratings_order_systems_and_give_intervals():
         assert r["ci95"][0] <= r["elo"] <= r["ci95"][1]
     twins = ratings([strong, dict(strong)], resamples=50)
     assert twins[0]["elo"] == pytest.approx(twins[1]["elo"])
+
+
+def test_a_difference_equal_to_the_margin_is_a_tie():
+    from dr_bench.rating import outcome
+
+    assert outcome(0.72, 0.70) == 0.5  # 0.72 - 0.70 is 0.020000000000000018 in binary
+    assert outcome(0.70, 0.72) == 0.5
+    assert outcome(0.7201, 0.70) == 1.0
+
+
+def test_a_system_that_shares_no_task_has_no_rating():
+    a = {f"t{i}": 0.9 for i in range(10)}
+    b = {f"t{i}": 0.1 for i in range(10)}
+    alone = {"other": 0.5}
+    rated = ratings([a, b, alone], resamples=50)
+    assert rated[2] == {"elo": None, "ci95": None, "games": 0}
+    assert rated[0]["games"] == rated[1]["games"] == 10 and rated[0]["elo"] > rated[1]["elo"]

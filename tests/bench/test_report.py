@@ -87,3 +87,17 @@ def test_compare_counts_wins_ties_losses_and_rates_systems(tmp_path):
 def test_report_on_a_folder_without_judgments_is_a_clear_error(tmp_path):
     result = subprocess.run([*DR, "bench", "report", str(tmp_path)], capture_output=True)
     assert result.returncode == 2 and b"no judgments.jsonl" in result.stderr
+
+
+def test_report_counts_runs_that_made_no_progress_apart_from_budget_stops(tmp_path):
+    run = write_run(tmp_path / "r", [1.0, 0.0, 0.0, 0.0])
+    lines = [json.loads(line) for line in (run / "judgments.jsonl").read_text().splitlines()]
+    for line, reason in zip(lines, ["answered", "no_progress", "no_progress", "step_budget"], strict=True):
+        line["meta"]["stop_reason"] = reason
+    (run / "judgments.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = subprocess.run(
+        [*DR, "bench", "report", str(run), "--markdown", str(tmp_path / "r.md")], capture_output=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stop_reasons"] == {"answered": 1, "no_progress": 2, "step_budget": 1}
+    assert "| no_progress 2, answered 1, step_budget 1 |" in (tmp_path / "r.md").read_text()

@@ -84,10 +84,29 @@ def test_malformed_line_stops_with_file_line_field_and_keeps_what_came_before(tm
         "Input should be a valid string (got ['not', 'text'])"
     )
     assert "Traceback" not in stderr
-    # to a file: the records written before the error are committed, not lost
+    # to a file: the records written before the error are kept in the partial file, not lost
     out = tmp_path / "out.jsonl"
     assert dr("data", "validate", "task", str(src), "-o", str(out)).returncode == 2
-    assert [json.loads(line)["id"] for line in out.read_bytes().splitlines()] == ["a"]
+    assert not out.exists()
+    assert [
+        json.loads(line)["id"] for line in (tmp_path / "out.jsonl.partial").read_bytes().splitlines()
+    ] == ["a"]
+
+
+def test_a_failed_run_never_replaces_a_complete_output(tmp_path):
+    good = [{"id": f"t{i}", "question": f"q{i}"} for i in range(1000)]
+    out = tmp_path / "o.jsonl"
+    out.write_bytes(jsonl(*good))
+    before = out.read_bytes()
+    bad = tmp_path / "bad_at_500.jsonl"
+    bad.write_bytes(jsonl(*good[:499]) + b"{broken\n" + jsonl(*good[500:]))
+    result = dr("data", "validate", "task", str(bad), "-o", str(out))
+    assert result.returncode == 2
+    assert f"{bad}:500: invalid JSON".encode() in result.stderr
+    assert out.read_bytes() == before  # untouched
+    partial = tmp_path / "o.jsonl.partial"
+    assert len(partial.read_bytes().splitlines()) == 499
+    assert b"o.jsonl left as it was; the 499 records of this run are in" in result.stderr
 
 
 def test_skip_writes_rejects_beside_the_output(tmp_path):

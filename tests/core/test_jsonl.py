@@ -163,17 +163,52 @@ def test_output_appears_only_when_complete(tmp_path):
     assert not partial_path(out).exists()
 
 
-def test_a_failed_run_keeps_what_it_wrote_or_leaves_the_old_file(tmp_path):
+def test_a_failed_run_leaves_the_old_file_and_keeps_its_records_for_resume(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_bytes(b'{"id": "old"}\n')
     with pytest.raises(RuntimeError), RecordWriter(out):
         raise RuntimeError("before any record")
     assert out.read_bytes() == b'{"id": "old"}\n'
-    with pytest.raises(RuntimeError), RecordWriter(out) as writer:
+    assert not partial_path(out).exists()
+    with pytest.raises(KeyboardInterrupt), RecordWriter(out) as writer:
         writer.write({"id": "a"})
         writer.write({"id": "b"})
-        raise RuntimeError("midway")
-    assert [r["id"] for r in read_records(out)] == ["a", "b"]
+        raise KeyboardInterrupt  # Ctrl-C midway
+    assert out.read_bytes() == b'{"id": "old"}\n'  # never a partial output in place of a complete one
+    assert [r["id"] for r in read_records(partial_path(out))] == ["a", "b"]
+    with RecordWriter(out, resume=True) as writer:
+        assert writer.done == {"old", "a", "b"}
+        writer.write({"id": "c"})
+    assert [r["id"] for r in read_records(out)] == ["old", "a", "b", "c"]
+
+
+def test_resume_keeps_every_record_that_shares_a_key_or_is_identical(tmp_path):
+    out = tmp_path / "out.jsonl"
+    samples = [{"task_id": "t1", "n": 0}, {"task_id": "t1", "n": 1}, {"task_id": "t1", "n": 1}]
+    with RecordWriter(out, key=lambda r: r["task_id"]) as writer:
+        for record in samples:
+            writer.write(record)
+    with RecordWriter(out, resume=True, key=lambda r: r["task_id"]) as writer:
+        assert writer.done == {"t1"} and writer.counts["t1"] == 3 and writer.carried == 3
+        writer.write({"task_id": "t2", "n": 0})
+    # killed again after a copy of the output and one new record: resumed once more, nothing doubles
+    partial_path(out).write_bytes(out.read_bytes() + lines({"task_id": "t3", "n": 0}))
+    with RecordWriter(out, resume=True, key=lambda r: r["task_id"]) as writer:
+        assert writer.carried == 5
+    assert [(r["task_id"], r["n"]) for r in read_records(out)] == [
+        ("t1", 0), ("t1", 1), ("t1", 1), ("t2", 0), ("t3", 0)
+    ]  # fmt: skip
+
+
+def test_resume_redoes_a_group_that_is_not_complete(tmp_path):
+    out = tmp_path / "out.jsonl"
+    # task a kept 2 samples; the run was killed after the first of task b's 3
+    partial_path(out).write_bytes(
+        lines({"task_id": "a", "of": 2}, {"task_id": "a", "of": 2}, {"task_id": "b", "of": 3})
+    )
+    with RecordWriter(out, resume=True, key=lambda r: r["task_id"], group_size=lambda r: r["of"]) as w:
+        assert w.done == {"a"} and w.dropped == 1
+    assert [r["task_id"] for r in read_records(out)] == ["a", "a"]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])

@@ -23,6 +23,9 @@ def test_ids_are_derived_from_content_and_stable():
 def test_newer_schema_versions_are_refused_with_advice():
     with pytest.raises(ValidationError, match="schema_version 2 of 'task' is newer than this dr supports"):
         Task.model_validate({"question": "q", "schema_version": 2})
+    for version in ("99", "1", 1.0, True):  # a version is a whole number, never text that looks like one
+        with pytest.raises(ValidationError, match="schema_version"):
+            Task.model_validate({"question": "q", "schema_version": version})
 
 
 def test_unknown_fields_are_rejected_and_meta_carries_extras():

@@ -142,3 +142,45 @@ def test_scrub_leaves_clean_trajectories_alone(drb_index):
         messages=[Message(role="user", content="q"), Message(role="assistant", content="Plain.")]
     )
     assert scrub(trajectory, set()) == trajectory
+
+
+def test_resume_keeps_every_sample_of_a_task_and_redoes_a_task_cut_short(tmp_path):
+    world = tmp_path / "w"
+    run = lambda *a: subprocess.run([*DR, *map(str, a)], capture_output=True)  # noqa: E731
+    assert run("data", "world", "-o", world, "--entities", "150", "--tasks", "30").returncode == 0
+    assert run("data", "index", world / "corpus.jsonl", "-i", world / "index").returncode == 0
+    out = tmp_path / "ka.jsonl"
+    cmd = ["data", "trajectories", world / "train.jsonl", "--index", world / "index", "--samples", "3"]
+    assert run(*cmd, "--keep", "all", "-o", out).returncode == 0
+    written = out.read_bytes().splitlines()
+    tasks = {json.loads(line)["task_id"] for line in written}
+    assert len(written) == 3 * len(tasks)  # the oracle is right every time: three samples per task
+    result = run(*cmd, "--keep", "all", "-o", out, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes().splitlines() == written
+    # a run killed after the first of a task's three samples: that task is done again, whole
+    out.unlink()
+    (tmp_path / "ka.jsonl.partial").write_bytes(b"\n".join(written[:4]) + b"\n")
+    result = run(*cmd, "--keep", "all", "-o", out, "--resume")
+    assert result.returncode == 0, result.stderr
+    samples = lambda lines: sorted(  # noqa: E731 - (task, sample) of each record; wall_s differs per run
+        (json.loads(line)["task_id"], json.loads(line)["meta"]["sample"]) for line in lines
+    )
+    assert samples(out.read_bytes().splitlines()) == samples(written)
+    assert out.read_bytes().splitlines()[:3] == written[:3]  # the first task's records were carried over
+
+
+def test_the_oracle_writes_the_same_trajectories_on_four_threads_as_on_one(tmp_path):
+    world = tmp_path / "w"
+    run = lambda *a: subprocess.run([*DR, *map(str, a)], capture_output=True)  # noqa: E731
+    assert run("data", "world", "-o", world, "--entities", "150", "--tasks", "30").returncode == 0
+    assert run("data", "index", world / "corpus.jsonl", "-i", world / "index").returncode == 0
+    got = {}
+    for concurrency in (1, 4):
+        out = tmp_path / f"c{concurrency}.jsonl"
+        cmd = ["data", "trajectories", world / "train.jsonl", "--index", world / "index", "-o", out]
+        assert run(*cmd, "--concurrency", concurrency).returncode == 0
+        got[concurrency] = [
+            (t["task_id"], t["messages"]) for t in map(json.loads, out.read_bytes().splitlines())
+        ]
+    assert got[1] == got[4] and len(got[1]) > 10

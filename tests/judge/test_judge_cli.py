@@ -102,3 +102,26 @@ def test_compare_writes_one_comparison_per_shared_task(tmp_path):
     [comparison] = [json.loads(line) for line in result.stdout.splitlines()]
     assert (comparison["task_id"], comparison["winner"], comparison["orders"]) == ("t1", "a", ["a", "a"])
     assert comparison["a_id"] == "a1" and comparison["b_id"] == "b1" and comparison["judge"] == "j"
+
+
+def test_drb_lines_whose_article_is_not_text_are_file_line_errors(tmp_path):
+    tasks = write(tmp_path / "tasks.jsonl", [{"id": "1", "question": "q", "answer": "None"}])
+    for n, (bad, message) in enumerate(
+        [
+            (
+                {"id": 1, "prompt": "q", "article": None},
+                "field 'article': expected the report's text, got null",
+            ),
+            (
+                {"id": 1, "prompt": "q", "article": 12345},
+                "field 'article': expected the report's text, got a number",
+            ),
+            ({"id": 1, "prompt": 7, "article": "x"}, "field 'prompt': expected text, got a number"),
+        ]
+    ):
+        responses = write(tmp_path / f"r{n}.jsonl", [{"id": 1, "prompt": "q", "article": "fine"}, bad])
+        result = subprocess.run(
+            [*DR, "judge", "score", str(responses), "--tasks", str(tasks)], capture_output=True
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"{responses}:2: {message}".encode() in result.stderr

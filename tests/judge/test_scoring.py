@@ -77,3 +77,23 @@ def test_only_flaws_score_one_minus_the_share_present():
 def test_a_missing_verdict_is_an_error():
     with pytest.raises(ValueError, match="no verdict for checklist items c1"):
         score(items((1, "positive"), (1, "positive")), verdicts("met"))
+
+
+def test_only_a_flaw_can_be_fatal():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"only a flaw \(polarity negative\) can be fatal"):
+        ChecklistItem(id="c0", text="cites sources", weight=1, polarity="positive", fatal=True)
+    # a met requirement never zeroes the score: the record is refused before it is scored
+    flaw = ChecklistItem(id="c0", text="fabricated data", weight=1, polarity="negative", fatal=True)
+    assert score([flaw], verdicts("not_met")) == (1.0, False)
+
+
+def test_a_negative_weight_on_a_requirement_is_read_as_a_flaw():
+    # as `dr data reverse` writes from a model's output: weight -2, polarity positive
+    item = ChecklistItem(id="c1", text="unsupported claims", weight=-2, polarity="positive")
+    assert (item.polarity, item.weight) == ("negative", 2)
+    checklist = [ChecklistItem(id="c0", text="covers X", weight=2), item]
+    # partly present counts against the score, as any flaw in strict mode: (2 - 2) / 2
+    assert score(checklist, verdicts("met", "partially_met")) == (0.0, False)
+    assert score(checklist, verdicts("met", "not_met")) == (1.0, False)

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dr_judge import stats
@@ -36,6 +37,16 @@ def test_bootstrap_intervals_bracket_the_estimate_and_are_reproducible():
     assert stats.mean_ci([0.5] * 5) == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError):
         stats.bootstrap_ci(stats.pearson, [1, 2], [1])
+
+
+def test_bootstrap_counts_the_resamples_on_which_the_statistic_is_undefined():
+    # three points, two alike: a resample that draws only equal x values has no correlation
+    x, y = [1.0, 1.0, 2.0], [0.0, 1.0, 2.0]
+    interval = stats.bootstrap_ci(stats.spearman, x, y, resamples=500, seed=0)
+    draws = np.random.default_rng(0).integers(0, 3, (500, 3))
+    constant = sum(len({x[i] for i in pick}) == 1 or len({y[i] for i in pick}) == 1 for pick in draws)
+    assert interval.undefined == constant > 0
+    assert stats.bootstrap_ci(lambda v: float(np.mean(v)), [0.5, 0.7], resamples=50).undefined == 0
 
 
 def test_agree_against_the_deepresearch_bench_scores(tmp_path):

@@ -169,3 +169,17 @@ def test_label_logprobs_are_the_log_softmax_at_the_labels():
     expected = torch.log_softmax(h @ w.T, -1).gather(-1, labels.clamp(min=0)[:, None])[:, 0]
     expected[4] = 0
     torch.testing.assert_close(label_logprobs(h, w, labels, backend="triton"), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_fused_cross_entropy_mean_is_the_mask_weighted_mean(backend):
+    torch.manual_seed(6)
+    h, w = torch.randn(6, 16, device=DEVICE), torch.randn(33, 16, device=DEVICE)
+    labels = torch.randint(0, 33, (6,), device=DEVICE)
+    mask = torch.tensor([0.1, 0.2, 0.0, 0.1, 0.0, 0.05], device=DEVICE)  # sums to 0.45, below 1
+    per_token = linear_cross_entropy(h, w, labels, reduction="none", backend=backend)
+    expected = (per_token * mask).sum() / mask.sum()
+    for fn in (linear_cross_entropy, reference.linear_cross_entropy):
+        kw = {"backend": backend} if fn is linear_cross_entropy else {}
+        torch.testing.assert_close(fn(h, w, labels, loss_mask=mask, **kw), expected, atol=1e-5, rtol=1e-5)
+        assert fn(h, w, labels, loss_mask=torch.zeros(6, device=DEVICE), **kw).item() == 0.0

@@ -110,3 +110,86 @@ def test_bad_requests_are_rejected_with_422(agent_factory):
         with serving(create_app(agent_factory(llm.url))) as url:
             assert httpx.post(f"{url}/v1/research", json={"question": ""}).status_code == 422
             assert httpx.post(f"{url}/v1/research", content=b"not json").status_code == 422
+
+
+def test_a_client_cannot_raise_the_servers_step_budget(agent_factory, drb_index):
+    # the model never answers: the run ends at the budget, the server's 3, not the client's 10^12
+    with scripted_server(lambda body: Reply(content=None, tool_calls=[call("search", queries=["x"])])) as llm:
+        agent = agent_factory(llm.url)
+        agent = ResearchAgent(
+            agent.llm, agent.backend, config=agent.config.model_copy(update={"max_steps": 3})
+        )
+        with serving(create_app(agent)) as url:
+            body = httpx.post(
+                f"{url}/v1/research",
+                json={"question": "q", "stream": False, "max_steps": 1_000_000_000_000},
+                timeout=60,
+            ).json()
+            fewer = httpx.post(
+                f"{url}/v1/research", json={"question": "q", "stream": False, "max_steps": 1}, timeout=60
+            ).json()
+    assert body["trajectory"]["steps"] == 3 and body["trajectory"]["stop_reason"] == "step_budget"
+    assert fewer["trajectory"]["steps"] == 1
+
+
+def test_request_bodies_over_the_limit_get_413_before_they_are_read(agent_factory):
+    with scripted_server([Reply(content=None, tool_calls=[call("answer", text="42")])]) as llm:
+        app = create_app(agent_factory(llm.url), ApiConfig(max_request_bytes=10_000))
+        with serving(app) as url:
+            big = httpx.post(f"{url}/v1/research", json={"question": "x" * 20_000, "stream": False})
+            assert big.status_code == 413 and "over 10000 bytes" in big.json()["error"]
+
+            def chunks():  # no content-length: counted as it arrives
+                yield b'{"question": "'
+                for _ in range(30):
+                    yield b"y" * 1000
+                yield b'"}'
+
+            streamed = httpx.post(f"{url}/v1/research", content=chunks())
+            assert streamed.status_code == 413
+            ok = httpx.post(f"{url}/v1/research", json={"question": "q", "stream": False}, timeout=30)
+            assert ok.status_code == 200
+
+
+def test_finished_runs_live_on_disk_and_only_the_newest_in_memory(agent_factory, tmp_path):
+    from dr_serve.api import RunStore
+
+    store = RunStore(tmp_path / "runs", in_memory=2)
+    for n in range(5):
+        store.start(f"r{n}", "q")
+        store.finish(f"r{n}", None, None)
+    assert list(store.finished) == ["r3", "r4"] and not store.running
+    assert store.get("r0")["status"] == "done"  # from disk
+    assert RunStore(None).directory.is_dir()  # without runs_dir: a temporary folder
+
+
+def test_a_run_store_that_cannot_write_still_frees_the_slot(agent_factory, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    with scripted_server(lambda body: Reply(content=None, tool_calls=[call("answer", text="42")])) as llm:
+        app = create_app(agent_factory(llm.url), ApiConfig(max_concurrent=1, runs_dir=runs))
+        with serving(app) as url:
+            shutil.rmtree(runs)  # rm -rf runs while the server is up
+            for _ in range(3):  # with the slot lost, the second would get 429
+                response = httpx.post(
+                    f"{url}/v1/research", json={"question": "q", "stream": False}, timeout=30
+                )
+                assert response.status_code == 200 and response.json()["status"] == "done"
+
+
+def test_docs_and_the_schema_need_the_token_and_upstream_errors_are_scrubbed(agent_factory):
+    leaked = '{"error": {"message": "Incorrect API key provided: sk-live-1234567890abcdef"}}'
+    with scripted_server(lambda body: Reply(status=401, error_body=leaked)) as llm:
+        agent = agent_factory(llm.url)
+        agent.llm.config.api_key = "sk-live-1234567890abcdef"
+        with serving(create_app(agent, ApiConfig(api_key="s3cret"))) as url:
+            for path in ("/docs", "/redoc", "/openapi.json"):
+                assert httpx.get(f"{url}{path}").status_code in (401, 404), path
+            auth = {"Authorization": "Bearer s3cret"}
+            assert httpx.get(f"{url}/openapi.json", headers=auth).json()["info"]["title"] == "dr research API"
+            run = httpx.post(
+                f"{url}/v1/research", json={"question": "q", "stream": False}, headers=auth, timeout=30
+            ).json()
+    assert run["status"] == "failed" and "HTTP 401" in run["error"]
+    assert "1234567890abcdef" not in json.dumps(run)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -48,12 +49,18 @@ def serve_command(model) -> list[str]:
     ]
 
 
+KEY = "key-from-a-file-7731"
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, drb_index):
     model = tiny_qwen2(tmp_path_factory.mktemp("tiny") / "tiny-qwen2")
     port, api_port = free_ports(2)
     cmd = serve_command(model)
-    cmd += ["--port", str(port), "--api-port", str(api_port), "--index", str(drb_index), "--api-key", "k"]
+    key_file = tmp_path_factory.mktemp("key") / "api-key"
+    key_file.write_text(KEY + "\n")
+    cmd += ["--port", str(port), "--api-port", str(api_port), "--index", str(drb_index)]
+    cmd += ["--api-key-file", str(key_file)]
     # short generations: a random model rarely stops by itself
     env = {**os.environ, "DR_AGENT_MAX_OUTPUT_TOKENS": "48"}
     log = tmp_path_factory.mktemp("log") / "serve.log"
@@ -86,9 +93,13 @@ def test_the_research_api_beside_the_engine_answers_and_needs_the_key(served):
     response = httpx.post(
         f"{served['api']}/v1/research",
         json={"question": "Who founded Velmora?", "stream": False, "max_steps": 2},
-        headers={"Authorization": "Bearer k"},
+        headers={"Authorization": f"Bearer {KEY}"},
         timeout=300,
     )
+    # the key came from a file: no process of the machine shows it in its command line
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            assert KEY.encode() not in cmdline.read_bytes(), cmdline
     assert response.status_code == 200, response.text
     run = response.json()
     assert run["status"] == "done", (run["error"], served["log"].read_text()[-4000:])

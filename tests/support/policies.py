@@ -43,3 +43,30 @@ def as_text_calls(reply: Reply) -> Reply:
     """The same reply, but with tool calls written as <tool_call> text the server does not parse."""
     blocks = "".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in reply.tool_calls)
     return Reply(content=(reply.content or "") + blocks, tool_calls=[])
+
+
+VLLM_NO_TOOLS = (
+    '{"object": "error", "message": "\\"auto\\" tool choice requires --enable-auto-tool-choice and '
+    '--tool-call-parser to be set", "type": "BadRequestError", "param": null, "code": 400}'
+)
+
+
+def text_only(policy: Any) -> Any:
+    """A server as `vllm serve` runs by default: a request with `tools` gets its HTTP 400; otherwise
+    `policy` acts on the conversation, reading tool results from <tool_response> user turns, and answers
+    with <tool_call> text."""
+
+    def server(body: dict[str, Any]) -> Reply:
+        if body.get("tools"):
+            return Reply(status=400, error_body=VLLM_NO_TOOLS)
+        messages = []
+        for m in body["messages"]:
+            content = m.get("content") or ""
+            if m["role"] == "user" and content.startswith("<tool_response>"):
+                inner = content.removeprefix("<tool_response>\n").removesuffix("\n</tool_response>")
+                messages.append({"role": "tool", "content": inner})
+            else:
+                messages.append(m)
+        return as_text_calls(policy({**body, "messages": messages}))
+
+    return server

@@ -19,6 +19,7 @@ class Page:
     status: int = 200
     location: str | None = None
     delay_s: float = 0.0
+    drip_s: float = 0.0  # send the body one byte at a time, this long apart
 
 
 @dataclass
@@ -26,10 +27,11 @@ class WebServer:
     pages: dict[str, Page]
     url: str = ""
     hits: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)  # the Host header of each request
 
 
 @contextmanager
-def web_server(pages: dict[str, Page]) -> Iterator[WebServer]:
+def web_server(pages: dict[str, Page], host: str = "127.0.0.1", port: int = 0) -> Iterator[WebServer]:
     state = WebServer(pages)
 
     class Handler(BaseHTTPRequestHandler):
@@ -38,6 +40,7 @@ def web_server(pages: dict[str, Page]) -> Iterator[WebServer]:
 
         def do_GET(self) -> None:
             state.hits.append(self.path)
+            state.hosts.append(self.headers.get("host", ""))
             page = state.pages.get(self.path)
             if page is None:
                 self.send_response(404)
@@ -53,8 +56,13 @@ def web_server(pages: dict[str, Page]) -> Iterator[WebServer]:
             self.send_header("content-length", str(len(page.body)))
             self.end_headers()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(page.body)
+                if not page.drip_s:
+                    self.wfile.write(page.body)
+                for i in range(len(page.body) if page.drip_s else 0):
+                    self.wfile.write(page.body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(page.drip_s)
 
-    with loopback(Handler) as url:
+    with loopback(Handler, host, port) as url:
         state.url = url
         yield state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -438,3 +439,28 @@ def test_the_ranks_do_not_outlive_a_killed_dr_train(tmp_path):
     finally:
         for pid in processes_naming(str(out)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_resume_refuses_changed_settings_and_drops_a_torn_metrics_line(tmp_path):
+    source = write_jsonl(tmp_path / "data.jsonl", examples())
+    out = tmp_path / "run"
+    base = ["train", "sft", str(source), "-o", str(out), "--max-len", "512", "--vocab-size", "300"]
+    first = dr(*base, "--max-steps", "2", "--save-every", "1", "--lr", "1e-3")
+    assert first.returncode == 0, first.stderr.decode()[-3000:]
+    # as if killed after checkpoint-1: the final model and its checkpoint-2 are not there
+    for name in ("trainer_state.json", "model.safetensors"):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "checkpoint-2", ignore_errors=True)
+    for flag, value, shown in (("--lr", "5e-2", "lr 0.001 then, 0.05 now"), ("--max-steps", "3", "max_steps 2 then, 3 now"),
+                               ("--warmup", "1", "warmup_steps 0 then, 1 now"), ("--clip", "0.5", "clip 1.0 then, 0.5 now")):  # fmt: skip
+        args = {"--max-steps": "2", "--lr": "1e-3", flag: value}
+        changed = dr(*base, *[x for kv in args.items() for x in kv], "--resume")
+        assert changed.returncode == 2, changed.stderr.decode()[-2000:]
+        assert shown.encode() in changed.stderr and b"Traceback" not in changed.stderr
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 2, "loss": 1.')  # the disk filled up mid-line
+    same = dr(*base, "--max-steps", "2", "--save-every", "1", "--lr", "1e-3", "--resume")
+    assert same.returncode == 0, same.stderr.decode()[-3000:]
+    assert b"a torn metrics line, dropped" in same.stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 2

@@ -26,7 +26,8 @@ def linear_cross_entropy(
     """Cross-entropy of `hidden @ weight.T + bias` against `labels` (aligned: row i predicts labels[i]).
 
     Per token: (1 - s)·(lse - z_y) + s·(lse - mean(z)) + z_loss·lse², times the loss mask; tokens whose label
-    is `ignore_index` count zero. "mean" divides by the (mask-weighted) number of counted tokens.
+    is `ignore_index` count zero. "mean" is the mask-weighted mean: it divides by the sum of the weights of
+    the counted tokens (a fractional mask is honoured exactly), and is 0 when that sum is 0.
     """
     logits = F.linear(hidden, weight, bias).float()
     valid = labels != ignore_index
@@ -43,7 +44,13 @@ def linear_cross_entropy(
         return per_token
     if reduction == "sum":
         return per_token.sum()
-    return per_token.sum() / weights.sum().clamp(min=1)
+    return per_token.sum() / weight_total(weights)
+
+
+def weight_total(weights: torch.Tensor) -> torch.Tensor:
+    """The denominator of a mask-weighted mean: the weights' sum, or 1 where it is 0 (the sum is 0 too)."""
+    total = weights.sum()
+    return torch.where(total > 0, total, torch.ones_like(total))
 
 
 def label_logprobs(

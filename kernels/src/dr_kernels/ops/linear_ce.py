@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dr_kernels.ops.backend import choose, tl, triton
-from dr_kernels.reference import IGNORE
+from dr_kernels.reference import IGNORE, weight_total
 
 
 def _chunk_size(tokens: int, hidden: int, vocab: int) -> int:
@@ -209,7 +209,7 @@ def linear_cross_entropy(
     """The loss of `dr_kernels.reference.linear_cross_entropy`, computed chunk by chunk.
 
     hidden: (tokens, H) or (batch, tokens, H) with labels to match; weight: (V, H).
-    reduction: "mean" (over counted tokens, mask-weighted), "sum", or "none" (per token).
+    reduction: "mean" (the mask-weighted mean over counted tokens, as the reference), "sum", or "none".
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction {reduction!r}: choose mean, sum or none")
@@ -237,7 +237,7 @@ def linear_cross_entropy(
         use_triton,
     )
     if reduction == "mean":
-        return out / (weights * valid).sum().clamp(min=1)
+        return out / weight_total(weights * valid)
     if reduction == "none":
         return out.reshape(shape)
     return out

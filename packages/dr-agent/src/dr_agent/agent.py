@@ -6,10 +6,12 @@ old tool results are replaced whole by a note (never cut mid-record) and the mod
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, Field
 
 from dr_agent.fetch import Fetcher
@@ -51,6 +53,37 @@ COMPACTED = (
     "[compacted to save context: this {name} result ({chars} characters) was removed; "
     "call it again if needed]"
 )
+TEXT_TOOLS = """
+
+# Tools
+
+No tools API is available here: call a tool by writing, anywhere in your reply, one block per call of the \
+form
+<tool_call>
+{{"name": "<tool name>", "arguments": {{<the arguments as a JSON object>}}}}
+</tool_call>
+Each result comes back inside <tool_response></tool_response>. The tools, as JSON schemas:
+<tools>
+{schemas}
+</tools>"""
+# A server that refuses the tools API answers HTTP 400 with one of these in its error (vLLM without
+# --enable-auto-tool-choice: '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser').
+TOOL_REFUSALS = (
+    "tool choice",
+    "tool_choice",
+    "tool-call-parser",
+    "tool call parser",
+    "tools",
+    "function call",
+)
+NO_PROGRESS_REPEATS = 3  # the same reply without a tool call this many times in a row ends the run
+NO_PROGRESS_IDLE = 6  # ... and so do this many replies in a row without one, whatever they say
+
+# Endpoints (base URL, model) found to refuse the tools API in this process: every later run, task and
+# bench run uses text tool calls with them from its first request.
+_text_endpoints: set[tuple[str, str | None]] = set()
+_text_endpoints_lock = threading.Lock()
+
 # Characters per token for context estimates between server-reported counts; 3 errs on the safe side
 # for English and is close for code and CJK text.
 CHARS_PER_TOKEN = 3.0
@@ -72,6 +105,11 @@ class AgentConfig(BaseModel):
     top_k: int = Field(5, ge=1, le=50, description="Search results per query.")
     page_chars: int = Field(6000, ge=200, description="Characters of a page shown per open or read.")
     verify_citations: bool = Field(True, description="Send back an answer citing unopened sources, once.")
+    tool_mode: Literal["auto", "api", "text"] = Field(
+        "auto",
+        description="api: the OpenAI tools API; text: tool schemas in the system prompt and <tool_call> "
+        "blocks in replies; auto: the API, switching to text for a server that refuses it.",
+    )
 
 
 def _chars(message: Message) -> int:
@@ -98,6 +136,41 @@ class ResearchAgent:
         self.config = config or AgentConfig()
         self.system_prompt = system_prompt
         self.tools = tool_schemas()
+
+    @property
+    def endpoint(self) -> tuple[str, str | None]:
+        config = getattr(self.llm, "config", None)
+        return (str(getattr(config, "base_url", "")), getattr(config, "model", None))
+
+    def tool_mode(self) -> Literal["api", "text"]:
+        """How tools are offered on the next request to this agent's endpoint."""
+        if self.config.tool_mode != "auto":
+            return self.config.tool_mode
+        with _text_endpoints_lock:
+            return "text" if self.endpoint in _text_endpoints else "api"
+
+    def fall_back_to_text(self, error: LLMError) -> bool:
+        """With tool_mode auto, whether `error` is a server refusing the tools API; if so, remember it for
+        this endpoint (said once on stderr) and return True so the request is sent again as text."""
+        if self.config.tool_mode != "auto" or error.status != 400:
+            return False
+        text = str(error).lower()
+        if not any(marker in text for marker in TOOL_REFUSALS):
+            return False
+        with _text_endpoints_lock:
+            first = self.endpoint not in _text_endpoints
+            _text_endpoints.add(self.endpoint)
+        if first:
+            from dr_core.log import logger
+
+            logger.warning(
+                "%s refuses the tools API (%s); the agent writes <tool_call> text instead for the rest of "
+                "this run. To use the API, start vLLM with --enable-auto-tool-choice --tool-call-parser "
+                "hermes (or the parser of the model family); --tool-mode text skips this request.",
+                self.endpoint[0],
+                str(error)[-200:],
+            )
+        return True
 
     def run(
         self,
@@ -153,6 +226,8 @@ class _Run:
         self.concluding = False
         self.citation_warning_sent = False
         self.tool_errors = 0
+        self.idle: list[str] = []  # the replies without a tool call since the last one with a call
+        self.mode = agent.tool_mode()  # how the tools were offered on the last request
 
     def _replay(self, history: list[Message]) -> None:
         """Rebuild the toolbox state (sources, opened pages, plan) by re-running the earlier tool calls."""
@@ -229,7 +304,7 @@ class _Run:
         stop: str | None = None
         error: str | None = None
         while final is None:
-            stop = self._exhausted()
+            stop = self._exhausted() or ("no_progress" if self._no_progress() else None)
             if stop:
                 break
             self._compact()
@@ -247,6 +322,11 @@ class _Run:
                 final = self._step()
             except LLMError as exc:
                 stop, error = "error", str(exc)
+                if self.agent.config.tool_mode == "api" and exc.status == 400:
+                    error += (
+                        " (if the server does not take the tools API: start vLLM with"
+                        " --enable-auto-tool-choice --tool-call-parser hermes, or run with --tool-mode text)"
+                    )
                 break
         if final is not None:
             stop = "answered"
@@ -257,9 +337,7 @@ class _Run:
         max_tokens = cfg.max_output_tokens
         if cfg.max_tokens is not None:
             max_tokens = max(16, min(max_tokens, cfg.max_tokens - self.usage.total_tokens))
-        result = self.agent.llm.chat(
-            self.messages, tools=self.agent.tools, max_tokens=max_tokens, **self.sampling
-        )
+        result = self._chat(max_tokens)
         self.steps += 1
         self.usage = self.usage + result.usage
         message = result.message
@@ -282,6 +360,7 @@ class _Run:
                 "finish_reason": result.finish_reason,
             }
         )
+        self.idle = [] if calls or errors else [*self.idle, " ".join((content or "").split())]
         if errors or not calls:
             self.tool_errors += len(errors)
             text = "Your tool call could not be read: " + "; ".join(errors) if errors else NUDGE
@@ -315,6 +394,32 @@ class _Run:
             )
         return final
 
+    def _chat(self, max_tokens: int) -> Any:
+        """One model call, with the tools offered as the endpoint takes them (see AgentConfig.tool_mode)."""
+        agent = self.agent
+        if agent.tool_mode() == "api":
+            try:
+                result = agent.llm.chat(
+                    self.messages, tools=agent.tools, max_tokens=max_tokens, **self.sampling
+                )
+                self.mode = "api"
+                return result
+            except LLMError as exc:
+                if not agent.fall_back_to_text(exc):
+                    raise
+        self.mode = "text"
+        return agent.llm.chat(
+            as_text_conversation(self.messages, agent.tools), max_tokens=max_tokens, **self.sampling
+        )
+
+    def _no_progress(self) -> bool:
+        """A model that keeps replying without calling a tool: the same text NO_PROGRESS_REPEATS times in a
+        row, or anything NO_PROGRESS_IDLE times in a row. Nudging it further only burns the budget."""
+        repeats = self.idle[-NO_PROGRESS_REPEATS:]
+        if len(repeats) == NO_PROGRESS_REPEATS and len(set(repeats)) == 1:
+            return True
+        return len(self.idle) >= NO_PROGRESS_IDLE
+
     def _trajectory(self, final: str | None, stop: str, error: str | None) -> Trajectory:
         citations = self.box.citations(final) if final else []
         meta: dict[str, Any] = {
@@ -324,6 +429,7 @@ class _Run:
             "searches": self.box.searches,
             "opened": sorted(self.box.opened),
             "tool_calls": sum(len(m.tool_calls) for m in self.messages),
+            "tool_mode": self.mode,
         }
         if error:
             meta["error"] = error
@@ -355,3 +461,35 @@ class _Run:
             }
         )
         return trajectory
+
+
+def as_text_conversation(messages: list[Message], tools: list[dict[str, Any]]) -> list[Message]:
+    """The conversation for a server without the tools API, in the Hermes / Qwen2.5 convention: the tool
+    schemas in the system prompt, each assistant tool call as a <tool_call> block in its text, each tool
+    result as a user turn in <tool_response>. Any chat template renders it, since it is text only."""
+    schemas = "\n".join(orjson.dumps(tool).decode() for tool in tools)
+    out: list[Message] = []
+    for message in messages:
+        if message.role == "system":
+            out.append(
+                Message(role="system", content=(message.content or "") + TEXT_TOOLS.format(schemas=schemas))
+            )
+        elif message.role == "assistant" and message.tool_calls:
+            blocks = [
+                "<tool_call>\n"
+                + orjson.dumps(
+                    {"name": c.name, "arguments": c.arguments if c.raw_arguments is None else c.raw_arguments}
+                ).decode()
+                + "\n</tool_call>"
+                for c in message.tool_calls
+            ]
+            out.append(Message(role="assistant", content="\n".join(filter(None, [message.content, *blocks]))))
+        elif message.role == "tool":
+            out.append(
+                Message(role="user", content=f"<tool_response>\n{message.content or ''}\n</tool_response>")
+            )
+        else:
+            out.append(message)
+    if not any(m.role == "system" for m in out):
+        out.insert(0, Message(role="system", content=TEXT_TOOLS.format(schemas=schemas).lstrip()))
+    return out

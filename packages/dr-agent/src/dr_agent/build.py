@@ -52,6 +52,7 @@ def agent_from_flags(
     context_window: int | None = None,
     temperature: float | None = None,
     no_web: bool = False,
+    tool_mode: str | None = None,
 ) -> ResearchAgent:
     """The agent for the flags `dr research` and `dr bench run` share (dr_agent.cli's option types)."""
     return build_agent(
@@ -63,6 +64,7 @@ def agent_from_flags(
             "max_time_s": max_time,
             "context_window": context_window,
             "temperature": temperature,
+            "tool_mode": str(tool_mode) if tool_mode is not None else None,
         },
         web=not no_web,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,22 @@ Temperature = Annotated[
 ]
 NoWeb = Annotated[
     bool, typer.Option("--no-web", help="Never fetch web pages; only the search backend's documents.")
+]
+
+
+class ToolModeChoice(StrEnum):
+    auto = "auto"
+    api = "api"
+    text = "text"
+
+
+ToolMode = Annotated[
+    ToolModeChoice | None,
+    typer.Option(
+        help="How tools are offered: api (the OpenAI tools API), text (schemas in the system prompt, "
+        "<tool_call> blocks in replies), auto (the API; text for a server that refuses it) [default: auto].",
+        show_default=False,
+    ),
 ]
 
 
@@ -78,6 +95,7 @@ def research(
     context_window: Window = None,
     temperature: Temperature = None,
     no_web: NoWeb = False,
+    tool_mode: ToolMode = None,
 ) -> None:
     """Research a question with the agent: plan, search, open, verify, and write a cited report.
 
@@ -103,6 +121,7 @@ def research(
         context_window=context_window,
         temperature=temperature,
         no_web=no_web,
+        tool_mode=tool_mode,
     )
     if question is not None:
         _one(agent, question, trajectory, events)

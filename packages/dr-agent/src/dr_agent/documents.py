@@ -9,7 +9,7 @@ from typing import Any
 
 from dr_core.errors import InputError
 from dr_core.jsonl import RejectWriter, read_records
-from dr_core.records import Document
+from dr_core.records import Document, drb_report
 
 TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html", ".htm": "html"}
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json")
@@ -37,8 +37,8 @@ def from_record(obj: dict[str, Any]) -> Document:
     """A Document from a JSONL object: a Document itself, or a report as DeepResearch Bench ships it."""
     if "article" in obj and "text" not in obj:
         # {id, prompt, article}: the report is the document, the prompt its title
-        prompt = str(obj.get("prompt") or "")
-        return Document(id=str(obj.get("id", "")), title=prompt[:300] or None, text=str(obj["article"]))
+        ident, prompt, article = drb_report(obj)
+        return Document(id=ident, title=(prompt or "")[:300] or None, text=article)
     return Document.model_validate(obj)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -50,17 +51,24 @@ class Page:
     content_type: str
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
+    """Whether `address` is anything but a globally routable unicast address, including IPv4 addresses
+    carried inside IPv6 ones (mapped, 6to4, Teredo, NAT64) and deprecated site-local IPv6."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return _blocked(address.ipv4_mapped)
+        if address.sixtofour is not None:
+            return _blocked(address.sixtofour)
+        if address.teredo is not None:
+            return any(_blocked(part) for part in address.teredo)
+        if address in NAT64:
+            return _blocked(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if address.is_site_local:
+            return True
+    return not address.is_global or address.is_multicast
 
 
 class Fetcher:
@@ -81,8 +89,10 @@ class Fetcher:
             headers={"User-Agent": self.config.user_agent, "Accept": "text/html,text/plain;q=0.9,*/*;q=0.5"},
         )
 
-    def check_url(self, url: str) -> None:
-        """Refuse non-http(s) URLs and hosts that resolve to a non-public address (unless allowed)."""
+    def check_url(self, url: str) -> str | None:
+        """Refuse non-http(s) URLs and hosts that resolve to an address that is not globally routable
+        (unless allowed); return the checked address to connect to (None where the host is allowed by name
+        or private addresses are allowed, and the host is resolved as usual)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise FetchError(f"refused {url}: only http and https URLs can be opened")
@@ -90,27 +100,52 @@ class Fetcher:
         if not host:
             raise FetchError(f"refused {url}: no host")
         if self.config.allow_private or host.lower() in self._hosts:
-            return
+            return None
         try:
             infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
         except socket.gaierror as exc:
             raise FetchError(f"could not resolve {host}: {exc.strerror}") from None
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0].split("%")[0])
+        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        for address in addresses:
             if any(address in network for network in self._networks):
                 continue
             if _blocked(address):
                 raise FetchError(
-                    f"refused {url}: {host} resolves to {address}, a private, loopback or link-local address"
+                    f"refused {url}: {host} resolves to {address}, a private, loopback, link-local or "
+                    "otherwise non-public address"
                 )
+        return str(addresses[0])
+
+    def _request(self, url: str, address: str | None, timeout: float) -> httpx.Request:
+        """A GET of `url` sent to `address`, the one the guard checked, so that a name that resolves
+        differently the second time (DNS rebinding) cannot lead elsewhere; the Host header and the TLS
+        server name (and certificate check) stay those of the URL's host."""
+        request_timeout = httpx.Timeout(timeout)
+        if address is None:
+            return self._http.build_request("GET", url, timeout=request_timeout)
+        parts = httpx.URL(url)
+        extensions = {"sni_hostname": parts.host} if parts.scheme == "https" else {}
+        return self._http.build_request(
+            "GET",
+            parts.copy_with(host=address),
+            headers={"Host": parts.netloc.decode("ascii")},
+            timeout=request_timeout,
+            extensions=extensions,
+        )
 
     def fetch(self, url: str) -> Page:
-        """The page at `url` as text, following redirects that pass the guard."""
+        """The page at `url` as text, following redirects that pass the guard. `timeout_s` bounds the
+        whole fetch, redirects and a slow body included, not each read."""
+        deadline = time.monotonic() + self.config.timeout_s
         current = url
         for _ in range(self.config.max_redirects + 1):
-            self.check_url(current)
+            address = self.check_url(current)
             try:
-                with self._http.stream("GET", current) as response:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise httpx.TimeoutException("deadline")
+                response = self._http.send(self._request(current, address, remaining), stream=True)
+                try:
                     if response.is_redirect:
                         location = response.headers.get("location")
                         if not location:
@@ -130,7 +165,11 @@ class Fetcher:
                         body.extend(chunk)
                         if len(body) > self.config.max_bytes:
                             raise FetchError(f"{current}: page is larger than {self.config.max_bytes} bytes")
+                        if time.monotonic() > deadline:
+                            raise httpx.TimeoutException("deadline")
                     encoding = response.encoding or "utf-8"
+                finally:
+                    response.close()
             except httpx.TimeoutException:
                 raise FetchError(f"{current}: timed out after {self.config.timeout_s}s") from None
             except httpx.HTTPError as exc:

@@ -8,7 +8,17 @@ from typing import Annotated, Any
 
 import typer
 
-from dr_agent.cli import IndexOpt, MaxSteps, MaxTime, MaxTokens, NoWeb, SearchOpt, Temperature, Window
+from dr_agent.cli import (
+    IndexOpt,
+    MaxSteps,
+    MaxTime,
+    MaxTokens,
+    NoWeb,
+    SearchOpt,
+    Temperature,
+    ToolMode,
+    Window,
+)
 from dr_core.options import ApiKey, BaseUrl, Model, Output, Resume
 from dr_judge.cli import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
 
@@ -47,6 +57,7 @@ def run(
     context_window: Window = None,
     temperature: Temperature = None,
     no_web: NoWeb = False,
+    tool_mode: ToolMode = None,
     judge_base_url: JudgeUrl = None,
     judge_model: JudgeModel = None,
     judge_api_key: JudgeKey = None,
@@ -87,6 +98,7 @@ def run(
         context_window=context_window,
         temperature=temperature,
         no_web=no_web,
+        tool_mode=tool_mode,
     )
     summary = run_suite(tasks, agent, judge, out, concurrency=concurrency, resume=resume)
     print_table([summary])
@@ -173,17 +185,19 @@ def compare(
         for p in pairs
     ]
     lines += ["", "| run | Elo | 95% CI |", "|---|---:|---|"]
-    lines += [
-        f"| {r['run']} | {r['elo']:.0f} | {r['ci95'][0]:.0f}-{r['ci95'][1]:.0f} |" for r in result["ratings"]
-    ]
     for r in result["ratings"]:
-        console().print(f"{r['run']}: Elo {r['elo']:.0f} ({r['ci95'][0]:.0f}-{r['ci95'][1]:.0f})")
+        if r["elo"] is None:
+            text = ("none", "shares no task with another run")
+        else:
+            text = (f"{r['elo']:.0f}", f"{r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}")
+        lines.append(f"| {r['run']} | {text[0]} | {text[1]} |")
+        console().print(f"{r['run']}: Elo {text[0]} ({text[1]}, {r['games']} games)")
     if markdown is not None:
         markdown.write_text("\n".join(lines) + "\n")
     if plot is not None:
         from dr_bench.report import plot_ratings
 
-        plot_ratings(result["ratings"], plot)
+        plot_ratings([r for r in result["ratings"] if r["elo"] is not None], plot)
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
 
 

@@ -17,7 +17,8 @@ ELO_SCALE = 400.0
 
 def outcome(a: float, b: float, margin: float = TIE_MARGIN) -> float:
     """1 if a wins, 0 if b wins, 0.5 for a tie."""
-    if abs(a - b) <= margin:
+    # rounded, so that a difference equal to the margin in decimal (0.72 - 0.70) is a tie in binary too
+    if round(abs(a - b), 9) <= margin:
         return 0.5
     return 1.0 if a > b else 0.0
 
@@ -71,10 +72,15 @@ def win_matrix(scores: list[dict[str, float]], tasks: list[str], margin: float) 
 
 def ratings(
     scores: list[dict[str, float]], margin: float = TIE_MARGIN, resamples: int = 1000, seed: int = 0
-) -> list[dict[str, float]]:
-    """Elo rating of each system with a 95% interval from resampling tasks."""
+) -> list[dict[str, Any]]:
+    """Elo rating of each system with a 95% interval from resampling tasks, and `games`: how many task-by-
+    task comparisons with the other systems it rests on. A system that shares no task with any other has
+    no rating (elo and ci95 are None): the prior alone would put it at exactly 1000 with a zero-width
+    interval, which looks certain and rests on nothing."""
     tasks = sorted(set().union(*scores))
-    point = elo(bradley_terry(win_matrix(scores, tasks, margin)))
+    wins = win_matrix(scores, tasks, margin)
+    games = (wins + wins.T).sum(axis=1)
+    point = elo(bradley_terry(wins))
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(resamples):
@@ -82,7 +88,8 @@ def ratings(
         draws.append(elo(bradley_terry(win_matrix(scores, sample, margin))))
     low, high = np.percentile(np.array(draws), [2.5, 97.5], axis=0)
     return [
-        {"elo": float(point[i]), "ci95": [float(low[i]), float(high[i])]}
+        {"elo": float(point[i]), "ci95": [float(low[i]), float(high[i])], "games": int(games[i])}
+        if games[i] > 0 and not math.isnan(point[i])
+        else {"elo": None, "ci95": None, "games": int(games[i])}
         for i in range(len(scores))
-        if not math.isnan(point[i])
     ]

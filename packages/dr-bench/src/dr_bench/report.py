@@ -42,20 +42,27 @@ def summarize(run: Path, seed: int = 0) -> dict[str, Any]:
     return summary
 
 
+def stops(summary: dict[str, Any]) -> str:
+    """How the runs ended, most common first: 'answered 80, no_progress 12, step_budget 8'. A model that
+    stopped making progress (no_progress) is counted apart from one that ran out of budget."""
+    counts = sorted((summary.get("stop_reasons") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{reason} {n}" for reason, n in counts) or "-"
+
+
 def markdown(summaries: list[dict[str, Any]]) -> str:
     lines = [
-        "| run | n | score (95% CI) | tool calls | tokens | time (s) | cost (USD) |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| run | n | score (95% CI) | tool calls | tokens | time (s) | cost (USD) | stops |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for s in summaries:
         if "score" not in s:
-            lines.append(f"| {s['run']} | 0 | - | - | - | - | - |")
+            lines.append(f"| {s['run']} | 0 | - | - | - | - | - | - |")
             continue
         low, high = s["score"]["ci95"]
         lines.append(
             f"| {s['run']} | {s['n']} | {s['score']['mean']:.3f} ({low:.3f}-{high:.3f}) | "
             f"{s['tool_calls']['mean']:.1f} | {s['tokens']['mean']:.0f} | {s['wall_s']['mean']:.1f} | "
-            f"{s['cost_usd']['total']:.2f} |"
+            f"{s['cost_usd']['total']:.2f} | {stops(s)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -66,11 +73,11 @@ def print_table(summaries: list[dict[str, Any]]) -> None:
     from dr_core.log import console
 
     table = Table(title="dr bench")
-    for column in ("run", "n", "score", "95% CI", "tool calls", "tokens", "time (s)", "cost"):
+    for column in ("run", "n", "score", "95% CI", "tool calls", "tokens", "time (s)", "cost", "stops"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for s in summaries:
         if "score" not in s:
-            table.add_row(s["run"], "0", "-", "-", "-", "-", "-", "-")
+            table.add_row(s["run"], "0", "-", "-", "-", "-", "-", "-", "-")
             continue
         low, high = s["score"]["ci95"]
         table.add_row(
@@ -82,6 +89,7 @@ def print_table(summaries: list[dict[str, Any]]) -> None:
             f"{s['tokens']['mean']:.0f}",
             f"{s['wall_s']['mean']:.1f}",
             f"{s['cost_usd']['total']:.2f}",
+            stops(s),
         )
     console().print(table)
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import os
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar, overload
@@ -306,12 +308,16 @@ class RecordWriter:
     """Writes JSONL to stdout (`-`) or atomically to a file.
 
     A file is written as `<path>.partial` and renamed over `<path>` by `close()`. If the block using the
-    writer fails, the complete records written so far are still committed (nothing produced is lost) —
-    unless none were, in which case an existing `<path>` is left untouched.
+    writer fails (an error, Ctrl-C), nothing is renamed: an existing `<path>` stays as it was, and what was
+    written stays in `<path>.partial`, where `--resume` picks it up.
 
-    With `resume=True` the records already in `<path>` and in a `<path>.partial` left by a killed run are
-    carried over (whole lines only, first occurrence of each key), and `done` holds their keys so the
-    caller can skip that work.
+    With `resume=True` the records already in `<path>` and in a `<path>.partial` left by a failed run are
+    carried over: every whole line of `<path>`, and every whole line of the partial file that is not one of
+    those (a resumed run's partial file starts with a copy of `<path>`), so records that share a key or are
+    identical all survive. `counts` holds how many records each key has and `done` the keys whose work is
+    complete, so the caller can skip it. With `group_size`, a key is complete once it has as many records
+    as `group_size(record)` says (one task's several samples); the records of an incomplete key are not
+    carried, since its work is done again.
     """
 
     def __init__(
@@ -320,13 +326,17 @@ class RecordWriter:
         *,
         resume: bool = False,
         key: Callable[[dict[str, Any]], Any] = default_key,
+        group_size: Callable[[dict[str, Any]], int] | None = None,
         flush_interval_s: float = FILE_FLUSH_INTERVAL_S,
     ) -> None:
         self.path = path
         self.flush_interval_s = flush_interval_s
         self.resume = resume
         self.key = key
+        self.group_size = group_size
         self.done: set[Any] = set()
+        self.counts: Counter[Any] = Counter()
+        self.dropped = 0
         self.written = 0
         self.carried = 0
         self._fh: IO[bytes] | None = None
@@ -372,28 +382,59 @@ class RecordWriter:
         return raw
 
     def _merge_previous(self, final: Path, tmp: Path) -> None:
-        """Fold the previous output and a killed run's partial file into the partial file, streaming.
+        """Fold the previous output and a failed run's partial file into the partial file, streaming.
 
-        Whole, parseable lines only, first occurrence of each key. Written beside and renamed, so a crash
-        here leaves both inputs as they were.
+        Whole, parseable lines only (see the class docstring). Written beside and renamed, so a crash here
+        leaves both inputs as they were.
         """
         sources = [p for p in (final, tmp) if p.exists()]
         if not sources:
             return
+        # First pass: how many records each key has; second pass: write those of complete keys.
+        wanted: dict[Any, int] = {}
+        for _, obj in self._carried_lines(sources, final):
+            k = self.key(obj)
+            self.counts[k] += 1
+            if self.group_size is not None and k is not None:
+                wanted[k] = max(wanted.get(k, 0), self.group_size(obj))
+        complete = {k for k, n in self.counts.items() if k is not None and n >= wanted.get(k, 1)}
         merge = final.with_name(final.name + ".merge")
         with open(merge, "wb") as raw:
             fh = self._compressor(raw, final)
-            for path in sources:
-                for body in self._whole_lines(path, final):
-                    fh.write(body + b"\n")
-                    self.carried += 1
+            for body, obj in self._carried_lines(sources, final):
+                k = self.key(obj)
+                if k is not None and k not in complete:
+                    self.dropped += 1
+                    continue
+                fh.write(body + b"\n")
+                self.carried += 1
             if fh is not raw:
                 fh.close()
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(merge, tmp)
+        for k in [k for k in self.counts if k is not None and k not in complete]:
+            del self.counts[k]
+        self.done = complete
+        if self.dropped:
+            from dr_core.log import logger
 
-    def _whole_lines(self, path: Path, final: Path) -> Iterator[bytes]:
+            logger.info("resuming: %d records of unfinished work dropped; it is done again", self.dropped)
+
+    def _carried_lines(self, sources: list[Path], final: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """Every whole line of `final`, then those of the partial file that are not copies of them."""
+        in_final: Counter[bytes] = Counter()
+        for path in sources:
+            for body, obj in self._whole_lines(path, final):
+                digest = hashlib.blake2b(body, digest_size=16).digest()
+                if path == final:
+                    in_final[digest] += 1
+                elif in_final[digest] > 0:
+                    in_final[digest] -= 1
+                    continue
+                yield body, obj
+
+    def _whole_lines(self, path: Path, final: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
         lines = iter_lines(path, named=final)
         while True:
             try:
@@ -406,14 +447,8 @@ class RecordWriter:
                 obj = orjson.loads(body)
             except orjson.JSONDecodeError:
                 continue  # the torn last line of a killed run
-            if not isinstance(obj, dict):
-                continue
-            k = self.key(obj)
-            if k is not None:
-                if k in self.done:
-                    continue
-                self.done.add(k)
-            yield body
+            if isinstance(obj, dict):
+                yield body, obj
 
     def write(self, record: BaseModel | dict[str, Any]) -> None:
         assert self._fh is not None, "RecordWriter used before open()"
@@ -443,7 +478,8 @@ class RecordWriter:
             self._raw.flush()
 
     def close(self, commit: bool = True) -> None:
-        """Finish the file and rename it into place (or drop it, when `commit` is false)."""
+        """Finish the file and rename it into place; when `commit` is false, leave `<path>` as it was and
+        keep what was written in `<path>.partial` (or drop the partial file, when it holds nothing)."""
         if self._closed or self._fh is None:
             return
         self._closed = True
@@ -462,9 +498,17 @@ class RecordWriter:
         tmp = partial_path(self.path)
         if commit:
             os.replace(tmp, self.path)
+        elif self.written or self.carried:
+            from dr_core.log import logger
+
+            logger.warning(
+                "%s left as it was; the %d records of this run are in %s (--resume continues from them)",
+                display_name(self.path),
+                self.written + self.carried,
+                tmp,
+            )
         else:
             tmp.unlink(missing_ok=True)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        failed = exc_type is not None
-        self.close(commit=not failed or self.written > 0 or self.carried > 0)
+        self.close(commit=exc_type is None)

@@ -367,7 +367,10 @@ class LLMClient:
         status = response.status_code
         if status < 400:
             return
-        text = response.text[:500]
+        from dr_core.log import scrub
+
+        # an error body may echo the key back ("Incorrect API key provided: sk-..."): never pass it on
+        text = scrub(response.text[:500], [self.config.api_key])
         if status in RETRY_STATUSES or status >= 500:
             raise _Retryable(f"HTTP {status}: {text}", _retry_after(response))
         hint = " (check --api-key / DR_LLM_API_KEY)" if status in (401, 403) else ""

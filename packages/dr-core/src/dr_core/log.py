@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -93,3 +94,19 @@ def stdout_for_data_only() -> Iterator[IO[str]]:
         os.close(saved)
         real.flush()
         real.close()
+
+
+_KEY_LIKE = re.compile(
+    r"(?i)\b(?:sk|pk|rk|ak)-[A-Za-z0-9_\-]{8,}"  # OpenAI-style keys
+    r"|(?i:bearer)\s+[A-Za-z0-9._\-~+/=]{8,}"  # an Authorization header echoed back
+    r"|(?<=[\"'\s{,(])(?:api[_-]?key|token|secret|password)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]{4,}"
+)
+
+
+def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with the given secrets and anything that looks like a key (sk-..., a bearer token,
+    api_key=...) replaced by '***': for upstream error bodies that are logged or passed on to clients."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEY_LIKE.sub("***", text)

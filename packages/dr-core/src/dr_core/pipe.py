@@ -41,11 +41,12 @@ class Pipe:
         rejects: str | None = None,
         resume: bool = False,
         output_key: Callable[[dict[str, Any]], Any] = default_key,
+        group_size: Callable[[dict[str, Any]], int] | None = None,
     ) -> None:
         self.inputs = list(inputs) or [STDIO]
         self.output = output
         self.on_error = on_error
-        self.writer = RecordWriter(output, resume=resume, key=output_key)
+        self.writer = RecordWriter(output, resume=resume, key=output_key, group_size=group_size)
         self.rejects = RejectWriter(rejects or default_rejects_path(self.inputs, output))
         self.skipped_done = 0
 
@@ -82,11 +83,5 @@ class Pipe:
             self.writer.__exit__(exc_type, exc, tb)
         if self.skipped_done:
             logger.info("skipped %d records already done in %s", self.skipped_done, self.output)
-        if self.rejects.count:
-            logger.warning(
-                "%d bad input lines skipped; kept with their errors in %s",
-                self.rejects.count,
-                self.rejects.path,
-            )
         if exc_type is None and self.output != STDIO:
             logger.info("wrote %d records to %s", self.writer.written, display_name(self.output))

@@ -27,7 +27,7 @@ class Record(Strict):
 
     id: str = Field("", description="Stable identifier; derived from the content when absent.")
     schema_version: int = Field(
-        1, ge=1, description="Version of this kind's schema the record was written in."
+        1, ge=1, strict=True, description="Version of this kind's schema the record was written in."
     )
     meta: dict[str, Any] = Field(default_factory=dict, description="Free-form annotations carried along.")
 
@@ -92,6 +92,27 @@ class Report(Record):
     language: str | None = None
 
 
+def drb_report(obj: dict[str, Any]) -> tuple[str, str | None, str]:
+    """(id, prompt, article) of a report line as DeepResearch Bench ships it: {id, prompt, article}.
+
+    ValueError (a file:line error where lines are read) when the article is not text (null, a number),
+    the prompt neither text nor null, or the id neither text nor a whole number.
+    """
+    article, prompt, ident = obj.get("article"), obj.get("prompt"), obj.get("id", "")
+    if not isinstance(article, str):
+        raise ValueError(f"field 'article': expected the report's text, got {_json_type(article)}")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ValueError(f"field 'prompt': expected text, got {_json_type(prompt)}")
+    if isinstance(ident, bool) or not isinstance(ident, str | int):
+        raise ValueError(f"field 'id': expected text or a whole number, got {_json_type(ident)}")
+    return str(ident), prompt, article
+
+
+def _json_type(value: Any) -> str:
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "text"}
+    return names.get(type(value), "a list" if isinstance(value, list) else "an object")
+
+
 # ---- checklists and tasks -----------------------------------------------------------------------
 
 
@@ -115,8 +136,23 @@ class ChecklistItem(Strict):
     polarity: Literal["positive", "negative"] = "positive"
     kind: Literal["explicit", "implicit"] = "explicit"
     category: str | None = Field(None, description="A grouping such as a rubric dimension.")
-    fatal: bool = Field(False, description="A flaw so grave that its presence makes the whole score 0.")
+    fatal: bool = Field(
+        False, description="A flaw so grave that its presence makes the whole score 0 (flaws only)."
+    )
     check: Check | None = None
+
+    @model_validator(mode="after")
+    def _flaws(self) -> ChecklistItem:
+        # A negative weight on a requirement is a flaw: it is read as one (polarity negative, the weight's
+        # size), so that it counts when present, as flaws do, not only when fully met.
+        if self.weight < 0 and self.polarity == "positive":
+            self.polarity = "negative"
+            self.weight = -self.weight
+        if self.fatal and self.polarity == "positive":
+            raise ValueError(
+                f"checklist item {self.id or self.text[:40]!r}: only a flaw (polarity negative) can be fatal"
+            )
+        return self
 
 
 def _number_items(items: list[ChecklistItem]) -> None:
@@ -247,7 +283,9 @@ class Trajectory(Record):
     wall_s: float = 0.0
     steps: int = 0
     stop_reason: str | None = Field(
-        None, description="answered, step_budget, token_budget, time_budget, error"
+        None,
+        description="answered, step_budget, token_budget, time_budget, context_limit, no_progress (replies "
+        "without a tool call that repeat or never end), error",
     )
 
 

@@ -120,11 +120,16 @@ def world(
         raise InputError("--max-hops must be between 1 and 4")
     folder = Path(out)
     built = build_world(seed, entities)
-    with RecordWriter(folder / "corpus.jsonl") as corpus:
+    counts = {"train": 0, "test": 0}
+    # The three files are renamed into place together once all are written (test.jsonl last): a failed
+    # or killed run leaves the previous world whole, never one seed's corpus beside another's tasks.
+    with (
+        RecordWriter(folder / "test.jsonl") as test,
+        RecordWriter(folder / "train.jsonl") as train,
+        RecordWriter(folder / "corpus.jsonl") as corpus,
+    ):
         for doc in built.documents:
             corpus.write(doc)
-    counts = {"train": 0, "test": 0}
-    with RecordWriter(folder / "train.jsonl") as train, RecordWriter(folder / "test.jsonl") as test:
         for task in sample_tasks(built, tasks, max_hops=max_hops, test_share=test_share):
             (test if task.split == "test" else train).write(task)
             counts[task.split or "train"] += 1
@@ -260,6 +265,7 @@ def trajectories(
         rejects=rejects,
         resume=resume,
         output_key=lambda t: t.get("task_id"),
+        group_size=lambda t: (t.get("meta") or {}).get("kept_of", 1),
     ) as pipe:
 
         def solve(task: Task) -> tuple[Task, object]:

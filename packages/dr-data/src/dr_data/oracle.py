@@ -23,7 +23,6 @@ class OracleTeacher:
     def __init__(self, tasks: list[Task]) -> None:
         self.tasks = {task.question: task for task in tasks}
         self.config = LLMConfig(model="oracle", base_url="oracle://world")
-        self.calls = 0
 
     def chat(self, messages: list[Message], **_: Any) -> ChatResult:
         question = next(m.content for m in messages if m.role == "user")
@@ -41,9 +40,11 @@ class OracleTeacher:
                 ],
             )
             return ChatResult(message=message, finish_reason="tool_calls", usage=Usage())
-        self.calls += 1
         content, calls = self._decide(task, messages)
-        ids = [ToolCall(id=f"call_{self.calls}_{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)]
+        # ids from this conversation's own turn count, so that runs on several threads at once give the
+        # same trajectories as one at a time
+        turn = 1 + sum(m.role == "assistant" for m in messages)
+        ids = [ToolCall(id=f"call_{turn}_{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)]
         return ChatResult(
             message=Message(role="assistant", content=content, tool_calls=ids),
             finish_reason="tool_calls",

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from dr_core.llm import LLMClient, chat_json, json_reply
-from dr_core.records import ChecklistItem, Example, Message, Plan, PlanStep, Report
+from dr_core.records import ChecklistItem, Example, Message, Plan, PlanStep, Report, drb_report
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 NUMBERING = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[一二三四五六七八九十]+[、.])\s*")
@@ -218,10 +218,6 @@ def as_report(obj: dict[str, Any]) -> Report:
     """A Report from a JSONL object: a Report itself, or DeepResearch Bench's {id, prompt, article}
     (the true prompt kept in meta, to score reconstructed queries against)."""
     if "article" in obj and "text" not in obj:
-        return Report(
-            id=str(obj.get("id", "")),
-            task_id=str(obj.get("id", "")),
-            text=str(obj["article"]),
-            meta={"true_prompt": obj.get("prompt")},
-        )
+        ident, prompt, article = drb_report(obj)
+        return Report(id=ident, task_id=ident, text=article, meta={"true_prompt": prompt})
     return Report.model_validate(obj)

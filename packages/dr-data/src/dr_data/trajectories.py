@@ -108,4 +108,6 @@ def collect(
     kept = correct
     if keep == "shortest" and correct:
         kept = [min(correct, key=lambda t: (t.steps, sum(len(m.content or "") for m in t.messages)))]
+    # how many records this task has in the output: --resume redoes a task that has fewer
+    kept = [t.model_copy(update={"meta": {**t.meta, "kept_of": len(kept)}}) for t in kept]
     return Outcome(kept=kept, samples=samples, correct=len(correct))

@@ -183,7 +183,7 @@ def agree(
 
     from dr_core.errors import InputError
     from dr_core.jsonl import read_records
-    from dr_core.log import console
+    from dr_core.log import console, logger
     from dr_judge import stats
 
     preds = {str(_field(r, pred_key)): r for r in read_records(str(predictions))}
@@ -198,9 +198,9 @@ def agree(
     x = [float(_field(preds[k], pred_field)) for k in shared]
     y = [float(_field(labs[k], label_field)) for k in shared]
     result: dict[str, Any] = {"n": len(shared)}
+    intervals = {}
     for name, fn in (("spearman", stats.spearman), ("pearson", stats.pearson)):
-        value, low, high = stats.bootstrap_ci(fn, x, y, resamples=resamples, seed=seed)
-        result[name] = {"value": value, "ci95": [low, high]}
+        intervals[name] = stats.bootstrap_ci(fn, x, y, resamples=resamples, seed=seed)
     pairs = [
         (pv["verdict"], lv["verdict"])
         for k in shared
@@ -210,10 +210,24 @@ def agree(
     ]
     if pairs:
         a, b = [p for p, _ in pairs], [q for _, q in pairs]
-        value, low, high = stats.bootstrap_ci(
+        intervals["kappa"] = stats.bootstrap_ci(
             lambda u, v: stats.cohen_kappa(list(u), list(v)), a, b, resamples=resamples, seed=seed
         )
-        result["kappa"] = {"value": value, "ci95": [low, high], "items": len(pairs)}
+    for name, interval in intervals.items():
+        result[name] = {
+            "value": interval.estimate,
+            "ci95": [interval.low, interval.high],
+            "undefined_resamples": interval.undefined,
+        }
+        if interval.undefined:
+            logger.warning(
+                "%s: undefined on %d of %d resamples (all values equal); the interval leaves them out",
+                name,
+                interval.undefined,
+                resamples,
+            )
+    if pairs:
+        result["kappa"]["items"] = len(pairs)
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
     from rich.table import Table
 

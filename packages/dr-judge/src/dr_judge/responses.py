@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dr_core.records import Citation, Report, Trajectory
+from dr_core.records import Citation, Report, Trajectory, drb_report
 
 
 @dataclass
@@ -23,6 +23,7 @@ def as_response(obj: dict[str, Any]) -> Response:
         trajectory = Trajectory.model_validate(obj)
         return Response(trajectory.id, trajectory.task_id, trajectory.final, trajectory.citations)
     if "article" in obj and "text" not in obj:
-        return Response(str(obj.get("id")), str(obj.get("id")), str(obj["article"]))
+        ident, _, article = drb_report(obj)
+        return Response(ident, ident, article)
     report = Report.model_validate(obj)
     return Response(report.id, report.task_id, report.text)

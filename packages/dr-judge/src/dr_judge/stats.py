@@ -4,6 +4,7 @@ percentile intervals. Plain numpy, seeded, so reports are reproducible."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,15 +55,24 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return pearson(ranks(x), ranks(y))
 
 
+class Interval(NamedTuple):
+    estimate: float
+    low: float
+    high: float
+    undefined: int  # resamples on which the statistic was undefined (NaN), left out of the interval
+
+
 def bootstrap_ci(
     statistic: Callable[..., float],
     *samples: Sequence[float] | Sequence[str],
     resamples: int = 2000,
     level: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float, float]:
-    """(estimate, low, high): the statistic on the data and the percentile interval over resamples of the
-    paired observations (the same indices drawn for every sample)."""
+) -> Interval:
+    """The statistic on the data and the percentile interval over resamples of the paired observations
+    (the same indices drawn for every sample). Resamples on which the statistic is undefined (a
+    correlation of a resample whose values are all equal) are left out and counted in `undefined`; when
+    every one is, the interval is NaN."""
     n = len(samples[0])
     if any(len(s) != n for s in samples) or n == 0:
         raise ValueError("bootstrap needs equally long, non-empty samples")
@@ -75,13 +85,15 @@ def bootstrap_ci(
         value = statistic(*(a[pick] for a in arrays))
         if not np.isnan(value):
             values.append(value)
+    undefined = resamples - len(values)
     if not values:
-        return estimate, float("nan"), float("nan")
+        return Interval(estimate, float("nan"), float("nan"), undefined)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
-    return estimate, float(low), float(high)
+    return Interval(estimate, float(low), float(high), undefined)
 
 
 def mean_ci(values: Sequence[float], **kw: float) -> tuple[float, float, float]:
     """The mean with its bootstrap percentile interval."""
-    return bootstrap_ci(lambda v: float(np.mean(v)), values, **kw)  # type: ignore[arg-type]
+    estimate, low, high, _ = bootstrap_ci(lambda v: float(np.mean(v)), values, **kw)  # type: ignore[arg-type]
+    return estimate, low, high

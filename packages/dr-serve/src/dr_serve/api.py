@@ -5,16 +5,21 @@
     GET  /health           liveness
 
 Runs execute in worker threads; a run whose client disconnects goes on and can be fetched by id. Beyond
-`max_concurrent` runs in progress, POST answers 429. With an API key set, every route but /health needs
-`Authorization: Bearer <key>`.
+`max_concurrent` runs in progress, POST answers 429. A request body over `max_request_bytes` gets 413; a
+client's `max_steps` is capped at the server agent's own. Finished runs are kept on disk (`runs_dir`, else
+a temporary folder) with only the newest `runs_in_memory` in memory. With an API key set, every route but
+/health needs `Authorization: Bearer <key>`, /openapi.json included, and the browsable /docs and /redoc
+are off. Error texts from the model server are scrubbed of anything that looks like a key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import tempfile
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from dr_core.log import logger
+from dr_core.log import logger, scrub
 from dr_core.records import Trajectory
 
 
@@ -34,8 +39,10 @@ class ApiConfig(BaseModel):
     api_key: str | None = None
     max_concurrent: int = Field(4, ge=1)
     runs_dir: Path | None = Field(
-        None, description="Keep finished runs here (JSON), to fetch after restarts."
+        None, description="Keep finished runs here (JSON), to fetch after restarts; else a temporary folder."
     )
+    runs_in_memory: int = Field(256, ge=0, description="Finished runs also kept in memory (the newest).")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
 
 
 class ResearchRequest(BaseModel):
@@ -51,20 +58,27 @@ def _sse(event: dict[str, Any]) -> bytes:
 
 
 class RunStore:
-    """Runs in memory, and on disk when a folder is given."""
+    """Runs in progress in memory; finished runs on disk, and the newest `in_memory` of them in memory."""
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, directory: Path | None, in_memory: int = 256) -> None:
+        self._tmp = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="dr-runs-")
+            directory = Path(self._tmp.name)
         self.directory = directory
-        self.runs: dict[str, dict[str, Any]] = {}
+        self.in_memory = in_memory
+        self.running: dict[str, dict[str, Any]] = {}
+        self.finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.lock = threading.Lock()
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
 
     def start(self, run_id: str, question: str) -> None:
         with self.lock:
-            self.runs[run_id] = {"id": run_id, "status": "running", "question": question}
+            self.running[run_id] = {"id": run_id, "status": "running", "question": question}
 
     def finish(self, run_id: str, trajectory: Trajectory | None, error: str | None) -> None:
+        """Record the run as finished: in memory first (so it can always be fetched while it is there),
+        then on disk; a write that fails is logged and raised."""
         entry = {
             "id": run_id,
             "status": "failed" if error else "done",
@@ -72,31 +86,75 @@ class RunStore:
             "trajectory": trajectory.model_dump(mode="json") if trajectory is not None else None,
         }
         with self.lock:
-            entry["question"] = self.runs.get(run_id, {}).get("question")
-            self.runs[run_id] = entry
-        if self.directory is not None:
-            path = self.directory / f"{run_id}.json"
-            tmp = path.with_name(path.name + ".partial")
-            tmp.write_bytes(orjson.dumps(entry))
-            tmp.replace(path)
+            entry["question"] = self.running.pop(run_id, {}).get("question")
+            self.finished[run_id] = entry
+            while len(self.finished) > self.in_memory:
+                self.finished.popitem(last=False)
+        path = self.directory / f"{run_id}.json"
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_bytes(orjson.dumps(entry))
+        tmp.replace(path)
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         with self.lock:
-            if run_id in self.runs:
-                return self.runs[run_id]
-        if self.directory is not None and all(c.isalnum() or c == "-" for c in run_id):
+            if run_id in self.running:
+                return self.running[run_id]
+            if run_id in self.finished:
+                return self.finished[run_id]
+        if all(c.isalnum() or c == "-" for c in run_id):
             path = self.directory / f"{run_id}.json"
             if path.is_file():
                 return orjson.loads(path.read_bytes())
         return None
 
 
+class _BodyLimit:
+    """ASGI middleware: a request whose body is over `limit` bytes (declared, or as it streams in) gets
+    413 before the app has read it whole."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = JSONResponse({"error": f"request body over {self.limit} bytes"}, status_code=413)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await too_large(scope, receive, send)
+        seen = 0
+        over = False
+
+        async def counted() -> dict[str, Any]:
+            # past the limit the app is told the body ended, and its answer is replaced by the 413
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded(message: dict[str, Any]) -> None:
+            if not over:
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+        if over:
+            await too_large(scope, receive, send)
+
+
 def create_app(agent: Any, config: ApiConfig | None = None) -> FastAPI:
     """The FastAPI app over a ResearchAgent, which every run shares (its clients are thread-safe)."""
     config = config or ApiConfig()
-    app = FastAPI(title="dr research API", version="1")
-    store = RunStore(config.runs_dir)
+    docs = {} if not config.api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="dr research API", version="1", **docs)  # type: ignore[arg-type]
+    store = RunStore(config.runs_dir, config.runs_in_memory)
     slots = threading.BoundedSemaphore(config.max_concurrent)
+    secrets = [config.api_key, getattr(getattr(agent.llm, "config", None), "api_key", None)]
+    budget = agent.config.max_steps
 
     def authorize(request: Request) -> None:
         if not config.api_key:
@@ -109,6 +167,12 @@ def create_app(agent: Any, config: ApiConfig | None = None) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    if config.api_key:
+
+        @app.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
+        def openapi() -> Any:
+            return JSONResponse(app.openapi())
 
     @app.get("/v1/runs/{run_id}", dependencies=[Depends(authorize)])
     def get_run(run_id: str) -> Any:
@@ -137,24 +201,28 @@ def create_app(agent: Any, config: ApiConfig | None = None) -> FastAPI:
             trajectory = None
             error = None
             try:
-                overrides = {"max_steps": body.max_steps} if body.max_steps else {}
-                runner = agent
-                if overrides:
-                    runner = _with_config(runner, overrides)
+                # a client may ask for fewer steps than the server's budget, never more
+                steps = min(body.max_steps, budget) if body.max_steps else None
+                runner = _with_config(agent, {"max_steps": steps}) if steps and steps != budget else agent
                 trajectory = runner.run(body.question, on_event=emit)
                 if trajectory.stop_reason == "error":
-                    error = str(trajectory.meta.get("error"))
+                    error = scrub(str(trajectory.meta.get("error")), secrets)
+                    trajectory.meta["error"] = error
             except Exception as exc:  # reported to the client and kept with the run, never lost
                 logger.exception("research run %s failed", run_id)
-                error = f"{type(exc).__name__}: {exc}"
+                error = scrub(f"{type(exc).__name__}: {exc}", secrets)
             finally:
-                store.finish(run_id, trajectory, error)
-                slots.release()
-                final = trajectory.final if trajectory is not None else None
-                done = {"type": "report", "final": final, "error": error}
-                done["trajectory_id"] = trajectory.id if trajectory is not None else None
-                loop.call_soon_threadsafe(queue.put_nowait, {**done, "run_id": run_id})
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+                try:
+                    store.finish(run_id, trajectory, error)
+                except OSError as exc:
+                    logger.error("research run %s: could not be kept on disk: %s", run_id, exc)
+                finally:
+                    slots.release()
+                    final = trajectory.final if trajectory is not None else None
+                    done = {"type": "report", "final": final, "error": error}
+                    done["trajectory_id"] = trajectory.id if trajectory is not None else None
+                    loop.call_soon_threadsafe(queue.put_nowait, {**done, "run_id": run_id})
+                    loop.call_soon_threadsafe(queue.put_nowait, None)
 
         worker = threading.Thread(target=work, name=f"run-{run_id[:8]}", daemon=True)
         worker.start()
@@ -173,6 +241,7 @@ def create_app(agent: Any, config: ApiConfig | None = None) -> FastAPI:
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
+    app.add_middleware(_BodyLimit, limit=config.max_request_bytes)
     return app
 
 

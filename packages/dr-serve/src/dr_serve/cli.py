@@ -114,7 +114,17 @@ def serve(
     api_host: Annotated[str, typer.Option(help="Address the research API listens on.")] = "127.0.0.1",
     api_key: Annotated[
         str | None,
-        typer.Option(help="Bearer token the research API requires (DR_API_API_KEY).", show_default=False),
+        typer.Option(
+            help="Bearer token the research API requires. Shown by `ps` to every user of the machine: "
+            "prefer the DR_API_API_KEY variable or --api-key-file.",
+            show_default=False,
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read the research API's bearer token from this file (its first line).", show_default=False
+        ),
     ] = None,
     max_concurrent: Annotated[
         int | None, typer.Option(help="Research runs at once; more get 429 [default: 4].", show_default=False)
@@ -142,6 +152,15 @@ def serve(
     from dr_core.log import logger
     from dr_serve.engines import EngineSpec, engine_command
 
+    if api_key_file is not None:
+        if api_key:
+            raise InputError("give the research API's key once: --api-key or --api-key-file")
+        try:
+            api_key = api_key_file.read_text().splitlines()[0].strip() if api_key_file.stat().st_size else ""
+        except OSError as exc:
+            raise InputError(f"--api-key-file {api_key_file}: {exc.strerror}") from None
+        if not api_key:
+            raise InputError(f"--api-key-file {api_key_file}: the file is empty")
     if engine == "none":
         if api_port is None:
             raise InputError("--engine none serves only the research API: give --api-port")

@@ -112,11 +112,39 @@ def save_model(model: Any, folder: Path, state_dict: Any = None) -> None:
 
 
 def trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop the metric lines of steps after `step` (they will be trained again)."""
+    """On resume, drop the metric lines of steps after `step` (they will be trained again), and a torn
+    line (a disk that filled up mid-write), with a warning."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            from dr_core.log import logger
+
+            logger.warning("%s:%d: a torn metrics line, dropped: %.60s", path, lineno, line)
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def check_settings(folder: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume `folder` with settings that change the result (learning rate, schedule, batch,
+    clipping, seed, ...): the run would no longer be the one that was started. Settings a checkpoint of an
+    older dr did not record are not compared."""
+    from dr_core.errors import InputError
+
+    now = json.loads(json.dumps(now))  # tuples as lists, as the saved state has them
+    changed = [f"{k} {saved[k]!r} then, {v!r} now" for k, v in now.items() if k in saved and saved[k] != v]
+    if changed:
+        raise InputError(
+            f"--resume: {folder} was trained with other settings ({'; '.join(changed)}); resume with the "
+            "same ones, or start a new run in another --out"
+        )
 
 
 def resume_point(out: Path, resume: bool) -> tuple[bool, Path | None]:

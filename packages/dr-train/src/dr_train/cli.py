@@ -220,11 +220,8 @@ def _train(stage: str, inputs: list[str] | None, data: Any, **opts) -> None:  # 
         state = checkpoint.read_state(resume_from)
         if state["data"] != dataset.fingerprint():
             raise InputError(f"--resume: the input is not the data {resume_from} was trained on")
-        if state["settings"] != config.resume_keys() or state["world"] != dist.world:
-            raise InputError(
-                f"--resume: {resume_from} was trained with {state['settings']} on {state['world']} ranks; "
-                f"this run asks for {config.resume_keys()} on {dist.world}"
-            )
+        checkpoint.check_settings(resume_from, {**state["settings"], "ranks": state["world"]},
+                                  {**config.resume_keys(), "ranks": dist.world})  # fmt: skip
     if dist.main:
         logger.info(
             "%s: %d rows of up to %d tokens (%d tokens, %d learnt) from %d records",

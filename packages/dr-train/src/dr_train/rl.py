@@ -73,6 +73,12 @@ class RLConfig:
     seed: int = 0
     kernels: bool = True
 
+    def resume_keys(self) -> dict[str, Any]:
+        """Settings a resumed run must share with the one it continues: those that change its result
+        (--steps may grow: the learning rate does not depend on it)."""
+        skip = {"out", "steps", "concurrency", "save_every", "keep", "kernels"}
+        return {k: v for k, v in vars(self).items() if k not in skip}
+
 
 @dataclass
 class Rollout:
@@ -517,6 +523,7 @@ class RLTrainer:
                     "reference": self.reference_path,
                     "world": self.dist.world,
                     "deepspeed": self.engine is not None,
+                    "settings": self.config.resume_keys(),
                     "done": name is None,
                 },
             )
@@ -532,6 +539,7 @@ class RLTrainer:
             ran = f"DeepSpeed on {state.get('world', 1)} ranks" if sharded else "without DeepSpeed"
             now = f"DeepSpeed on {self.dist.world} ranks" if self.engine is not None else "without DeepSpeed"
             raise InputError(f"--resume: {folder} was trained {ran}; this run asks for {now}")
+        checkpoint.check_settings(folder, state.get("settings", {}), self.config.resume_keys())
         self.step = state["step"]
         if self.engine is not None:
             self.engine.load_checkpoint(str(folder / "deepspeed"), load_module_strict=False)

@@ -21,7 +21,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     groups = rewards.float().reshape(-1, group_size)
     mean = groups.mean(dim=1, keepdim=True)
     std = groups.std(dim=1, unbiased=False, keepdim=True)
-    return ((groups - mean) / (std + eps)).reshape(-1)
+    advantages = (groups - mean) / (std + eps)
+    # A constant group's float32 mean can miss its value by an ulp, leaving a std of ~6e-8 and advantages
+    # of ~0.06: decide "all equal" on the rewards themselves, not on the arithmetic.
+    constant = (groups == groups[:, :1]).all(dim=1, keepdim=True)
+    return torch.where(constant, torch.zeros_like(advantages), advantages).reshape(-1)
 
 
 def gae(

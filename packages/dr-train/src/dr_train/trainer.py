@@ -69,8 +69,21 @@ class TrainConfig:
         return self.zero is not None or self.deepspeed is not None
 
     def resume_keys(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the one it continues."""
-        keys = {"max_len": self.max_len, "tokens_per_step": self.tokens_per_step, "seed": self.seed}
+        """Settings a resumed run must share with the one it continues: those that change its result."""
+        keys = {
+            "max_len": self.max_len,
+            "tokens_per_step": self.tokens_per_step,
+            "seed": self.seed,
+            "lr": self.lr,
+            "min_lr_ratio": self.min_lr_ratio,
+            "warmup_steps": self.warmup_steps,
+            "weight_decay": self.weight_decay,
+            "betas": list(self.betas),
+            "clip": self.clip,
+            "epochs": self.epochs,
+            "max_steps": self.max_steps,
+            "bf16": self.bf16,
+        }
         return {**keys, "sp": self.sp} if self.sp > 1 else keys
 
 
