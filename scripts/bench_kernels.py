@@ -21,7 +21,12 @@ from typing import Any
 IMPLEMENTATIONS = ("torch", "liger", "dr")
 
 
-def cases(small: bool) -> list[dict[str, Any]]:
+def cases(small: bool, gpu_check: bool = False) -> list[dict[str, Any]]:
+    if gpu_check:
+        # the GPU check's set (scripts/gpu_check.sh): the fused loss at three lengths and the norm
+        return [
+            {"op": "linear_ce", "tokens": t, "hidden": 5120, "vocab": 152064} for t in (8192, 32768, 131072)
+        ] + [{"op": "rms_norm", "tokens": 131072, "hidden": 5120}]
     if small:
         return [
             {"op": "linear_ce", "tokens": 256, "hidden": 64, "vocab": 1000},
@@ -184,6 +189,12 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="Small shapes (a smoke run).")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--markdown", default=None, help="Also write the table here.")
+    parser.add_argument("--json", default=None, help="Also write every result here (a JSON list).")
+    parser.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="The GPU check's cases: FLCE at 8K/32K/128K, RMSNorm at 128K.",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -197,7 +208,7 @@ def main() -> None:
         sys.exit("bench_kernels: the full shapes need a GPU; use --device cpu --small for a smoke run")
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     rows = []
-    for case in cases(args.small):
+    for case in cases(args.small, args.gpu_check):
         results = {}
         for impl in IMPLEMENTATIONS:
             spec = json.dumps({"case": case, "impl": impl, "device": device, "repeats": args.repeats})
@@ -231,6 +242,9 @@ def main() -> None:
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([{"case": case, "results": results} for case, results in rows], fh)
 
 
 if __name__ == "__main__":

@@ -93,9 +93,20 @@ def measure(variant: str, tokens: int, shape: str, device: str, steps: int) -> d
     except torch.OutOfMemoryError:
         return {"error": "out of memory"}
     times.sort()
-    result: dict[str, Any] = {"tokens_per_s": round(tokens / times[len(times) // 2], 1)}
+    tokens_per_s = tokens / times[len(times) // 2]
+    result: dict[str, Any] = {"tokens_per_s": round(tokens_per_s, 1)}
     if cuda:
+        from dr_train.trainer import PEAK_FLOPS
+
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        peak = next((f for n, f in PEAK_FLOPS.items() if n in torch.cuda.get_device_name()), None)
+        if peak:
+            # 6 FLOPs per parameter and token, plus causal attention's 6·layers·T·hidden per token (the
+            # recomputation of checkpointing not counted, as MFU is usually reported)
+            c = model.config
+            params = sum(p.numel() for p in model.parameters())
+            per_token = 6 * params + 6 * c.num_hidden_layers * tokens * c.hidden_size
+            result["mfu"] = round(tokens_per_s * per_token / peak, 4)
     return result
 
 
@@ -177,6 +188,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--zero3-7b", action="store_true", help="Also find the longest row for Qwen2.5-7B.")
     parser.add_argument("--markdown", default=None)
+    parser.add_argument("--json", default=None, help="Also write every result here (a JSON list).")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -197,8 +209,9 @@ def main() -> None:
         "| tokens | plain HF tok/s / GiB | HF + Liger tok/s / GiB | dr tok/s / GiB | dr vs Liger |",
         "|---:|---|---|---|---|",
     ]
+    collected = []
     for tokens in lengths:
-        results = {}
+        results: dict[str, Any] = {}
         for variant in VARIANTS:
             spec = {
                 "variant": variant,
@@ -217,6 +230,7 @@ def main() -> None:
         if "tokens_per_s" in results["liger"] and "tokens_per_s" in results["dr"]:
             ratio = f"{results['dr']['tokens_per_s'] / results['liger']['tokens_per_s']:.2f}×"
         lines.append(f"| {tokens} | {' | '.join(cells)} | {ratio} |")
+        collected.append({"tokens": tokens, "shape": shape, "results": results})
     if args.zero3_7b:
         lines += ["", "Qwen2.5-7B shape, ZeRO-3 with optimizer and parameter offload, one GPU:", ""]
         for tokens in (262144, 196608, 131072, 98304, 65536, 32768):
@@ -235,6 +249,9 @@ def main() -> None:
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(collected, fh)
 
 
 if __name__ == "__main__":
