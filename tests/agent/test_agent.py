@@ -205,7 +205,7 @@ def test_a_server_that_refuses_tools_gets_text_tool_calls_from_then_on(drb_index
     assert "--enable-auto-tool-choice --tool-call-parser hermes" in caplog.text
     # what was sent is text only: schemas in the system prompt, results as user turns, no tool roles
     sent = srv.requests[-1]["messages"]
-    assert "<tools>" in sent[0]["content"] and '"name":"search"' in sent[0]["content"]
+    assert "<tools>" in sent[0]["content"] and '"name": "search"' in sent[0]["content"]
     assert {m["role"] for m in sent} == {"system", "user", "assistant"}
     assert any("<tool_call>" in (m.get("content") or "") for m in sent if m["role"] == "assistant")
     # while the trajectory keeps the calls and results in their own shape, as training expects

@@ -17,21 +17,8 @@ from dr_agent.agent import AgentConfig, ResearchAgent
 from dr_agent.index import LocalIndex
 from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
-from support.asgi import free_port, free_ports
+from support.asgi import free_port, free_ports, wait_ok
 from support.tiny_model import tiny_qwen2
-
-
-def wait_ok(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited with {proc.returncode}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} not ready")
 
 
 def serve_command(model) -> list[str]:
@@ -170,3 +157,17 @@ def test_transformers_serve_hands_a_malformed_tool_call_to_the_agent_as_text(tmp
     tokenizer.response_template = None  # transformers' fallback for model_type qwen2
     with pytest.raises(ValueError, match="could not parse"):
         parse_assistant_message(tokenizer, model, generated, prompt)
+
+
+def test_a_random_model_that_never_calls_a_tool_stops_with_no_progress(served, drb_index):
+    llm = LLMClient(LLMConfig(base_url=served["engine"], model=served["model"], max_retries=1, backoff_s=0.1))
+    config = AgentConfig(max_steps=20, max_output_tokens=24, context_window=8192, temperature=0.0)
+    for mode in ("api", "text"):
+        trajectory = ResearchAgent(llm, LocalBackend(LocalIndex(drb_index)), None, config.model_copy(
+            update={"tool_mode": mode})).run("Who founded Velmora?")  # fmt: skip
+        assert trajectory.meta["tool_mode"] == mode
+        # nudged a few times, then stopped: not 20 steps of the same nothing
+        assert trajectory.stop_reason == "no_progress" and trajectory.steps <= 6, (
+            trajectory.stop_reason,
+            [m.content for m in trajectory.messages if m.role == "assistant"],
+        )

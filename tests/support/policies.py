@@ -63,8 +63,8 @@ def text_only(policy: Any) -> Any:
         for m in body["messages"]:
             content = m.get("content") or ""
             if m["role"] == "user" and content.startswith("<tool_response>"):
-                inner = content.removeprefix("<tool_response>\n").removesuffix("\n</tool_response>")
-                messages.append({"role": "tool", "content": inner})
+                for inner in re.findall(r"<tool_response>\n(.*?)\n</tool_response>", content, re.DOTALL):
+                    messages.append({"role": "tool", "content": inner})
             else:
                 messages.append(m)
         return as_text_calls(policy({**body, "messages": messages}))

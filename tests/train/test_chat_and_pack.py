@@ -152,3 +152,47 @@ def test_a_packed_row_gives_the_same_loss_and_gradients_as_its_documents_one_by_
     assert packed.item() == pytest.approx(separate.item(), rel=1e-5)
     for a, b in zip(packed_grads, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # fp32: summation order differs only
+
+
+def test_the_text_tool_convention_renders_to_the_same_tokens_as_the_tools_api(tiny):
+    """A server without the tools API gets the conversation as text (dr_core.tool_text); the tiny models'
+    template renders it to exactly the tokens it renders the conversation with `tools` to, so a model sees
+    the same thing either way."""
+    from dr_agent.tools import tool_schemas
+    from dr_core.llm import to_wire
+    from dr_core.tool_text import as_text_conversation
+
+    tokenizer, _ = tiny
+    tools = tool_schemas()
+    calls = [
+        ToolCall(id="a", name="search", arguments={"queries": ["Velmora", "Ada Quist"]}),
+        ToolCall(id="b", name="plan", arguments={"action": "create", "items": ["find it"]}),
+    ]
+    messages = [
+        Message(role="system", content="You research."),
+        Message(role="user", content="Who founded Velmora?"),
+        Message(role="assistant", content="Two things at once.", tool_calls=calls),
+        Message(
+            role="tool", tool_call_id="a", content="## Velmora\n[velmora] Velmora was founded by Ada Quist."
+        ),
+        Message(role="tool", tool_call_id="b", content="Plan:\n1. [ ] find it"),
+        Message(
+            role="assistant",
+            content=None,
+            tool_calls=[ToolCall(id="c", name="open", raw_arguments='{"ids": [velmora')],
+        ),
+        Message(role="tool", tool_call_id="c", content="not JSON"),
+        Message(role="user", content="You did not call a tool."),
+    ]
+    api = tokenizer.apply_chat_template(
+        [to_wire(m) for m in messages], tools=tools, tokenize=False, add_generation_prompt=True
+    )
+    text = as_text_conversation(messages, tools)
+    assert {m.role for m in text} == {"system", "user", "assistant"} and not any(m.tool_calls for m in text)
+    rendered = tokenizer.apply_chat_template(
+        [to_wire(m) for m in text], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == api
+    assert tokenizer(rendered)["input_ids"] == tokenizer(api)["input_ids"]
+    # consecutive results share one user turn, as Qwen2.5's template writes them
+    assert api.count("<|im_start|>user\n<tool_response>") == 2 and api.count("<tool_response>") == 3

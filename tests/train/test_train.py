@@ -97,7 +97,7 @@ def test_the_learning_rate_warms_up_then_decays_to_the_floor():
 
 
 def test_sft_on_a_tiny_model_lowers_the_loss(tmp_path):
-    model, tokenizer, data, config = setup_run(tmp_path, max_len=320, max_steps=30)
+    model, tokenizer, data, config = setup_run(tmp_path, max_len=576, max_steps=30)
     losses = []
     Trainer(model, tokenizer, data, config, on_step=lambda step, record: losses.append(record["loss"])).run()
     assert len(losses) == 30
@@ -122,7 +122,7 @@ def test_a_copy_drill_repeats_a_span_and_learns_only_the_repeat():
 
 def test_the_copy_warmup_runs_before_training_and_ends_once_copies_are_right(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "COPY_DOCS", 4)  # a short test: 4 drills a step
-    model, tokenizer, data, config = setup_run(tmp_path / "a", max_len=400, max_steps=3, copy_warmup=120)
+    model, tokenizer, data, config = setup_run(tmp_path / "a", max_len=656, max_steps=3, copy_warmup=120)
     Trainer(model, tokenizer, data, config).run()
     log = [json.loads(line) for line in (config.out / "copy_warmup.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [50, 100, 120]  # a tiny model copies nothing yet: all 120 steps
@@ -134,7 +134,7 @@ def test_the_copy_warmup_runs_before_training_and_ends_once_copies_are_right(tmp
     assert state["summary"]["copy_warmup"]["steps"] == 120
 
     monkeypatch.setattr(trainer_module, "COPY_TARGET", 0.0)  # reached at the first check
-    model, tokenizer, data, config = setup_run(tmp_path / "b", max_len=400, max_steps=1, copy_warmup=120)
+    model, tokenizer, data, config = setup_run(tmp_path / "b", max_len=656, max_steps=1, copy_warmup=120)
     Trainer(model, tokenizer, data, config).run()
     log = [json.loads(line) for line in (config.out / "copy_warmup.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [50]
@@ -159,7 +159,7 @@ def test_kernels_and_plain_hugging_face_train_the_same_steps(tmp_path):
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
-    model, tokenizer, data, config = setup_run(tmp_path / "whole", max_len=320, max_steps=7, save_every=3)
+    model, tokenizer, data, config = setup_run(tmp_path / "whole", max_len=576, max_steps=7, save_every=3)
     Trainer(model, tokenizer, data, config).run()
     uninterrupted = state_of(model)
 
@@ -170,7 +170,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
         if step == 5:
             raise Killed
 
-    model, tokenizer, data, config = setup_run(tmp_path / "killed", max_len=320, max_steps=7, save_every=3)
+    model, tokenizer, data, config = setup_run(tmp_path / "killed", max_len=576, max_steps=7, save_every=3)
     with pytest.raises(Killed):
         Trainer(model, tokenizer, data, config, on_step=kill_at_five).run()
     from dr_train import checkpoint

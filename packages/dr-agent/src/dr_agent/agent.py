@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, Field
 
 from dr_agent.fetch import Fetcher
@@ -21,6 +20,7 @@ from dr_agent.tools import Toolbox, tool_schemas
 from dr_core.errors import LLMError
 from dr_core.llm import LLMClient
 from dr_core.records import Message, Trajectory, Usage
+from dr_core.tool_text import as_text_conversation
 
 Event = dict[str, Any]
 
@@ -53,19 +53,6 @@ COMPACTED = (
     "[compacted to save context: this {name} result ({chars} characters) was removed; "
     "call it again if needed]"
 )
-TEXT_TOOLS = """
-
-# Tools
-
-No tools API is available here: call a tool by writing, anywhere in your reply, one block per call of the \
-form
-<tool_call>
-{{"name": "<tool name>", "arguments": {{<the arguments as a JSON object>}}}}
-</tool_call>
-Each result comes back inside <tool_response></tool_response>. The tools, as JSON schemas:
-<tools>
-{schemas}
-</tools>"""
 # A server that refuses the tools API answers HTTP 400 with one of these in its error (vLLM without
 # --enable-auto-tool-choice: '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser').
 TOOL_REFUSALS = (
@@ -461,35 +448,3 @@ class _Run:
             }
         )
         return trajectory
-
-
-def as_text_conversation(messages: list[Message], tools: list[dict[str, Any]]) -> list[Message]:
-    """The conversation for a server without the tools API, in the Hermes / Qwen2.5 convention: the tool
-    schemas in the system prompt, each assistant tool call as a <tool_call> block in its text, each tool
-    result as a user turn in <tool_response>. Any chat template renders it, since it is text only."""
-    schemas = "\n".join(orjson.dumps(tool).decode() for tool in tools)
-    out: list[Message] = []
-    for message in messages:
-        if message.role == "system":
-            out.append(
-                Message(role="system", content=(message.content or "") + TEXT_TOOLS.format(schemas=schemas))
-            )
-        elif message.role == "assistant" and message.tool_calls:
-            blocks = [
-                "<tool_call>\n"
-                + orjson.dumps(
-                    {"name": c.name, "arguments": c.arguments if c.raw_arguments is None else c.raw_arguments}
-                ).decode()
-                + "\n</tool_call>"
-                for c in message.tool_calls
-            ]
-            out.append(Message(role="assistant", content="\n".join(filter(None, [message.content, *blocks]))))
-        elif message.role == "tool":
-            out.append(
-                Message(role="user", content=f"<tool_response>\n{message.content or ''}\n</tool_response>")
-            )
-        else:
-            out.append(message)
-    if not any(m.role == "system" for m in out):
-        out.insert(0, Message(role="system", content=TEXT_TOOLS.format(schemas=schemas).lstrip()))
-    return out

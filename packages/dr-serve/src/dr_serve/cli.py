@@ -81,7 +81,10 @@ class Supervisor:
 
 
 def serve(
-    model: Annotated[str | None, typer.Argument(help="A Hugging Face folder (or hub name) to serve.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(help="A Hugging Face folder, a hub name, or a model a package ships (smollm2-135m)."),
+    ] = None,
     engine: Annotated[
         str, typer.Option(help="auto (vLLM if installed), vllm, transformers, or none (API only).")
     ] = "auto",
@@ -172,6 +175,9 @@ def serve(
         rope = json.loads(rope_scaling) if rope_scaling else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--rope-scaling: not JSON ({exc})") from None
+    from dr_core.models import resolve
+
+    model = resolve(model)  # a model a package ships (smollm2-135m): its converted folder
     spec = EngineSpec(
         model=model,
         engine=engine,

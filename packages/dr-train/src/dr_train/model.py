@@ -98,7 +98,10 @@ def apply_rope(config: Any, rope: RopeSettings) -> None:
 
 
 def is_checkpoint(spec: str) -> bool:
-    return (Path(spec) / "config.json").is_file()
+    """A Hugging Face folder, or the name of a model a package ships (dr_core.models.NAMED)."""
+    from dr_core.models import NAMED
+
+    return spec in NAMED or (Path(spec) / "config.json").is_file()
 
 
 def load_tokenizer(spec: str) -> Any:
@@ -119,6 +122,8 @@ def load_tokenizer(spec: str) -> Any:
 def _config_for(spec: str) -> Any:
     from transformers import AutoConfig, Qwen2Config
 
+    from dr_core.models import NAMED
+
     if spec.startswith("tiny:"):
         name = spec.removeprefix("tiny:")
         if name not in TINY:
@@ -133,8 +138,9 @@ def _config_for(spec: str) -> Any:
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"--model {spec}: not a transformers config ({exc})") from None
     raise InputError(
-        f"--model {spec!r}: give a local Hugging Face folder (with config.json), a config JSON file, or "
-        f"a tiny model ({', '.join('tiny:' + n for n in TINY)}); nothing is downloaded"
+        f"--model {spec!r}: give a local Hugging Face folder (with config.json), a config JSON file, a "
+        f"model a package ships ({', '.join(NAMED)}), or a tiny model "
+        f"({', '.join('tiny:' + n for n in TINY)}); nothing is downloaded"
     )
 
 
@@ -151,8 +157,10 @@ def build(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
+    from dr_core.models import resolve
     from dr_train.tiny import train_tokenizer
 
+    spec = resolve(spec)  # a named model (smollm2-135m): its converted folder
     if is_checkpoint(spec):
         tokenizer = load_tokenizer(tokenizer_spec or spec)
         config = AutoConfig.from_pretrained(spec)

@@ -8,54 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# ChatML with Hermes-style tool calls, as Qwen2.5 writes them.
-CHAT_TEMPLATE = """\
-{%- set system = messages[0].content if messages and messages[0].role == 'system' else '' %}
-{%- if tools %}<|im_start|>system
-{{ system }}
+from dr_core.tool_text import CHATML_TOOLS_TEMPLATE, RAW_RESPONSE_TEMPLATE
 
-# Tools
-<tools>
-{%- for tool in tools %}
-{{ tool | tojson }}
-{%- endfor %}
-</tools>
-Call a function by writing <tool_call>{"name": ..., "arguments": {...}}</tool_call>.<|im_end|>
-{% elif system %}<|im_start|>system
-{{ system }}<|im_end|>
-{% endif %}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- elif message.role == 'tool' %}<|im_start|>user
-<tool_response>
-{{ message.content }}
-</tool_response><|im_end|>
-{% elif message.role == 'assistant' %}<|im_start|>assistant
-{% if message.content %}{{ message.content }}{% endif %}
-{%- for call in message.tool_calls or [] %}
-<tool_call>
-{%- set args = call.function.arguments %}
-{"name": "{{ call.function.name }}", "arguments": {{ args if args is string else args | tojson }}}
-</tool_call>
-{%- endfor %}<|im_end|>
-{% else %}<|im_start|>{{ message.role }}
-{{ message.content }}<|im_end|>
-{% endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
+# The chat template and the way `transformers serve` reads replies: ChatML with Hermes tool calls.
+CHAT_TEMPLATE = CHATML_TOOLS_TEMPLATE
+RESPONSE_TEMPLATE = RAW_RESPONSE_TEMPLATE
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-# How `transformers serve` reads a reply: the text up to <|im_end|>, as it was written. Without it the
-# server falls back to Qwen2's template, whose tool-call parser fails the whole request (HTTP 500) when a
-# small model writes a malformed <tool_call>; with it the agent's own parser reads the calls and sends a
-# malformed one back to the model as an error it can correct.
-RESPONSE_TEMPLATE = {
-    "defaults": {"role": "assistant"},
-    "start_anchor": "<|im_start|>assistant\n",
-    "fields": {"content": {"close_pattern": r"\s*(?:<\|im_end\|>|<\|endoftext\|>)", "content": "text"}},
-}
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 400):
