@@ -124,6 +124,7 @@ def test_skip_writes_rejects_beside_the_output(tmp_path):
     ]
     assert [(r["line"], r["raw"]) for r in rejects] == [(2, "{broken")]
     assert b"1 records rejected; kept with their errors in" in result.stderr
+    assert result.stderr.count(b"rejects.jsonl") == 1  # said once, not by the reader and the pipe both
 
 
 def test_bad_choice_for_on_error_is_a_usage_error(tmp_path):
