@@ -140,3 +140,39 @@ def test_research_tasks_need_a_judge_model_and_are_scored_by_it(tmp_path, drb_in
     summary = json.loads(result.stdout)
     assert summary["score"]["mean"] == 0.5 and summary["categories"] == {"cat": {"n": 2, "mean": 0.5}}
     assert len(judge_srv.requests) == 2 and all(b["model"] == "judge" for b in judge_srv.requests)
+
+
+def test_every_run_records_what_decides_its_score_and_comparisons_warn_when_it_differs(tmp_path, drb_index):
+    suite = deep_search_suite(tmp_path / "suite.jsonl", 3)
+    runs = {}
+    with scripted_server(answering_policy()) as srv:
+        base = [*DR, "bench", "run", "--suite", str(suite), "--base-url", srv.url, "--index", str(drb_index)]
+        for name, extra in (
+            ("a", []),
+            ("b", ["--model", "other"]),
+            ("c", ["--max-steps", "7", "--tool-mode", "text"]),
+        ):
+            result = subprocess.run([*base, "-o", str(tmp_path / name), *extra], capture_output=True)
+            assert result.returncode == 0, result.stderr
+            runs[name] = json.loads((tmp_path / name / "summary.json").read_text())["fingerprint"]
+    a = runs["a"]
+    assert {"model", "chat_template", "system_prompt", "tools", "tool_mode", "agent", "search", "index",
+            "judge", "judge_prompts", "digest"} <= set(a)  # fmt: skip
+    assert a["search"] == "LocalBackend" and a["judge"] == "deterministic" and a["tool_mode"] == "auto"
+    # another model alone is what a comparison is for: same digest, no warning
+    assert runs["b"]["model"] == "other" and runs["b"]["digest"] == a["digest"]
+    same = subprocess.run(
+        [*DR, "bench", "compare", str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True
+    )
+    assert same.returncode == 0 and b"not set up alike" not in same.stderr
+    assert "setup_differences" not in json.loads(same.stdout)
+    # other agent budgets and tool mode: both commands say so, naming the entries
+    assert runs["c"]["digest"] != a["digest"]
+    for command in ("compare", "report"):
+        result = subprocess.run(
+            [*DR, "bench", command, str(tmp_path / "a"), str(tmp_path / "c")], capture_output=True
+        )
+        assert result.returncode == 0, result.stderr
+        stderr = result.stderr.decode()
+        assert "not set up alike" in stderr and "agent: " in stderr and "tool_mode: " in stderr
+        assert "index: " not in stderr and "judge: " not in stderr

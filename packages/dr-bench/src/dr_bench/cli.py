@@ -131,6 +131,8 @@ def report(
     from dr_bench import report as reports
 
     summaries = [reports.summarize(run) for run in runs]
+    if len(runs) > 1:
+        reports.warn_if_setups_differ(runs)
     reports.print_table(summaries)
     if markdown is not None:
         markdown.write_text(reports.markdown(summaries))
@@ -161,6 +163,9 @@ def compare(
 
     if len(runs) < 2:
         raise InputError("compare needs at least two runs")
+    from dr_bench.report import warn_if_setups_differ
+
+    warnings = warn_if_setups_differ(runs)
     scores = [{j.task_id or j.target_id: j.score for j in load_judgments(run)} for run in runs]
     names = [str(run) for run in runs]
     pairs = []
@@ -169,6 +174,8 @@ def compare(
             pairs.append({"a": names[i], "b": names[j], **pairwise(scores[i], scores[j], margin)})
     rated = ratings(scores, margin, resamples)
     result = {"pairs": pairs, "ratings": [{"run": n, **r} for n, r in zip(names, rated, strict=True)]}
+    if warnings:
+        result["setup_differences"] = warnings
     from rich.table import Table
 
     table = Table(title="pairwise (A vs B)")

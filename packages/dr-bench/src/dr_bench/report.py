@@ -20,10 +20,37 @@ def load_judgments(run: Path) -> list[Judgment]:
     return list(read_records(str(path), Judgment))
 
 
+def load_fingerprint(run: Path) -> dict[str, Any] | None:
+    """The fingerprint `dr bench run` recorded in the run's summary.json, if any."""
+    import orjson
+
+    path = run / "summary.json" if run.is_dir() else run.parent / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        return orjson.loads(path.read_bytes()).get("fingerprint")
+    except orjson.JSONDecodeError:
+        return None
+
+
+def warn_if_setups_differ(runs: list[Path]) -> list[str]:
+    """Warn (stderr) when runs differ in what decides a score besides the model; the lines said."""
+    from dr_bench.fingerprint import differences
+    from dr_core.log import logger
+
+    lines = differences({str(run): load_fingerprint(run) for run in runs})
+    for line in lines:
+        logger.warning("these runs were not set up alike, so their scores may not compare: %s", line)
+    return lines
+
+
 def summarize(run: Path, seed: int = 0) -> dict[str, Any]:
     """Scores and costs of one run folder (or judgments file)."""
     judgments = load_judgments(run)
     summary: dict[str, Any] = {"run": str(run), "n": len(judgments)}
+    fingerprint = load_fingerprint(run)
+    if fingerprint is not None:
+        summary["fingerprint"] = fingerprint
     if not judgments:
         return summary
     scores = [j.score for j in judgments]

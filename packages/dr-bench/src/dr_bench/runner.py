@@ -35,9 +35,15 @@ def run_suite(
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run and judge every task; returns the summary (also written to out/summary.json)."""
+    from dr_bench.fingerprint import differences, fingerprint
     from dr_bench.report import summarize
 
     out.mkdir(parents=True, exist_ok=True)
+    now = fingerprint(agent, judge)
+    if resume and (out / SUMMARY).is_file():
+        before = orjson.loads((out / SUMMARY).read_bytes()).get("fingerprint")
+        for line in differences({"before": before, "now": now}):
+            logger.warning("--resume: this run's setup differs from the one it continues: %s", line)
     by_id = {task.id: task for task in tasks}
     traj_writer = RecordWriter(
         out / TRAJECTORIES, resume=resume, key=lambda r: r.get("task_id"), flush_interval_s=0
@@ -74,6 +80,7 @@ def run_suite(
             judg_writer.write(judgment)
     summary = summarize(out)
     summary["failed"] = len(failures)
+    summary["fingerprint"] = now
     (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     if failures:
         shown = "; ".join(failures[:3])
