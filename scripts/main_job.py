@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from dr_core.models import resolve as resolve_model
 from dr_core.proc import child_of_this_process, free_port
 
 DR = [sys.executable, "-m", "dr_cli.main"]
@@ -119,8 +120,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/main"))
     parser.add_argument("--quick", action="store_true", help="A small world and short training (CI).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--base-model", default=None, help="A Hugging Face folder to start from (default: "
-                        "a tiny Qwen2 trained from scratch).")  # fmt: skip
+    parser.add_argument("--base-model", default=None, help="A Hugging Face folder, or smollm2-135m, to start "
+                        "from (default: a tiny Qwen2 trained from scratch).")  # fmt: skip
     parser.add_argument("--tiny", default="tiny:qwen2-mini", help="The from-scratch shape.")
     parser.add_argument("--teacher", default="oracle", choices=["oracle", "endpoint"])
     parser.add_argument("--teacher-base-url", default=None)
@@ -211,7 +212,8 @@ def main() -> None:
         run("data", "world", "-o", mid_world, "--seed", str(args.seed + 1000),
             "--entities", str(args.midtrain_entities), "--tasks", "10")  # fmt: skip
     mid_data = [mid_world / "corpus.jsonl", sft_data]
-    base = Path(args.base_model) if args.base_model else out / "models" / "base"
+    # a model a package ships (--base-model smollm2-135m) is its converted folder (dr_core.models)
+    base = Path(resolve_model(args.base_model)) if args.base_model else out / "models" / "base"
     if not args.base_model and not (base / "trainer_state.json").exists():
         # the untrained model: random weights and a tokenizer learnt from the training text, zero steps
         run("train", "midtrain", *mid_data, "--model", args.tiny, "-o", base, "--max-steps", "0",
