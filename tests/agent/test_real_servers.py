@@ -21,13 +21,9 @@ from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Task
 from support.asgi import free_port, wait_ok
+from support.taught import taught_world
 
 DR = [sys.executable, "-m", "dr_cli.main"]
-
-
-def dr(*args) -> None:
-    result = subprocess.run([*DR, *map(str, args)], capture_output=True, timeout=600)
-    assert result.returncode == 0, result.stderr.decode()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -35,29 +31,7 @@ def taught(tmp_path_factory):
     """Two 1-hop world tasks, their index, and a tiny model that learnt their oracle trajectories by heart,
     served by `dr serve --engine transformers` on the CPU."""
     root = tmp_path_factory.mktemp("real")
-    dr(
-        "data",
-        "world",
-        "-o",
-        root / "world",
-        "--entities",
-        "40",
-        "--tasks",
-        "24",
-        "--max-hops",
-        "1",
-        "--seed",
-        "3",
-    )
-    dr("data", "index", root / "world" / "corpus.jsonl", "-i", root / "index")
-    tasks = root / "tasks.jsonl"
-    tasks.write_text("".join((root / "world" / "train.jsonl").read_text().splitlines(keepends=True)[:2]))
-    dr("data", "trajectories", tasks, "--index", root / "index", "-o", root / "traj.jsonl")
-    (root / "traj8.jsonl").write_text((root / "traj.jsonl").read_text() * 8)
-    dr(
-        "train", "sft", root / "traj8.jsonl", "--model", "tiny:qwen2", "-o", root / "sft", "--max-len", "4096",
-        "--max-steps", "300", "--lr", "3e-3", "--warmup", "5", "--vocab-size", "1024", "--no-grad-ckpt",
-    )  # fmt: skip
+    tasks = taught_world(root)
     port = free_port()
     cmd = [
         *DR,

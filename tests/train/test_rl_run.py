@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from support.taught import taught_world
+
 DR = [sys.executable, "-m", "dr_cli.main"]
 
 
@@ -24,30 +26,7 @@ def small_world(tmp_path_factory):
     """Two 1-hop world tasks and a tiny model that learnt their oracle trajectories by heart, so its
     rollouts call the tools the way the teacher did."""
     root = tmp_path_factory.mktemp("rl")
-    dr(
-        "data",
-        "world",
-        "-o",
-        root / "world",
-        "--entities",
-        "40",
-        "--tasks",
-        "24",
-        "--max-hops",
-        "1",
-        "--seed",
-        "3",
-    )
-    dr("data", "index", root / "world" / "corpus.jsonl", "-i", root / "index")
-    tasks = root / "tasks.jsonl"
-    tasks.write_text("".join((root / "world" / "train.jsonl").read_text().splitlines(keepends=True)[:2]))
-    dr("data", "trajectories", tasks, "--index", root / "index", "-o", root / "traj.jsonl")
-    (root / "traj8.jsonl").write_text((root / "traj.jsonl").read_text() * 8)
-    dr(
-        "train", "sft", root / "traj8.jsonl", "--model", "tiny:qwen2", "-o", root / "sft",
-        "--max-len", "4096", "--max-steps", "300", "--lr", "3e-3", "--warmup", "5", "--vocab-size", "1024",
-        "--no-grad-ckpt",
-    )  # fmt: skip
+    tasks = taught_world(root)
     return root, tasks
 
 
