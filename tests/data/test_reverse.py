@@ -87,7 +87,7 @@ def test_teacher_mode_prompt_parsing_retries_and_language(tmp_path):
         and [s.title for s in plan.steps] == ["界定中产", "估算人数"]
     )
     assert [(c.weight, c.polarity) for c in plan.checklist] == [(3.0, "positive"), (2.0, "negative")]
-    assert plan.meta["teacher"] == "teacher"
+    assert plan.meta["teacher"] == "teacher" and plan.meta["teacher_attempts"] == 4
 
 
 def test_teacher_that_never_complies_is_an_error():
@@ -115,3 +115,29 @@ def test_teacher_mode_from_the_command_line(tmp_path):
         result = subprocess.run(cmd, capture_output=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["query"] == GOOD_ZH["query"]
+
+
+def test_a_report_the_teacher_never_gets_right_goes_to_the_rejects_and_the_run_goes_on(tmp_path):
+    second = REPORT_ZH.model_copy(update={"id": "other", "text": REPORT_ZH.text + "\n[second]"})
+    src = tmp_path / "reports.jsonl"
+    src.write_text(REPORT_ZH.to_json().decode() + "\n" + second.to_json().decode() + "\n")
+
+    def policy(body):  # the first report: unusable every time; the second: right after one send-back
+        sent_back = len(body["messages"]) > 2
+        right = sent_back and body["messages"][1]["content"].endswith("[second]")
+        return Reply(content=json.dumps(GOOD_ZH) if right else "no JSON here")
+
+    out = tmp_path / "plans.jsonl"
+    with scripted_server(policy) as srv:
+        result = subprocess.run(
+            [*DR, "data", "reverse", str(src), "--teacher", "endpoint", "--base-url", srv.url, "--model", "t",
+             "-o", str(out), "--concurrency", "1"],
+            capture_output=True,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plans = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["report_id"] for p in plans] == ["other"] and plans[0]["meta"]["teacher_attempts"] == 2
+    rejects = [json.loads(line) for line in (tmp_path / "plans.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 1 and "no usable reply after 3 tries" in rejects[0]["error"]
+    assert b"1 plans passed validation (1 after a send-back); 1 reports refused" in result.stderr
+    assert b"sent back for correction (1 of 2)" in result.stderr

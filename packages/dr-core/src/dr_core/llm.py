@@ -419,14 +419,24 @@ def chat_json(
 ) -> T:
     """Ask for structured output; a reply `validate` rejects (ValueError) is sent back with the reason, up to
     `retries` times; then LLMError. `validate` turns the reply text into the caller's value."""
+    from dr_core.log import logger
+
     conversation = list(messages)
     problem = ""
-    for _ in range(retries + 1):
+    for attempt in range(retries + 1):
         reply = client.chat(conversation, **params).message
         try:
             return validate(reply.content)
         except ValueError as exc:
             problem = str(exc)
+            if attempt < retries:
+                logger.info(
+                    "%s: reply not usable (%s); sent back for correction (%d of %d)",
+                    client.config.model,
+                    problem,
+                    attempt + 1,
+                    retries,
+                )
             conversation += [
                 Message(role="assistant", content=reply.content or ""),
                 Message(

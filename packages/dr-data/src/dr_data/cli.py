@@ -164,8 +164,9 @@ def reverse(
     from contextlib import ExitStack
 
     from dr_core.concurrency import ordered_map
-    from dr_core.errors import InputError
+    from dr_core.errors import InputError, LLMError
     from dr_core.jsonl import RecordWriter
+    from dr_core.log import logger
     from dr_core.pipe import Pipe
     from dr_data.reverse import as_report, planning_example, reverse_with_teacher, reverse_without_teacher
 
@@ -182,7 +183,10 @@ def reverse(
         threads = client.config.concurrency
 
         def work(report):  # type: ignore[no-untyped-def]
-            return reverse_with_teacher(report, client)
+            try:
+                return reverse_with_teacher(report, client)
+            except LLMError as exc:  # no usable plan after the send-backs: a reject, not the end of the run
+                return exc
 
     with ExitStack() as stack:
         pipe = stack.enter_context(
@@ -197,10 +201,24 @@ def reverse(
         )
         example_writer = stack.enter_context(RecordWriter(examples, resume=resume)) if examples else None
         reports = pipe.records(adapt=as_report, description="reversing")
-        for plan in ordered_map(work, reports, threads):
+        counts = {"plans": 0, "sent_back": 0, "refused": 0}
+        for report, plan in ordered_map(lambda r: (r, work(r)), reports, threads):
+            if isinstance(plan, LLMError):
+                counts["refused"] += 1
+                source = str((inputs or ["-"])[0])
+                pipe.rejects.add(source, 0, f"report {report.id}: {plan}", report.to_json())
+                continue
+            counts["plans"] += 1
+            counts["sent_back"] += int(plan.meta.get("teacher_attempts", 1) > 1)
             pipe.write(plan)
             if example_writer is not None:
                 example_writer.write(planning_example(plan))
+    if teacher == "endpoint":
+        logger.info(
+            "reverse: %(plans)d plans passed validation (%(sent_back)d after a send-back); %(refused)d "
+            "reports refused after the send-backs (in the rejects file)",
+            counts,
+        )
 
 
 @app.command()

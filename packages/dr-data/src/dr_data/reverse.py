@@ -170,7 +170,14 @@ def reverse_with_teacher(
         Message(role="system", content=TEACHER_SYSTEM),
         Message(role="user", content=f"# Report\n\n{text}"),
     ]
-    obj = chat_json(teacher, messages, lambda c: parse_teacher_plan(c, lang), retries=retries, temperature=0)
+    attempts = 0
+
+    def validate(content: str | None) -> dict[str, Any]:
+        nonlocal attempts
+        attempts += 1
+        return parse_teacher_plan(content, lang)
+
+    obj = chat_json(teacher, messages, validate, retries=retries, temperature=0)
     steps = [
         PlanStep(
             title=str(s["title"]),
@@ -194,7 +201,8 @@ def reverse_with_teacher(
         checklist=checklist,
         report_id=report.id,
         language=lang,
-        meta={**report.meta, "teacher": teacher.config.model},
+        # attempts > 1: the teacher's first replies were sent back before one passed validation
+        meta={**report.meta, "teacher": teacher.config.model, "teacher_attempts": attempts},
     )
 
 

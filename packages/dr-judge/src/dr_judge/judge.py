@@ -61,6 +61,9 @@ class JudgeConfig(BaseModel):
     votes: int = Field(1, ge=1, description="Self-consistency: calls per item, majority verdict.")
     temperature: float = Field(0.0, ge=0)
     parse_retries: int = Field(2, ge=0, description="Times an unusable reply is sent back for correction.")
+    max_output_tokens: int | None = Field(
+        None, ge=16, description="Tokens per judge reply [default: the server's own limit]."
+    )
     max_response_chars: int = Field(60000, ge=1000, description="Longer responses are cut, with a note.")
     llm_fallback: bool = Field(
         True, description="Ask the model when an exact answer does not match literally."
@@ -135,6 +138,8 @@ class ChecklistJudge:
             raise JudgeError("this needs a judge model: give --judge-base-url/--judge-model (DR_JUDGE_LLM_*)")
         messages = [Message(role="system", content=system), Message(role="user", content=user)]
         params: dict[str, Any] = {"temperature": self.config.temperature}
+        if self.config.max_output_tokens is not None:
+            params["max_tokens"] = self.config.max_output_tokens
         if seed is not None:
             params["seed"] = seed
         try:
