@@ -246,3 +246,13 @@ def test_a_model_that_repeats_itself_without_tools_stops_with_no_progress(drb_in
     with scripted_server(script) as srv:
         trajectory = agent_for(srv.url, drb_index, max_steps=30).run("q")
     assert trajectory.stop_reason == "no_progress" and trajectory.steps == 6
+
+
+def test_a_400_that_is_not_about_tools_is_an_error_not_a_switch_to_text(drb_index):
+    overflow = (
+        '{"error": {"message": "maximum context length is 8192 tokens; you requested 9000 (tools included)"}}'
+    )
+    with scripted_server([Reply(status=400, error_body=overflow)]) as srv:
+        trajectory = agent_for(srv.url, drb_index).run("q")
+    assert trajectory.stop_reason == "error" and "maximum context length" in trajectory.meta["error"]
+    assert trajectory.meta["tool_mode"] == "api" and len(srv.requests) == 1

@@ -60,8 +60,9 @@ TOOL_REFUSALS = (
     "tool_choice",
     "tool-call-parser",
     "tool call parser",
-    "tools",
-    "function call",
+    "does not support tools",
+    "tools are not supported",
+    "tool calling is not supported",
 )
 NO_PROGRESS_REPEATS = 3  # the same reply without a tool call this many times in a row ends the run
 NO_PROGRESS_IDLE = 6  # ... and so do this many replies in a row without one, whatever they say
@@ -151,9 +152,10 @@ class ResearchAgent:
             from dr_core.log import logger
 
             logger.warning(
-                "%s refuses the tools API (%s); the agent writes <tool_call> text instead for the rest of "
-                "this run. To use the API, start vLLM with --enable-auto-tool-choice --tool-call-parser "
-                "hermes (or the parser of the model family); --tool-mode text skips this request.",
+                "%s refuses the tools API (%s); the agent writes <tool_call> text to it instead from now "
+                "on (this process). To use the API, start vLLM with --enable-auto-tool-choice "
+                "--tool-call-parser hermes (or the parser of the model family); --tool-mode text skips "
+                "this request.",
                 self.endpoint[0],
                 str(error)[-200:],
             )
