@@ -64,6 +64,14 @@ TOOL_REFUSALS = (
     "tools are not supported",
     "tool calling is not supported",
 )
+
+
+def refuses_tools(error: LLMError) -> bool:
+    """Whether `error` is a server refusing the tools API (HTTP 400 about tool choice or parsing)."""
+    text = str(error).lower()
+    return error.status == 400 and any(marker in text for marker in TOOL_REFUSALS)
+
+
 NO_PROGRESS_REPEATS = 3  # the same reply without a tool call this many times in a row ends the run
 NO_PROGRESS_IDLE = 6  # ... and so do this many replies in a row without one, whatever they say
 
@@ -140,10 +148,7 @@ class ResearchAgent:
     def fall_back_to_text(self, error: LLMError) -> bool:
         """With tool_mode auto, whether `error` is a server refusing the tools API; if so, remember it for
         this endpoint (said once on stderr) and return True so the request is sent again as text."""
-        if self.config.tool_mode != "auto" or error.status != 400:
-            return False
-        text = str(error).lower()
-        if not any(marker in text for marker in TOOL_REFUSALS):
+        if self.config.tool_mode != "auto" or not refuses_tools(error):
             return False
         with _text_endpoints_lock:
             first = self.endpoint not in _text_endpoints
@@ -311,9 +316,9 @@ class _Run:
                 final = self._step()
             except LLMError as exc:
                 stop, error = "error", str(exc)
-                if self.agent.config.tool_mode == "api" and exc.status == 400:
+                if self.agent.config.tool_mode == "api" and refuses_tools(exc):
                     error += (
-                        " (if the server does not take the tools API: start vLLM with"
+                        " (the server does not take the tools API: start vLLM with"
                         " --enable-auto-tool-choice --tool-call-parser hermes, or run with --tool-mode text)"
                     )
                 break

@@ -36,13 +36,12 @@ def run_suite(
 ) -> dict[str, Any]:
     """Run and judge every task; returns the summary (also written to out/summary.json)."""
     from dr_bench.fingerprint import differences, fingerprint
-    from dr_bench.report import summarize
+    from dr_bench.report import load_fingerprint, summarize
 
     out.mkdir(parents=True, exist_ok=True)
     now = fingerprint(agent, judge)
     if resume and (out / SUMMARY).is_file():
-        before = orjson.loads((out / SUMMARY).read_bytes()).get("fingerprint")
-        for line in differences({"before": before, "now": now}):
+        for line in differences({"before": load_fingerprint(out), "now": now}):
             logger.warning("--resume: this run's setup differs from the one it continues: %s", line)
     by_id = {task.id: task for task in tasks}
     traj_writer = RecordWriter(

@@ -114,10 +114,8 @@ def _convert(name: str, named: Named, folder: Path) -> None:
         licence = None
     if licence:
         (work / "LICENSE").write_text(licence)
-    digest = hashlib.sha256()
     with open(source, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(fh, "sha256")
     stamp = {
         "name": name,
         "format": FORMAT,

@@ -119,10 +119,9 @@ class _BodyLimit:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = JSONResponse({"error": f"request body over {self.limit} bytes"}, status_code=413)
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            return await too_large(scope, receive, send)
+            return await self._too_large(scope, receive, send)
         seen = 0
         over = False
 
@@ -143,7 +142,12 @@ class _BodyLimit:
 
         await self.app(scope, counted, guarded)
         if over:
-            await too_large(scope, receive, send)
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await JSONResponse({"error": f"request body over {self.limit} bytes"}, status_code=413)(
+            scope, receive, send
+        )
 
 
 def create_app(agent: Any, config: ApiConfig | None = None) -> FastAPI:

@@ -159,7 +159,7 @@ def serve(
         if api_key:
             raise InputError("give the research API's key once: --api-key or --api-key-file")
         try:
-            api_key = api_key_file.read_text().splitlines()[0].strip() if api_key_file.stat().st_size else ""
+            api_key = (api_key_file.read_text().splitlines() or [""])[0].strip()
         except OSError as exc:
             raise InputError(f"--api-key-file {api_key_file}: {exc.strerror}") from None
         if not api_key:
