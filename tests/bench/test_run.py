@@ -176,3 +176,17 @@ def test_every_run_records_what_decides_its_score_and_comparisons_warn_when_it_d
         stderr = result.stderr.decode()
         assert "not set up alike" in stderr and "agent: " in stderr and "tool_mode: " in stderr
         assert "index: " not in stderr and "judge: " not in stderr
+
+
+def test_resume_over_a_torn_summary_warns_and_finishes(tmp_path, drb_index):
+    suite = deep_search_suite(tmp_path / "suite.jsonl", 2)
+    run = tmp_path / "run"
+    with scripted_server(answering_policy()) as srv:
+        cmd = [*DR, "bench", "run", "--suite", str(suite), "-o", str(run), "--base-url", srv.url]
+        cmd += ["--index", str(drb_index)]
+        assert subprocess.run(cmd, capture_output=True).returncode == 0
+        (run / "summary.json").write_text('{"n": 2, "fingerprint": {"mod')  # the disk filled up mid-write
+        resumed = subprocess.run([*cmd, "--resume"], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert b"setup differs from the one it continues: no fingerprint" in resumed.stderr
+    assert json.loads((run / "summary.json").read_text())["fingerprint"]["search"] == "LocalBackend"
