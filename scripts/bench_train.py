@@ -40,7 +40,7 @@ def measure(variant: str, tokens: int, shape: str, device: str, steps: int) -> d
     import torch
 
     from dr_train.pack import Row
-    from dr_train.trainer import row_tensors, token_losses
+    from dr_train.rows import row_tensors, token_losses
 
     cuda = device == "cuda"
     attention = "sdpa" if tokens <= 32768 else "flex_attention"
@@ -124,12 +124,13 @@ def measure_zero3(tokens: int, shape: str, steps: int) -> dict[str, Any]:
     import deepspeed
 
     from dr_kernels import patch
-    from dr_train.distributed import deepspeed_config
+    from dr_train.engine import DeepSpeedSettings, OptimSettings
     from dr_train.pack import Row
-    from dr_train.trainer import row_tensors, token_losses
+    from dr_train.rows import row_tensors, token_losses
 
     deepspeed.init_distributed(dist_backend="nccl")
-    config = deepspeed_config(3, True, None, 1, 1, 1.0, True, 1e-5, (0.9, 0.95), 0.0)
+    optim = OptimSettings(lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, clip=1.0)
+    config = DeepSpeedSettings(zero=3, offload=True).config(optim, micro_steps=1, world=1, bf16=True)
     with deepspeed.zero.Init(config_dict_or_path=config):
         model = build(shape, "cpu", "sdpa")
     patch(model)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: set up what is missing, lint, then run the tests in parallel.
+# The test command: set up what is missing, lint, type-check, then run the tests in parallel.
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh tests/core -x   # extra arguments go to pytest
 set -euo pipefail
@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/python -m mypy  # packages/, kernels/ and cli/, as pyproject.toml's [tool.mypy] says
 exec .venv/bin/python -m pytest -n auto "$@"

@@ -146,3 +146,6 @@ def test_failed_tasks_are_kept_aside_with_skip_and_rerun_on_resume(drb_index, tm
         and "task bad" in rejects[0]["error"]
         and json.loads(rejects[0]["raw"])["id"] == "bad"
     )
+    # the line the task was read from, as it was (not line 0 and a re-serialized record)
+    assert rejects[0]["file"] == str(tasks) and rejects[0]["line"] == 2
+    assert rejects[0]["raw"] == tasks.read_text().splitlines()[1]

@@ -22,8 +22,11 @@ def assistant(call_id, name, arguments):
     }
 
 
-def tool(call_id, content):
-    return {"role": "tool", "tool_call_id": call_id, "content": content}
+def tool(call_id, content, listed=None, opened=None):
+    message = {"role": "tool", "tool_call_id": call_id, "content": content}
+    if listed is not None or opened is not None:  # the ids the agent records beside the text
+        message["ids"] = {"listed": listed or [], "opened": opened or []}
+    return message
 
 
 def test_each_hop_is_named_listed_and_opened_only_by_the_tool_that_does_it(tmp_path):
@@ -38,13 +41,19 @@ def test_each_hop_is_named_listed_and_opened_only_by_the_tool_that_does_it(tmp_p
         {"role": "user", "content": "Who employs Aldo Verin?"},
         # any case counts as naming the entity; the search lists only the first hop's document
         assistant("c1", "search", {"queries": ["aldo verin employer"]}),
-        tool("c1", "## aldo verin employer\n[aldo-verin] Aldo Verin\n    works at ..."),
+        tool(
+            "c1", "## aldo verin employer\n[aldo-verin] Aldo Verin\n    works at ...", listed=["aldo-verin"]
+        ),
         # the page mentions the second document's id on a line of its own: not a search result
         assistant("c2", "open", {"ids": ["aldo-verin"]}),
-        tool("c2", "# [aldo-verin] Aldo Verin\nHe works at Korrin Works.\n[korrin-works] see also"),
+        tool(
+            "c2",
+            "# [aldo-verin] Aldo Verin\nHe works at Korrin Works.\n[korrin-works] see also",
+            opened=["aldo-verin"],
+        ),
         # a failed open is not an opened document, and an answer's text names no search
         assistant("c3", "open", {"ids": ["korrin-works-typo"]}),
-        tool("c3", "# korrin-works-typo\nError: no document"),
+        tool("c3", "# korrin-works-typo\nError: no document", opened=[]),
         assistant("c4", "answer", {"text": "Korrin Works"}),
         tool("c4", "# [korrin-works] is not an open result"),
     ]
@@ -74,6 +83,13 @@ def test_each_hop_is_named_listed_and_opened_only_by_the_tool_that_does_it(tmp_p
     broken.write_text(json.dumps({**tasks[0], "meta": {"hops": [{"name": "Aldo Verin"}]}}) + "\n")
     refused = subprocess.run([*DR, "bench", "hops", str(run), "--suite", str(broken)], capture_output=True)
     assert refused.returncode != 0 and b"task two" in refused.stderr and b"Traceback" not in refused.stderr
+    # a run whose results carry no ids (the text alone) is refused, not read as "nothing listed"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    stripped = [{k: v for k, v in m.items() if k != "ids"} for m in messages]
+    (bare / "trajectories.jsonl").write_text(json.dumps({"task_id": "two", "messages": stripped}) + "\n")
+    old = subprocess.run([*DR, "bench", "hops", str(bare), "--suite", str(suite)], capture_output=True)
+    assert old.returncode != 0 and b"carry no ids" in old.stderr and b"Traceback" not in old.stderr
     table = md.read_text()
     assert "| hop 1's document was opened | 2 of 2 |" in table
     assert "| a search query names hop 2's entity | 0 of 1 |" in table

@@ -33,6 +33,14 @@ def test_help_lists_the_groups_and_commands():
     assert dr("data", "--help").stdout.decode().count("validate") >= 1
 
 
+def test_help_shows_the_defaults_that_flags_leave_to_the_settings():
+    # "[default: 30]" in a help text is rich markup and vanished; the defaults must be readable
+    research = dr("research", "--help", env={"COLUMNS": "240"}).stdout.decode()
+    assert "Model calls per run (default: 30)." in research
+    sft = dr("train", "sft", "--help", env={"COLUMNS": "240"}).stdout.decode()
+    assert "(default: 32768)" in sft and "(default: tiny:qwen2)" in sft
+
+
 def test_help_does_not_import_heavy_engines():
     code = (
         "import sys, dr_cli.main as m; m.build_app(); "

@@ -139,5 +139,7 @@ def test_a_report_the_teacher_never_gets_right_goes_to_the_rejects_and_the_run_g
     assert [p["report_id"] for p in plans] == ["other"] and plans[0]["meta"]["teacher_attempts"] == 2
     rejects = [json.loads(line) for line in (tmp_path / "plans.jsonl.rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == 1 and "no usable reply after 3 tries" in rejects[0]["error"]
+    assert rejects[0]["file"] == str(src) and rejects[0]["line"] == 1
+    assert rejects[0]["raw"] == src.read_text().splitlines()[0]
     assert b"1 plans passed validation (1 after a send-back); 1 reports refused" in result.stderr
     assert b"sent back for correction (1 of 2)" in result.stderr

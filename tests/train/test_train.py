@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from dr_core.records import Example, Message, ToolCall
-from dr_train import trainer as trainer_module
+from dr_train import copy_warmup as trainer_module
 from dr_train.chat import IGNORE
+from dr_train.copy_warmup import copy_drill
 from dr_train.data import build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build
 from dr_train.tiny import CHAT_TEMPLATE
-from dr_train.trainer import TrainConfig, Trainer, copy_drill, lr_at
+from dr_train.trainer import TrainConfig, Trainer, lr_at
 
 DR = [sys.executable, "-m", "dr_cli.main"]
 CITIES = ["Velmora", "Ostrand", "Quillby", "Harrowgate", "Tessaly", "Brindle", "Corvale", "Mirefold"]

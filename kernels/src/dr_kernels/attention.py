@@ -49,7 +49,7 @@ def choose_backend(device: torch.device, backend: Backend | None = None) -> Back
             raise ValueError(f"attention backend {chosen!r}: choose one of {', '.join(BACKENDS)}")
         if chosen == "flash" and not (device.type == "cuda" and _flash_available()):
             raise ValueError("attention backend 'flash' needs CUDA and flash-attn (pip install flash-attn)")
-        return chosen  # type: ignore[return-value]
+        return chosen
     if device.type == "cuda":
         return "flash" if _flash_available() else "flex"
     return "sdpa"
@@ -94,7 +94,7 @@ def _flex(q, k, v, cu: torch.Tensor, scale: float | None) -> torch.Tensor:
     doc[cu[1:-1].long()] = 1
     doc = doc.cumsum(0)
 
-    def document_causal(b, h, qi, ki):  # type: ignore[no-untyped-def]
+    def document_causal(b, h, qi, ki):
         return (doc[qi] == doc[ki]) & (qi >= ki)
 
     mask = create_block_mask(document_causal, None, None, total, total, device=q.device)
@@ -144,8 +144,9 @@ def hf_packed_attention(
     cu = kwargs.get("cu_seq_lens_q")
     position_ids = kwargs.get("position_ids")
     packed = query.shape[0] == 1 and query.shape[2] == key.shape[2] and attention_mask is None
-    if packed and (cu is not None or position_ids is not None):
-        cu = cu if cu is not None else boundaries(position_ids)
+    if packed and cu is None and position_ids is not None:
+        cu = boundaries(position_ids)
+    if packed and cu is not None:
         out = packed_attention(query, key, value, cu, scale=scaling)
         return out.transpose(1, 2).contiguous(), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

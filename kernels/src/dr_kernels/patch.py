@@ -34,7 +34,7 @@ def supported(model: Any) -> bool:
 def _norm_forward(backend: str | None):
     from dr_kernels.ops.rms_norm import rms_norm
 
-    def forward(self, hidden_states):  # type: ignore[no-untyped-def]
+    def forward(self, hidden_states):
         return rms_norm(hidden_states, self.weight, self.variance_epsilon, backend=backend)
 
     return forward
@@ -43,7 +43,7 @@ def _norm_forward(backend: str | None):
 def _mlp_forward(backend: str | None):
     from dr_kernels.ops.swiglu import swiglu
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), backend=backend))
 
     return forward
@@ -54,7 +54,7 @@ def _attention_forward(rotary: Any, backend: str | None):
 
     from dr_kernels.ops.rope import rope
 
-    def forward(  # type: ignore[no-untyped-def]
+    def forward(
         self, hidden_states, position_embeddings, attention_mask, past_key_values=None, cache=None, **kwargs
     ):
         # the KV cache is `cache` from transformers 5.24, `past_key_values` before
@@ -105,7 +105,7 @@ def _arange(n: int, device: Any) -> Any:
 def _layer_forward(backend: str | None):
     from dr_kernels.ops.rms_norm import add_rms_norm
 
-    def forward(  # type: ignore[no-untyped-def]
+    def forward(
         self,
         hidden_states,
         attention_mask=None,

@@ -123,6 +123,11 @@ def _accumulate(grad, h, weight, start, end, grad_hidden, grad_weight, grad_bias
         grad_bias += grad.float().sum(0)
 
 
+# forward's inputs after (hidden, weight, bias), none of which takes a gradient: labels, weights, scalar,
+# ignore_index, label_smoothing, z_loss, chunk, use_triton
+_NO_GRAD = (None,) * 8
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -171,7 +176,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 None if grad_weight is None else (grad_weight * grad_out).to(dw),
                 None if grad_bias is None else (grad_bias * grad_out).to(db),
             ]
-            return (*out, *[None] * 8)
+            return (*out, *_NO_GRAD)
         hidden, weight, bias, labels, weights = ctx.saved_tensors
         ignore_index, label_smoothing, z_loss, chunk, use_triton = ctx.args
         grads = _grad_buffers(hidden, weight, bias, ctx.needs_input_grad)
@@ -189,7 +194,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden,
             grad_weight,
             None if grad_bias is None else grad_bias.to(bias.dtype),
-            *[None] * 8,
+            *_NO_GRAD,
         )
 
 

@@ -18,8 +18,8 @@ from dr_agent.parse import parse_text_tool_calls
 from dr_agent.search import SearchBackend
 from dr_agent.tools import Toolbox, tool_schemas
 from dr_core.errors import LLMError
-from dr_core.llm import LLMClient
-from dr_core.records import Message, Trajectory, Usage
+from dr_core.llm import ChatModel
+from dr_core.records import Message, ToolIds, Trajectory, Usage
 from dr_core.tool_text import as_text_conversation
 
 Event = dict[str, Any]
@@ -120,7 +120,7 @@ class ResearchAgent:
 
     def __init__(
         self,
-        llm: LLMClient,
+        llm: ChatModel,
         backend: SearchBackend,
         fetcher: Fetcher | None = None,
         config: AgentConfig | None = None,
@@ -362,11 +362,12 @@ class _Run:
             return None
         final = None
         for call in calls:
+            ids = None
             if final is not None:
                 outcome_text, error = "Not run: the answer was already given.", True
             else:
                 outcome = self.box.call(call)
-                outcome_text, error = outcome.text, outcome.error
+                outcome_text, error, ids = outcome.text, outcome.error, outcome.ids
                 if outcome.final is not None:
                     unopened = [c.marker for c in self.box.citations(outcome.final) if not c.opened]
                     if unopened and self.cfg.verify_citations and not self.citation_warning_sent:
@@ -375,7 +376,9 @@ class _Run:
                     else:
                         final = outcome.final
             self.tool_errors += int(error)
-            self.messages.append(Message(role="tool", tool_call_id=call.id, content=outcome_text))
+            if ids is None and call.name in ("search", "open"):
+                ids = ToolIds()  # a failed search or open showed no ids
+            self.messages.append(Message(role="tool", tool_call_id=call.id, content=outcome_text, ids=ids))
             self.emit(
                 {
                     "type": "tool",

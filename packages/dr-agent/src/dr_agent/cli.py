@@ -4,44 +4,26 @@ from __future__ import annotations
 
 import sys
 import threading
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dr_agent.options import (
+    IndexOpt,
+    MaxSteps,
+    MaxTime,
+    MaxTokens,
+    NoWeb,
+    SearchOpt,
+    Temperature,
+    ToolMode,
+    Window,
+)
 from dr_core.options import ApiKey, BaseUrl, Model, OnErrorChoice, OnErrorOpt, Output, Rejects, Resume
 
-SearchOpt = Annotated[str | None, typer.Option("--search", help="Search backend: local, searxng, brave.")]
-IndexOpt = Annotated[Path | None, typer.Option(help="Index folder for the local backend (dr data index).")]
-MaxSteps = Annotated[int | None, typer.Option(help="Model calls per run [default: 30].", show_default=False)]
-MaxTokens = Annotated[int | None, typer.Option(help="Tokens per run, all calls.", show_default=False)]
-MaxTime = Annotated[float | None, typer.Option("--max-time", help="Seconds per run.", show_default=False)]
-Window = Annotated[
-    int | None, typer.Option(help="Context window in tokens [default: 131072].", show_default=False)
-]
-Temperature = Annotated[
-    float | None, typer.Option(help="Sampling temperature [default: 0].", show_default=False)
-]
-NoWeb = Annotated[
-    bool, typer.Option("--no-web", help="Never fetch web pages; only the search backend's documents.")
-]
-
-
-class ToolModeChoice(StrEnum):
-    auto = "auto"
-    api = "api"
-    text = "text"
-
-
-ToolMode = Annotated[
-    ToolModeChoice | None,
-    typer.Option(
-        help="How tools are offered: api (the OpenAI tools API), text (schemas in the system prompt, "
-        "<tool_call> blocks in replies), auto (the API; text for a server that refuses it) [default: auto].",
-        show_default=False,
-    ),
-]
+if TYPE_CHECKING:
+    from dr_core.jsonl import OnError
 
 
 class EventSink:
@@ -127,7 +109,8 @@ def research(
         _one(agent, question, trajectory, events)
     else:
         assert tasks is not None
-        _many(agent, tasks, output, events, concurrency, on_error.value, rejects, resume)
+        mode: OnError = "skip" if on_error == OnErrorChoice.skip else "fail"
+        _many(agent, tasks, output, events, concurrency, mode, rejects, resume)
 
 
 def _one(agent: Any, question: str, trajectory_path: Path | None, events: str | None) -> None:
@@ -158,12 +141,13 @@ def _many(
     output: str,
     events: str | None,
     concurrency: int,
-    on_error: str,
+    on_error: OnError,
     rejects: str | None,
     resume: bool,
 ) -> None:
     from dr_core.concurrency import completed_map
     from dr_core.errors import LLMError
+    from dr_core.jsonl import Origin
     from dr_core.log import logger
     from dr_core.pipe import Pipe
     from dr_core.records import Task
@@ -177,17 +161,19 @@ def _many(
         EventSink(events) as sink,
     ):
 
-        def run(task: Task) -> Any:
+        def run(item: tuple[Task, Origin]) -> Any:
+            task = item[0]
             return agent.run(task.question, task_id=task.id, on_event=sink)
 
-        for task, result in completed_map(run, pipe.records(Task, description="research"), concurrency):
+        located = pipe.located(Task, description="research")
+        for (task, origin), result in completed_map(run, located, concurrency):
             if result.stop_reason == "error":
                 failed += 1
                 message = f"task {task.id}: {result.meta.get('error')}"
                 if on_error == "fail":
                     raise LLMError(message)
                 # a failed run is not output: kept aside, and a --resume will run it again
-                pipe.rejects.add(tasks, 0, message, task.to_json())
+                pipe.reject(origin, message)
                 continue
             pipe.write(result)
     if failed:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_core.errors import InputError
-from dr_core.jsonl import RejectWriter, read_records
+from dr_core.jsonl import OnError, RejectWriter, read_records
 from dr_core.records import Document, drb_report
 
 TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html", ".htm": "html"}
@@ -54,13 +54,13 @@ def from_file(path: Path, root: Path) -> Document:
 
 
 def load_documents(
-    sources: Iterable[str], *, on_error: str = "fail", rejects: RejectWriter | None = None
+    sources: Iterable[str], *, on_error: OnError = "fail", rejects: RejectWriter | None = None
 ) -> Iterator[Document]:
     """Documents from JSONL files (or '-'), and from markdown/HTML/text files or folders of them."""
     for source in sources:
         path = Path(source)
         if source == "-" or source.endswith(JSONL_SUFFIXES):
-            yield from read_records(source, on_error=on_error, rejects=rejects, adapt=from_record)  # type: ignore[arg-type]
+            yield from read_records(source, on_error=on_error, rejects=rejects, adapt=from_record)
         elif path.is_dir():
             for file in sorted(path.rglob("*")):
                 if file.is_file() and file.suffix.lower() in TEXT_SUFFIXES:

@@ -105,7 +105,7 @@ class Fetcher:
             infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
         except socket.gaierror as exc:
             raise FetchError(f"could not resolve {host}: {exc.strerror}") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         for address in addresses:
             if any(address in network for network in self._networks):
                 continue

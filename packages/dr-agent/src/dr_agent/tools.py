@@ -16,13 +16,9 @@ from pydantic import BaseModel, Field, ValidationError
 from dr_agent.fetch import Fetcher, FetchError
 from dr_agent.search import SearchBackend, web_id
 from dr_core.jsonl import describe_validation_error
-from dr_core.records import Citation, Source, ToolCall
+from dr_core.records import Citation, Source, ToolCall, ToolIds
 
 CITE = re.compile(r"\\cite\{([^}]*)\}")
-# the ids in a search result's lines ("[id] title") and in an opened page's header ("# [id] title"), as
-# _search and _open write them
-LISTED = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
-OPENED = re.compile(r"^# \[([^\]]+)\]", re.MULTILINE)
 
 
 class PlanArgs(BaseModel):
@@ -103,6 +99,8 @@ class ToolOutcome:
     text: str
     final: str | None = None
     error: bool = False
+    # for search and open: the ids the text shows, by query (listed) and in order (opened)
+    ids: ToolIds | None = None
 
 
 @dataclass
@@ -163,6 +161,7 @@ class Toolbox:
 
     def _search(self, args: SearchArgs) -> ToolOutcome:
         blocks = []
+        listed: list[str] = []
         for query in args.queries:
             self.searches += 1
             try:
@@ -179,8 +178,9 @@ class Toolbox:
                 )
                 where = f" <{hit.url}>" if hit.url else ""
                 lines.append(f"[{hit.id}] {hit.title or '(untitled)'}{where}\n    {hit.snippet}")
+                listed.append(hit.id)
             blocks.append("\n".join(lines))
-        return ToolOutcome("\n\n".join(blocks))
+        return ToolOutcome("\n\n".join(blocks), ids=ToolIds(listed=listed))
 
     def _resolve(self, ref: str) -> tuple[str, str | None, str]:
         """(source id, title, text) for a result id or a URL; raises FetchError."""
@@ -201,6 +201,7 @@ class Toolbox:
 
     def _open(self, args: OpenArgs) -> ToolOutcome:
         blocks = []
+        opened: list[str] = []
         for ref in args.ids:
             try:
                 source_id, title, text = self._resolve(ref)
@@ -210,7 +211,8 @@ class Toolbox:
             self.opened.add(source_id)
             self.pages[source_id] = text
             blocks.append(f"# [{source_id}] {title or '(untitled)'}\n{self._window(source_id, 0)}")
-        return ToolOutcome("\n\n".join(blocks))
+            opened.append(source_id)
+        return ToolOutcome("\n\n".join(blocks), ids=ToolIds(opened=opened))
 
     def _window(self, ref: str, offset: int) -> str:
         text = self.pages[ref]

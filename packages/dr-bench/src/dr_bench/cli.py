@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dr_agent.cli import (
+from dr_agent.options import (
     IndexOpt,
     MaxSteps,
     MaxTime,
@@ -20,7 +20,7 @@ from dr_agent.cli import (
     Window,
 )
 from dr_core.options import ApiKey, BaseUrl, Model, Output, Resume
-from dr_judge.cli import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
+from dr_judge.options import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
 
 app = typer.Typer(help="Benchmark agents on research and deep-search suites.", no_args_is_help=True)
 
@@ -74,7 +74,7 @@ def run(
     from dr_bench.runner import run_suite
     from dr_bench.suites import load_suite, parse_world
     from dr_core.errors import ConfigError
-    from dr_judge.cli import make_judge
+    from dr_judge.build import make_judge
 
     tasks = load_suite(suite, drb_dir)[:limit]
     world = parse_world(suite)
@@ -173,7 +173,10 @@ def compare(
         for j in range(i + 1, len(runs)):
             pairs.append({"a": names[i], "b": names[j], **pairwise(scores[i], scores[j], margin)})
     rated = ratings(scores, margin, resamples)
-    result = {"pairs": pairs, "ratings": [{"run": n, **r} for n, r in zip(names, rated, strict=True)]}
+    result: dict[str, Any] = {
+        "pairs": pairs,
+        "ratings": [{"run": n, **r} for n, r in zip(names, rated, strict=True)],
+    }
     if warnings:
         result["setup_differences"] = warnings
     from rich.table import Table

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dr_agent.tools import LISTED, OPENED
 from dr_core.errors import InputError
 from dr_core.jsonl import read_records
 from dr_core.records import Task, Trajectory
@@ -31,12 +30,14 @@ def chain(task: Task, trajectory: Trajectory) -> list[dict[str, bool]]:
                     found = call.arguments.get("queries")
                     if isinstance(found, list):
                         queries += [q.lower() for q in found if isinstance(q, str)]
-        elif message.role == "tool" and message.content:
-            name = called.get(message.tool_call_id or "")
-            if name == "search":
-                listed.update(LISTED.findall(message.content))
-            elif name == "open":
-                opened.update(OPENED.findall(message.content))
+        elif message.role == "tool" and called.get(message.tool_call_id or "") in ("search", "open"):
+            if message.ids is None:
+                raise InputError(
+                    f"trajectory {trajectory.id}: its search and open results carry no ids (written "
+                    "before tool results recorded them); run the agent again to analyse its hops"
+                )
+            listed.update(message.ids.listed)
+            opened.update(message.ids.opened)
     hops = task.meta.get("hops") or []
     if not all(isinstance(h, dict) and isinstance(h.get("name"), str) and h.get("doc") for h in hops):
         raise InputError(

@@ -16,6 +16,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar, overload
 
@@ -279,6 +280,28 @@ def read_records(
     With on_error="fail" the first bad line raises InputError naming file:line and field; with "skip"
     each bad line goes to `rejects` (required, so nothing is dropped silently) and reading goes on.
     """
+    for record, _ in read_located(sources, kind, on_error=on_error, rejects=rejects, adapt=adapt):
+        yield record
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a record was read: the file (as shown), its line, and the line itself."""
+
+    name: str
+    line: int
+    body: bytes
+
+
+def read_located(
+    sources: str | Path | Iterable[str | Path],
+    kind: type[R] | None = None,
+    *,
+    on_error: OnError = "fail",
+    rejects: RejectWriter | None = None,
+    adapt: Callable[[dict[str, Any]], Any] | None = None,
+) -> Iterator[tuple[Any, Origin]]:
+    """`read_records`, each record with its Origin (for a record rejected later, by the work done on it)."""
     if on_error == "skip" and rejects is None:
         raise ValueError("on_error='skip' needs a RejectWriter so rejected lines are kept")
     paths = [sources] if isinstance(sources, str | Path) else list(sources)
@@ -286,12 +309,14 @@ def read_records(
         name = display_name(path)
         for lineno, body, ended in iter_lines(path):
             try:
-                yield parse_line(body, kind, ended, name, lineno, adapt)
+                record = parse_line(body, kind, ended, name, lineno, adapt)
             except InputError as exc:
                 if on_error == "fail":
                     raise
                 assert rejects is not None
                 rejects.add(name, lineno, str(exc), body)
+                continue
+            yield record, Origin(name, lineno, body)
 
 
 def _record_bytes(record: BaseModel | dict[str, Any]) -> bytes:
@@ -374,11 +399,11 @@ class RecordWriter:
         # Appending starts a new gzip member or zstd frame; readers of both formats read across them.
         compression = _compression(final)
         if compression == "gz":
-            return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # type: ignore[return-value]
+            return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # type: ignore[return-value]  # a binary file; typeshed types it apart from IO
         if compression == "zst":
             import zstandard
 
-            return zstandard.ZstdCompressor(write_checksum=True).stream_writer(raw, closefd=False)  # type: ignore[return-value]
+            return zstandard.ZstdCompressor(write_checksum=True).stream_writer(raw, closefd=False)
         return raw
 
     def _merge_previous(self, final: Path, tmp: Path) -> None:
@@ -473,7 +498,7 @@ class RecordWriter:
             if isinstance(self._fh, gzip.GzipFile):
                 self._fh.flush()
             else:
-                self._fh.flush(zstandard.FLUSH_BLOCK)  # type: ignore[call-arg]
+                self._fh.flush(zstandard.FLUSH_BLOCK)  # type: ignore[call-arg]  # zstandard's writer takes a flush mode
         if self._raw is not None:
             self._raw.flush()
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import orjson
@@ -205,6 +205,20 @@ def _assemble_stream(lines: Iterator[str], on_delta: Callable[[str], None] | Non
     if usage is not None:
         body["usage"] = usage
     return body
+
+
+class ChatModel(Protocol):
+    """What the agent, the judge and the teachers call a model through: an OpenAI-compatible endpoint
+    (`LLMClient`), the policy being trained (`dr_train.policy.LocalPolicy`) or the world's oracle teacher
+    (`dr_data.oracle.OracleTeacher`). `config` names the endpoint and model; `chat` returns one reply.
+    Sampling settings (`max_tokens`, `temperature`, `top_p`, ...) are keywords; one that a model does not
+    use is ignored."""
+
+    config: LLMConfig
+
+    def chat(
+        self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None, **params: Any
+    ) -> ChatResult: ...
 
 
 class LLMClient:

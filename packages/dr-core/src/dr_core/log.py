@@ -30,8 +30,8 @@ def setup(quiet: bool = False, verbose: bool = False) -> None:
     level = logging.WARNING if _quiet else logging.DEBUG if verbose else logging.INFO
     logger.setLevel(level)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 

@@ -29,7 +29,7 @@ OnErrorOpt = Annotated[
 Rejects = Annotated[
     str | None,
     typer.Option(
-        help="Where --on-error skip keeps bad lines [default: OUTPUT.rejects.jsonl]", show_default=False
+        help="Where --on-error skip keeps bad lines (default: OUTPUT.rejects.jsonl)", show_default=False
     ),
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Keep the output file's records and skip their ids.")]

@@ -13,7 +13,16 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from dr_core.jsonl import STDIO, OnError, RecordWriter, RejectWriter, default_key, display_name, read_records
+from dr_core.jsonl import (
+    STDIO,
+    OnError,
+    Origin,
+    RecordWriter,
+    RejectWriter,
+    default_key,
+    display_name,
+    read_located,
+)
 from dr_core.log import logger, progress
 
 R = TypeVar("R", bound=BaseModel)
@@ -66,12 +75,28 @@ class Pipe:
     ) -> Iterator[Any]:
         """The input records, validated as `kind` (or made by `adapt` from each JSON object), without those
         whose key the output already holds."""
-        source = read_records(self.inputs, kind, on_error=self.on_error, rejects=self.rejects, adapt=adapt)
-        for record in progress(source, description):
+        for record, _ in self.located(kind, key, description, adapt=adapt):
+            yield record
+
+    def located(
+        self,
+        kind: type[R] | None = None,
+        key: Callable[[Any], Any] = lambda record: record.id,
+        description: str = "records",
+        *,
+        adapt: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Iterator[tuple[Any, Origin]]:
+        """`records`, each with where it was read, for `reject` once the work on it fails."""
+        source = read_located(self.inputs, kind, on_error=self.on_error, rejects=self.rejects, adapt=adapt)
+        for record, origin in progress(source, description):
             if self.writer.done and key(record) in self.writer.done:
                 self.skipped_done += 1
                 continue
-            yield record
+            yield record, origin
+
+    def reject(self, origin: Origin, error: str) -> None:
+        """Keep the input line a record came from in the rejects file, with why its work failed."""
+        self.rejects.add(origin.name, origin.line, error, origin.body)
 
     def write(self, record: BaseModel | dict[str, Any]) -> None:
         self.writer.write(record)

@@ -226,6 +226,13 @@ class ToolCall(Strict):
     )
 
 
+class ToolIds(Strict):
+    """The ids a tool result showed the model, beside its text: search hits listed, documents opened."""
+
+    listed: list[str] = Field(default_factory=list)
+    opened: list[str] = Field(default_factory=list)
+
+
 class Message(Strict):
     """One chat message in the OpenAI shape, with tool calls parsed."""
 
@@ -235,6 +242,9 @@ class Message(Strict):
     tool_call_id: str | None = Field(None, description="For role=tool: the call this result answers.")
     name: str | None = None
     reasoning: str | None = Field(None, description="Reasoning text the server returned separately, if any.")
+    ids: ToolIds | None = Field(
+        None, description="For a search or open result: the ids it listed or opened (never sent to a model)."
+    )
 
 
 class Usage(Strict):

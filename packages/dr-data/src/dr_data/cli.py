@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -84,11 +85,29 @@ def index(
 
 # ---- synthesis ----------------------------------------------------------------------------------
 
-Teacher = Annotated[
-    str,
-    typer.Option(
-        help="none (deterministic), oracle (world tasks), or endpoint (the [llm] settings / --base-url)."
-    ),
+
+class ReverseTeacher(StrEnum):
+    none = "none"
+    endpoint = "endpoint"
+
+
+class TrajectoryTeacher(StrEnum):
+    oracle = "oracle"
+    endpoint = "endpoint"
+
+
+class KeepChoice(StrEnum):
+    shortest = "shortest"
+    all = "all"
+
+
+ReverseTeacherOpt = Annotated[
+    ReverseTeacher,
+    typer.Option("--teacher", help="none (deterministic), or endpoint (the [llm] settings / --base-url)."),
+]
+TrajectoryTeacherOpt = Annotated[
+    TrajectoryTeacher,
+    typer.Option("--teacher", help="oracle (world tasks), or endpoint (the [llm] settings / --base-url)."),
 ]
 
 
@@ -147,7 +166,7 @@ def world(
 def reverse(
     inputs: Inputs = None,
     output: Output = "-",
-    teacher: Teacher = "none",
+    teacher: ReverseTeacherOpt = ReverseTeacher.none,
     examples: Annotated[
         str | None, typer.Option(help="Also write SFT planning examples (JSONL) here.")
     ] = None,
@@ -161,18 +180,18 @@ def reverse(
 ) -> None:
     """Reports (Report records, or DeepResearch Bench {id, prompt, article} lines) into Plans: the
     reconstructed query, an ordered plan and a weighted checklist, in the report's language."""
+    from collections.abc import Callable
     from contextlib import ExitStack
 
     from dr_core.concurrency import ordered_map
-    from dr_core.errors import InputError, LLMError
+    from dr_core.errors import LLMError
     from dr_core.jsonl import RecordWriter
     from dr_core.log import logger
     from dr_core.pipe import Pipe
+    from dr_core.records import Plan, Report
     from dr_data.reverse import as_report, planning_example, reverse_with_teacher, reverse_without_teacher
 
-    if teacher not in ("none", "endpoint"):
-        raise InputError("--teacher for reverse is 'none' or 'endpoint'")
-    work = reverse_without_teacher
+    work: Callable[[Report], Plan | LLMError] = reverse_without_teacher
     threads = 1
     if teacher == "endpoint":
         from dr_core.llm import LLMClient
@@ -182,11 +201,13 @@ def reverse(
         )
         threads = client.config.concurrency
 
-        def work(report):  # type: ignore[no-untyped-def]
+        def with_teacher(report: Report) -> Plan | LLMError:
             try:
                 return reverse_with_teacher(report, client)
             except LLMError as exc:  # no usable plan after the send-backs: a reject, not the end of the run
                 return exc
+
+        work = with_teacher
 
     with ExitStack() as stack:
         pipe = stack.enter_context(
@@ -200,13 +221,12 @@ def reverse(
             )
         )
         example_writer = stack.enter_context(RecordWriter(examples, resume=resume)) if examples else None
-        reports = pipe.records(adapt=as_report, description="reversing")
+        reports = pipe.located(adapt=as_report, description="reversing")
         counts = {"plans": 0, "sent_back": 0, "refused": 0}
-        for report, plan in ordered_map(lambda r: (r, work(r)), reports, threads):
+        for (report, origin), plan in ordered_map(lambda r: (r, work(r[0])), reports, threads):
             if isinstance(plan, LLMError):
                 counts["refused"] += 1
-                source = str((inputs or ["-"])[0])
-                pipe.rejects.add(source, 0, f"report {report.id}: {plan}", report.to_json())
+                pipe.reject(origin, f"report {report.id}: {plan}")
                 continue
             counts["plans"] += 1
             counts["sent_back"] += int(plan.meta.get("teacher_attempts", 1) > 1)
@@ -225,11 +245,13 @@ def reverse(
 def trajectories(
     inputs: Inputs = None,
     output: Output = "-",
-    teacher: Teacher = "oracle",
+    teacher: TrajectoryTeacherOpt = TrajectoryTeacher.oracle,
     index: Annotated[str | None, typer.Option(help="Search index the agent uses (dr data index).")] = None,
     samples: Annotated[int, typer.Option(help="Teacher samples per task.")] = 1,
     reflections: Annotated[int, typer.Option(help="Retries of a wrong attempt with a reflection turn.")] = 3,
-    keep: Annotated[str, typer.Option(help="shortest (one per task) or all correct samples.")] = "shortest",
+    keep: Annotated[
+        KeepChoice, typer.Option(help="shortest (one per task) or all correct samples.")
+    ] = KeepChoice.shortest,
     min_score: Annotated[float, typer.Option(help="Checklist score that counts as correct.")] = 0.8,
     temperature: Annotated[float | None, typer.Option(help="Teacher sampling temperature.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Agent steps per attempt.")] = None,
@@ -248,19 +270,14 @@ def trajectories(
     Tasks with no correct trajectory go to the rejects file. --teacher oracle solves world tasks without
     any model."""
     from dr_agent.build import build_agent
-    from dr_core.concurrency import ordered_map
     from dr_core.errors import InputError
     from dr_core.jsonl import read_records
-    from dr_core.log import logger, progress
+    from dr_core.log import logger
     from dr_core.pipe import Pipe
     from dr_core.records import Task
-    from dr_data.trajectories import collect
-    from dr_judge.cli import make_judge
+    from dr_data.trajectories import run as run_trajectories
+    from dr_judge.build import make_judge
 
-    if teacher not in ("oracle", "endpoint"):
-        raise InputError("--teacher for trajectories is 'oracle' or 'endpoint'")
-    if keep not in ("shortest", "all"):
-        raise InputError("--keep is 'shortest' or 'all'")
     sources = inputs or ["-"]
     agent = build_agent(
         llm={"base_url": base_url, "model": model, "api_key": api_key},
@@ -275,7 +292,6 @@ def trajectories(
             raise InputError("the oracle reads its tasks twice: give task files, not stdin")
         agent.llm = OracleTeacher(list(read_records(sources, Task)))
     judge = make_judge(judge_base_url, judge_model)
-    stats = {"tasks": 0, "solved": 0, "kept": 0}
     with Pipe(
         sources,
         output,
@@ -285,34 +301,20 @@ def trajectories(
         output_key=lambda t: t.get("task_id"),
         group_size=lambda t: (t.get("meta") or {}).get("kept_of", 1),
     ) as pipe:
-
-        def solve(task: Task) -> tuple[Task, object]:
-            return task, collect(
-                agent,
-                judge,
-                task,
-                samples=samples,
-                reflections=reflections,
-                keep=keep,
-                temperature=temperature,
-                min_score=min_score,
-            )
-
-        for task, outcome in progress(ordered_map(solve, pipe.records(Task), concurrency), "trajectories"):
-            stats["tasks"] += 1
-            if not outcome.kept:  # type: ignore[attr-defined]
-                pipe.rejects.add(
-                    str(sources[0]),
-                    0,
-                    f"task {task.id}: no correct trajectory in {samples} samples",
-                    task.to_json(),
-                )
-                continue
-            stats["solved"] += 1
-            for trajectory in outcome.kept:  # type: ignore[attr-defined]
-                pipe.write(trajectory)
-                stats["kept"] += 1
-    logger.info("trajectories: %(solved)d of %(tasks)d tasks solved, %(kept)d trajectories kept", stats)
+        result = run_trajectories(
+            pipe,
+            agent,
+            judge,
+            concurrency=concurrency,
+            samples=samples,
+            reflections=reflections,
+            keep=keep.value,
+            temperature=temperature,
+            min_score=min_score,
+        )
+    logger.info(
+        "trajectories: %d of %d tasks solved, %d trajectories kept", result.solved, result.tasks, result.kept
+    )
 
 
 @app.command()
@@ -351,16 +353,8 @@ def sft(
     from dr_core.log import logger
     from dr_core.pipe import Pipe
     from dr_core.records import Task
-    from dr_data.sft import (
-        KINDS,
-        Decontaminator,
-        FilterChain,
-        NearDuplicates,
-        count_kinds,
-        keep_share,
-        mixing_shares,
-        to_example,
-    )
+    from dr_data.sft import KINDS, Decontaminator, FilterChain, NearDuplicates, count_kinds, mixing_shares
+    from dr_data.sft import run as run_sft
 
     sources = inputs or ["-"]
     shares: dict[str, float] = {}
@@ -386,25 +380,10 @@ def sft(
         check_repetition=not no_repetition,
         check_language=not no_language,
     )
-    written = 0
     with ExitStack() as stack:
         pipe = stack.enter_context(Pipe(sources, output, on_error=on_error.value, rejects=rejects))
         report = stack.enter_context(RecordWriter(removed)) if removed else None
-        examples = pipe.records(
-            adapt=to_example, key=lambda pair: pair[1] and pair[1].id, description="examples"
-        )
-        for kind, example in examples:
-            if example is None:
-                continue
-            if shares and not keep_share(example.id, shares.get(kind, 0.0)):
-                continue
-            why = chain.reason(example)
-            if why is not None:
-                if report is not None:
-                    report.write({"id": example.id, "kind": kind, "reason": why})
-                continue
-            pipe.write(example)
-            written += 1
+        written = run_sft(pipe, chain, shares, report)
     logger.info("sft: %d examples written; removed: %s", written, dict(chain.removed) or "none")
 
 

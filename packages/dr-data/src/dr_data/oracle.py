@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dr_agent.tools import LISTED, OPENED
 from dr_core.llm import ChatResult, LLMConfig
 from dr_core.records import Message, Task, ToolCall, Usage
 from dr_data.world import PHRASES
@@ -66,21 +65,23 @@ class OracleTeacher:
                 plan,
                 first,
             ]
-        results = [m.content or "" for m in messages if m.role == "tool"]
-        opened = {doc for text in results for doc in OPENED.findall(text)}
+        tool_messages = [m for m in messages if m.role == "tool"]
+        results = [m.content or "" for m in tool_messages]
+        opened = {doc for m in tool_messages if m.ids is not None for doc in m.ids.opened}
         done = 0
         while done < len(hops) and hops[done]["doc"] in opened:
             done += 1
         if done == len(hops):
-            quote = _evidence(results[-1:], hops[-1]["doc"], task.answer)
+            quote = _evidence(results[-1:], hops[-1]["doc"], task.answer or "")
             return f"{quote}Every step is supported by an article I opened.", [
                 ("answer", {"text": self._answer(task)})
             ]
         target = hops[done]
         last = results[-1] if results else ""
-        listed = LISTED.findall(last.split("\n", 1)[1]) if last.startswith("## ") and "\n" in last else []
+        last_ids = tool_messages[-1].ids if tool_messages else None
+        listed = last_ids.listed if last_ids is not None else []
         actions: list[tuple[str, dict[str, Any]]] = []
-        if done and last.startswith("# ["):
+        if done and last_ids is not None and last_ids.opened:
             actions.append(("plan", {"action": "complete", "index": done}))
         if target["doc"] in listed:
             note = f"The search found the article on {target['name']}; opening it."

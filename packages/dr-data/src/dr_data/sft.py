@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from dr_agent.analysis import terms
+from dr_core.jsonl import RecordWriter
+from dr_core.pipe import Pipe
 from dr_core.records import Example, Message, Plan, Task, Trajectory
 from dr_data.reverse import as_report, language, letter_counts, planning_example
 
@@ -195,7 +198,7 @@ class FilterChain:
     removed: Counter[str] = field(default_factory=Counter)
 
     def reason(self, example: Example) -> str | None:
-        checks = []
+        checks: list[tuple[str, Callable[[Example], str | None]]] = []
         if self.check_repetition:
             checks.append(("repetition", repetition))
         if self.check_language:
@@ -242,3 +245,23 @@ def mixing_shares(counts: dict[str, int], ratios: dict[str, float]) -> dict[str,
     total = sum(wanted.values())
     size = min(counts[k] / (r / total) for k, r in wanted.items())
     return {k: (size * wanted[k] / total / counts[k]) if k in wanted else 0.0 for k in counts}
+
+
+def run(pipe: Pipe, chain: FilterChain, shares: dict[str, float], removed: RecordWriter | None = None) -> int:
+    """Every input record of `pipe` as an Example, kept by `shares` of its kind (all when empty) and by
+    `chain`; the removed ones' ids and reasons go to `removed`. Returns the examples written."""
+    written = 0
+    examples = pipe.records(adapt=to_example, key=lambda pair: pair[1] and pair[1].id, description="examples")
+    for kind, example in examples:
+        if example is None:
+            continue
+        if shares and not keep_share(example.id, shares.get(kind, 0.0)):
+            continue
+        why = chain.reason(example)
+        if why is not None:
+            if removed is not None:
+                removed.write({"id": example.id, "kind": kind, "reason": why})
+            continue
+        pipe.write(example)
+        written += 1
+    return written

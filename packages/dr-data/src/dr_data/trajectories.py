@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dr_core.concurrency import ordered_map
+from dr_core.log import progress
+from dr_core.pipe import Pipe
 from dr_core.records import Message, Task, Trajectory
 
 REFLECTION_HINT = (
@@ -111,3 +114,54 @@ def collect(
     # how many records this task has in the output: --resume redoes a task that has fewer
     kept = [t.model_copy(update={"meta": {**t.meta, "kept_of": len(kept)}}) for t in kept]
     return Outcome(kept=kept, samples=samples, correct=len(correct))
+
+
+@dataclass
+class RunStats:
+    tasks: int = 0
+    solved: int = 0
+    kept: int = 0
+
+
+def run(
+    pipe: Pipe,
+    agent: Any,
+    judge: Any,
+    *,
+    concurrency: int = 1,
+    samples: int = 1,
+    reflections: int = 3,
+    keep: Literal["shortest", "all"] = "shortest",
+    temperature: float | None = None,
+    min_score: float = 0.8,
+) -> RunStats:
+    """`collect` over every task of `pipe`, `concurrency` at a time: the kept trajectories are written,
+    and a task with none goes to the rejects file (the line it was read from)."""
+    stats = RunStats()
+
+    def solve(item: tuple[Task, Any]) -> tuple[Task, Any, Outcome]:
+        task, origin = item
+        outcome = collect(
+            agent,
+            judge,
+            task,
+            samples=samples,
+            reflections=reflections,
+            keep=keep,
+            temperature=temperature,
+            min_score=min_score,
+        )
+        return task, origin, outcome
+
+    for task, origin, outcome in progress(
+        ordered_map(solve, pipe.located(Task), concurrency), "trajectories"
+    ):
+        stats.tasks += 1
+        if not outcome.kept:
+            pipe.reject(origin, f"task {task.id}: no correct trajectory in {samples} samples")
+            continue
+        stats.solved += 1
+        for trajectory in outcome.kept:
+            pipe.write(trajectory)
+            stats.kept += 1
+    return stats

@@ -265,11 +265,11 @@ def _write_documents(
         doc_of[entity.id] = doc_id
         if rng.random() < 0.2:
             # a short profile repeating one fact in other words: more than one way to find it
-            relation = rng.choice(sorted(entity.links)) if entity.links else None
+            repeated = rng.choice(sorted(entity.links)) if entity.links else None
             text = rng.choice(ARTICLE_OPENINGS[entity.type]).format(**fields)
-            if relation:
-                target = entities[entity.links[relation]]
-                text += " " + rng.choice(RELATION_SENTENCES[relation]).format(x=entity.name, y=target.name)
+            if repeated:
+                target = entities[entity.links[repeated]]
+                text += " " + rng.choice(RELATION_SENTENCES[repeated]).format(x=entity.name, y=target.name)
             documents.append(
                 Document(
                     id=f"{doc_id}-profile",

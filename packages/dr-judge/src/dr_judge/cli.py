@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from dr_core.options import Inputs, OnErrorChoice, OnErrorOpt, Output, Rejects, Resume
+from dr_judge.options import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
 
 app = typer.Typer(
     help="Judge reports and answers against checklists; agreement with labels.", no_args_is_help=True
@@ -16,41 +17,10 @@ app = typer.Typer(
 TasksOpt = Annotated[
     Path, typer.Option("--tasks", "-t", help="Task JSONL: the questions, checklists and answers.")
 ]
-JudgeUrl = Annotated[
-    str | None, typer.Option(help="Judge endpoint (DR_JUDGE_LLM_BASE_URL).", show_default=False)
-]
-JudgeModel = Annotated[str | None, typer.Option(help="Judge model (DR_JUDGE_LLM_MODEL).", show_default=False)]
-JudgeKey = Annotated[
-    str | None, typer.Option(help="Judge API key (DR_JUDGE_LLM_API_KEY).", show_default=False)
-]
-ModeOpt = Annotated[
-    str | None, typer.Option("--mode", help="strict (report rules) or graded (1/0.5/0).", show_default=False)
-]
-VotesOpt = Annotated[
-    int | None, typer.Option(help="Self-consistency votes per item [default: 1].", show_default=False)
-]
 BatchOpt = Annotated[
     int | None, typer.Option(help="Items per judge call; 0 = all at once.", show_default=False)
 ]
-TempOpt = Annotated[float | None, typer.Option(help="Judge temperature [default: 0].", show_default=False)]
-
-
-def make_judge(
-    base_url: str | None = None,
-    model: str | None = None,
-    api_key: str | None = None,
-    **config: Any,
-) -> Any:
-    """A ChecklistJudge from flags over [judge] and [judge.llm] settings; no model when none is configured."""
-    from dr_core.config import is_configured, resolve
-    from dr_core.llm import LLMClient, LLMConfig
-    from dr_judge.judge import ChecklistJudge, JudgeConfig
-
-    flags = {"base_url": base_url, "model": model, "api_key": api_key}
-    llm = None
-    if is_configured(LLMConfig, "judge.llm", flags):
-        llm = LLMClient(resolve(LLMConfig, "judge.llm", flags))
-    return ChecklistJudge(llm, resolve(JudgeConfig, "judge", config))
+TempOpt = Annotated[float | None, typer.Option(help="Judge temperature (default: 0).", show_default=False)]
 
 
 def load_tasks(path: Path) -> dict[str, Any]:
@@ -63,7 +33,7 @@ def load_tasks(path: Path) -> dict[str, Any]:
 @app.command("score")
 def score_command(
     inputs: Inputs = None,
-    tasks: TasksOpt = ...,  # type: ignore[assignment]
+    tasks: TasksOpt = ...,  # type: ignore[assignment]  # typer's mark of a required option
     output: Output = "-",
     mode: ModeOpt = None,
     votes: VotesOpt = None,
@@ -84,6 +54,7 @@ def score_command(
     """
     from dr_core.errors import InputError
     from dr_core.pipe import Pipe
+    from dr_judge.build import make_judge
     from dr_judge.responses import as_response
 
     judge = make_judge(
@@ -119,7 +90,7 @@ def score_command(
 def compare(
     a: Annotated[Path, typer.Argument(help="System A's responses (JSONL).")],
     b: Annotated[Path, typer.Argument(help="System B's responses (JSONL).")],
-    tasks: TasksOpt = ...,  # type: ignore[assignment]
+    tasks: TasksOpt = ...,  # type: ignore[assignment]  # typer's mark of a required option
     output: Output = "-",
     judge_base_url: JudgeUrl = None,
     judge_model: JudgeModel = None,
@@ -131,6 +102,7 @@ def compare(
     from dr_core.jsonl import read_records
     from dr_core.pipe import Pipe
     from dr_core.records import Comparison
+    from dr_judge.build import make_judge
     from dr_judge.responses import as_response
 
     judge = make_judge(judge_base_url, judge_model, judge_api_key)
@@ -157,9 +129,10 @@ def compare(
 
 
 def _field(obj: dict[str, Any], path: str) -> Any:
+    value: Any = obj
     for part in path.split("."):
-        obj = obj.get(part) if isinstance(obj, dict) else None  # type: ignore[assignment]
-    return obj
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 @app.command()

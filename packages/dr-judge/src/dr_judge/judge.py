@@ -62,7 +62,7 @@ class JudgeConfig(BaseModel):
     temperature: float = Field(0.0, ge=0)
     parse_retries: int = Field(2, ge=0, description="Times an unusable reply is sent back for correction.")
     max_output_tokens: int | None = Field(
-        None, ge=16, description="Tokens per judge reply [default: the server's own limit]."
+        None, ge=16, description="Tokens per judge reply (default: the server's own limit)."
     )
     max_response_chars: int = Field(60000, ge=1000, description="Longer responses are cut, with a note.")
     llm_fallback: bool = Field(

@@ -26,7 +26,7 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
     return float((observed - expected) / (1 - expected))
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(xs) != len(ys) or len(xs) < 2:
         raise ValueError("correlation needs two equally long series of at least 2 values")
@@ -95,5 +95,12 @@ def bootstrap_ci(
 
 def mean_ci(values: Sequence[float], **kw: float) -> tuple[float, float, float]:
     """The mean with its bootstrap percentile interval."""
-    estimate, low, high, _ = bootstrap_ci(lambda v: float(np.mean(v)), values, **kw)  # type: ignore[arg-type]
+    interval = bootstrap_ci(
+        lambda v: float(np.mean(v)),
+        values,
+        resamples=int(kw.get("resamples", 2000)),
+        level=kw.get("level", 0.95),
+        seed=int(kw.get("seed", 0)),
+    )
+    estimate, low, high, _ = interval
     return estimate, low, high

@@ -153,8 +153,10 @@ class _BodyLimit:
 def create_app(agent: Any, config: ApiConfig | None = None) -> FastAPI:
     """The FastAPI app over a ResearchAgent, which every run shares (its clients are thread-safe)."""
     config = config or ApiConfig()
-    docs = {} if not config.api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="dr research API", version="1", **docs)  # type: ignore[arg-type]
+    if config.api_key:  # no open documentation of a keyed API
+        app = FastAPI(title="dr research API", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    else:
+        app = FastAPI(title="dr research API", version="1")
     store = RunStore(config.runs_dir, config.runs_in_memory)
     slots = threading.BoundedSemaphore(config.max_concurrent)
     secrets = [config.api_key, getattr(getattr(agent.llm, "config", None), "api_key", None)]

@@ -95,14 +95,14 @@ def serve(
     ] = 1,
     pp: Annotated[int, typer.Option("--pp", "--pipeline-parallel-size", help="Pipeline stages (vLLM).")] = 1,
     max_model_len: Annotated[
-        int | None, typer.Option(help="Context length [default: from the checkpoint, rope scaling included].")
+        int | None, typer.Option(help="Context length (default: from the checkpoint, rope scaling included).")
     ] = None,
     served_model_name: Annotated[
-        str | None, typer.Option(help="Model name clients use [default: folder name].")
+        str | None, typer.Option(help="Model name clients use (default: folder name).")
     ] = None,
     tool_call_parser: Annotated[
         str | None,
-        typer.Option(help="vLLM tool-call parser [default: by model family, e.g. hermes for Qwen]."),
+        typer.Option(help="vLLM tool-call parser (default: by model family, e.g. hermes for Qwen)."),
     ] = None,
     rope_scaling: Annotated[
         str | None,
@@ -130,7 +130,7 @@ def serve(
         ),
     ] = None,
     max_concurrent: Annotated[
-        int | None, typer.Option(help="Research runs at once; more get 429 [default: 4].", show_default=False)
+        int | None, typer.Option(help="Research runs at once; more get 429 (default: 4).", show_default=False)
     ] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Keep finished research runs here.")] = None,
     base_url: BaseUrl = None,
@@ -167,7 +167,7 @@ def serve(
     if engine == "none":
         if api_port is None:
             raise InputError("--engine none serves only the research API: give --api-port")
-        _run_api(api_host, api_port, api_key, max_concurrent, runs_dir, base_url, None, index, search)
+        run_api(api_host, api_port, api_key, max_concurrent, runs_dir, base_url, None, index, search)
         return
     if model is None:
         raise InputError("give the MODEL to serve (a Hugging Face folder or hub name)")
@@ -207,8 +207,8 @@ def serve(
     supervisor.wait_healthy(f"{engine_url}/health", engine_proc, health_timeout, chosen)
     logger.info("%s is serving %s at %s/v1", chosen, served, engine_url)
     if api_port is not None:
-        api = [sys.executable, "-m", "dr_cli.main", "serve", "--engine", "none", "--api-port", str(api_port)]
-        api += ["--api-host", api_host, "--base-url", f"{engine_url}/v1"]
+        api = [sys.executable, "-m", "dr_serve", "api", "--port", str(api_port)]
+        api += ["--host", api_host, "--base-url", f"{engine_url}/v1"]
         for flag, value in (("--runs-dir", runs_dir), ("--index", index), ("--search", search)):
             if value is not None:
                 api += [flag, str(value)]
@@ -226,7 +226,7 @@ def serve(
     raise typer.Exit(supervisor.run())
 
 
-def _run_api(
+def run_api(
     host: str,
     port: int,
     api_key: str | None,

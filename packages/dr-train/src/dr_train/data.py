@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dr_core.errors import InputError
-from dr_core.jsonl import RejectWriter, read_records
+from dr_core.jsonl import OnError, RejectWriter, read_records
 from dr_core.llm import to_wire
 from dr_core.log import logger
 from dr_core.records import Example
@@ -53,11 +53,11 @@ def _as_item(stage: Stage) -> Any:
 
 
 def read_items(
-    sources: Sequence[str], stage: Stage, on_error: str = "fail", rejects: RejectWriter | None = None
+    sources: Sequence[str], stage: Stage, on_error: OnError = "fail", rejects: RejectWriter | None = None
 ) -> list[Item]:
     items = [
         item
-        for item in read_records(sources, adapt=_as_item(stage), on_error=on_error, rejects=rejects)  # type: ignore[arg-type]
+        for item in read_records(sources, adapt=_as_item(stage), on_error=on_error, rejects=rejects)
         if item is not None
     ]
     if not items:

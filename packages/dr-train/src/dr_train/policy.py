@@ -54,7 +54,7 @@ class LocalPolicy:
         self.model = model
         self.tokenizer = tokenizer
         self.config = LLMConfig(model=name, base_url="local://policy")
-        self.max_context = max_context or getattr(model.config, "max_position_embeddings", 32768)
+        self.max_context: int = max_context or int(getattr(model.config, "max_position_embeddings", 32768))
 
     def chat(
         self,

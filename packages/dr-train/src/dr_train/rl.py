@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+import torch.distributed as torch_dist
+from pydantic import BaseModel, ConfigDict
+
 from dr_core.concurrency import ordered_map
 from dr_core.errors import InputError
 from dr_core.log import logger, progress
@@ -30,6 +34,7 @@ from dr_core.records import Task, Trajectory
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
 from dr_train.distributed import Dist, barrier
+from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
 from dr_train.policy import LocalPolicy, Recording, record_turns
 from dr_train.rl_math import (
     clipped_policy_loss,
@@ -43,8 +48,11 @@ from dr_train.rl_math import (
 Algo = Literal["grpo", "ppo"]
 
 
-@dataclass
-class RLConfig:
+class RLConfig(BaseModel):
+    """The RL trainer's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
     out: Path
     algo: Algo = "grpo"
     steps: int = 10
@@ -77,7 +85,7 @@ class RLConfig:
         """Settings a resumed run must share with the one it continues: those that change its result
         (--steps may grow: the learning rate does not depend on it)."""
         skip = {"out", "steps", "concurrency", "save_every", "keep", "kernels"}
-        return {k: v for k, v in vars(self).items() if k not in skip}
+        return {k: getattr(self, k) for k in RLConfig.model_fields if k not in skip}
 
 
 @dataclass
@@ -145,8 +153,6 @@ class ValueHead:
 
     @staticmethod
     def build(hidden: int) -> Any:
-        import torch
-
         head = torch.nn.Linear(hidden, 1)
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
@@ -155,8 +161,6 @@ class ValueHead:
 
 def forward(model: Any, seq: Sequence, kernels: bool, value_head: Any = None) -> tuple[Any, Any]:
     """(log-probabilities, values) at the sampled tokens of `seq`, differentiable."""
-    import torch
-
     device = next(model.parameters()).device
     ids = torch.tensor([seq.input_ids], device=device)
     positions = torch.arange(len(seq.input_ids), device=device)[None]
@@ -191,10 +195,8 @@ class RLTrainer:
         reference_path: str | None = None,
         dist: Dist | None = None,
         device: Any = None,
-        ds_config: dict[str, Any] | None = None,
+        deepspeed: DeepSpeedSettings | None = None,
     ) -> None:
-        import torch
-
         self.model = model
         self.tokenizer = tokenizer
         self.reference = reference
@@ -220,39 +222,16 @@ class RLTrainer:
             reference.to(self.device)
         # every rank runs this many passes per optimizer step: its share of a minibatch, padded
         self.micro_steps = math.ceil(config.minibatch / self.dist.world)
-        if ds_config is not None:
-            from dr_train.distributed import require_deepspeed
-
-            stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-            if stage == 3:
-                raise InputError(
-                    "dr train rl generates its rollouts with the whole policy on every rank, which ZeRO-3 "
-                    "splits up: use --zero 0, 1 or 2"
-                )
-            ds_config = dict(ds_config, train_micro_batch_size_per_gpu=1)
-            ds_config["gradient_accumulation_steps"] = self.micro_steps
-            ds_config["train_batch_size"] = self.micro_steps * self.dist.world
-            ds_config.setdefault("gradient_clipping", config.grad_clip)
-            parts = {"policy": model} | ({"value": self.value_head} if self.value_head is not None else {})
-            trained = torch.nn.ModuleDict(parts)
-            optimizer = None
-            if "optimizer" not in ds_config:
-                optimizer = torch.optim.AdamW(
-                    trained.parameters(), lr=config.lr, weight_decay=config.weight_decay
-                )
-            deepspeed = require_deepspeed()
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=trained, optimizer=optimizer, config=ds_config
-            )
-        else:
-            self.engine = None
-            model.to(self.device)
-            if self.value_head is not None:
-                self.value_head.to(self.device)
-            params = list(model.parameters()) + (
-                list(self.value_head.parameters()) if self.value_head is not None else []
-            )
-            self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.engine: Engine = make_engine(
+            model,
+            OptimSettings(config.lr, weight_decay=config.weight_decay, clip=config.grad_clip),
+            deepspeed or DeepSpeedSettings(),
+            device=self.device,
+            micro_steps=self.micro_steps,
+            world=self.dist.world,
+            extra=self.value_head,
+            rollouts=True,
+        )
         self.policy = LocalPolicy(model, tokenizer)
         agent.llm = self.policy
         if resume_from is not None:
@@ -270,8 +249,6 @@ class RLTrainer:
         if self.config.concurrency == 1:
             # one rollout at a time: each samples from a seed of its own, so a run's rollouts are the same
             # on any number of ranks
-            import torch
-
             torch.manual_seed((self.config.seed * 7919 + step) * 100_003 + index)
         recording = Recording()
         with record_turns(recording):
@@ -284,8 +261,6 @@ class RLTrainer:
     def rollouts(self, step: int) -> list[Rollout]:
         """The step's rollouts, every task `group` times in a row; on several ranks each runs every
         world-th one and all of them are gathered on every rank."""
-        import torch
-
         rank, world = self.dist.rank, self.dist.world
         torch.manual_seed(self.config.seed * 7919 + step + 1_000_003 * rank)
         self.model.eval()
@@ -293,8 +268,6 @@ class RLTrainer:
         mine = list(ordered_map(self._rollout, jobs[rank::world], self.config.concurrency))
         if world == 1:
             return mine
-        import torch.distributed as torch_dist
-
         shares: list[Any] = [None] * world
         torch_dist.all_gather_object(shares, mine)
         return [shares[index % world][index // world] for index in range(len(jobs))]
@@ -305,8 +278,6 @@ class RLTrainer:
     # ---- update ------------------------------------------------------------------------------------
 
     def _prepare(self, rollouts: list[Rollout]) -> list[Sequence]:
-        import torch
-
         config = self.config
         sequences = [s for i, r in enumerate(rollouts) for s in sequences_of(r.turns, i)]
         sequences = [s for s in sequences if s.actions]
@@ -317,7 +288,6 @@ class RLTrainer:
                 if self.reference is not None and config.kl_coef:
                     seq.ref_logprobs, _ = forward(self.reference, seq, config.kernels)
         if world > 1:  # every rank computed every world-th sequence's; all of them go to every rank
-            import torch.distributed as torch_dist
 
             def cpu(t: Any) -> Any:
                 return None if t is None else t.cpu()
@@ -341,16 +311,17 @@ class RLTrainer:
                 seq.advantages = torch.full_like(seq.old_logprobs, float(advantages[seq.rollout]))
             return sequences
         for index, rollout in enumerate(rollouts):
-            mine = [s for s in sequences if s.rollout == index]
-            if not mine:
+            of_rollout = [s for s in sequences if s.rollout == index]
+            if not of_rollout:
                 continue
-            logprobs = torch.cat([s.old_logprobs for s in mine])
-            ref = torch.cat([s.ref_logprobs for s in mine]) if mine[0].ref_logprobs is not None else None
-            values = torch.cat([s.old_values for s in mine])
+            logprobs = torch.cat([s.old_logprobs for s in of_rollout])
+            first = of_rollout[0]
+            ref = torch.cat([s.ref_logprobs for s in of_rollout]) if first.ref_logprobs is not None else None
+            values = torch.cat([s.old_values for s in of_rollout])
             token_rewards = ppo_token_rewards(rollout.reward, logprobs, ref, config.kl_coef)
             adv, returns = gae(token_rewards, values, config.gamma, config.lam)
             offset = 0
-            for seq in mine:
+            for seq in of_rollout:
                 n = seq.old_logprobs.numel()
                 seq.advantages, seq.returns = adv[offset : offset + n], returns[offset : offset + n]
                 offset += n
@@ -364,8 +335,6 @@ class RLTrainer:
         """`epochs` passes over the step's sequences in minibatches of `minibatch` sequences, one optimizer
         step each. Every rank knows every sequence; on several ranks each trains on every world-th one of a
         minibatch, and the weights make the ranks' gradients add up to the one-process minibatch's."""
-        import torch
-
         config = self.config
         rank, world = self.dist.rank, self.dist.world
         self.model.train()
@@ -382,13 +351,13 @@ class RLTrainer:
                 tokens = sum(s.actions for s in batch)
                 rollouts = len({s.rollout for s in batch})
                 passes: list[Sequence | None] = list(batch[rank::world])
-                if self.engine is not None:
+                if self.engine.lockstep:
                     passes += [None] * (self.micro_steps - len(passes))
-                for seq in passes:
+                for given in passes:
                     # a rank short of sequences runs one of the batch with weight 0 (no gradient), so
                     # that every rank takes part in each gradient reduction
-                    real = seq is not None
-                    seq = seq or batch[0]
+                    real = given is not None
+                    seq = given or batch[0]
                     if config.loss_norm == "token":
                         weight = 1 / tokens
                     else:
@@ -396,19 +365,9 @@ class RLTrainer:
                     # DeepSpeed averages gradients over the ranks; the minibatch's loss is their sum
                     weight = weight * world if real else 0.0
                     loss = self._loss(seq, stats if real else None)
-                    if self.engine is not None:
-                        self.engine.backward(loss * weight, scale_wrt_gas=False)
-                        self.engine.step()  # counts the pass; the last of the minibatch's updates
-                    else:
-                        (loss * weight).backward()
-                if self.engine is None:
-                    params = [p for group in self.optimizer.param_groups for p in group["params"]]
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self.engine.backward(loss * weight)
+                self.engine.step()
         if world > 1:
-            import torch.distributed as torch_dist
-
             torch_dist.all_reduce(stats)
         counted = max(float(stats[4]), 1.0)
         names = ("policy_loss", "value_loss", "kl", "clip_fraction")
@@ -439,8 +398,6 @@ class RLTrainer:
     # ---- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        import torch
-
         metrics_path = self.out / "metrics.jsonl"
         main = self.dist.main
         if main:
@@ -497,19 +454,17 @@ class RLTrainer:
     def save(self, name: str | None) -> None:
         """`OUT/NAME` (or the final model into `OUT`): the policy as a Hugging Face folder, its tokenizer,
         the optimizer (DeepSpeed's sharded state on several ranks), the value head, RNG and state."""
-        import torch
-
         main = self.dist.main
         tag = name or "final"
         folder = checkpoint.staging(self.out, tag) if main else self.out / f"{tag}.partial"
-        if self.engine is not None:
+        if self.engine.sharded:
             barrier(self.dist)  # the first rank has emptied the folder
-            self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state")
+            self.engine.save(folder)
         if main:
             checkpoint.save_model(self.model, folder)
             self.tokenizer.save_pretrained(folder)
-            if self.engine is None:
-                torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            if not self.engine.sharded:
+                self.engine.save(folder)
             torch.save(checkpoint.rng_state(), folder / "rng.pt")
             if self.value_head is not None:
                 torch.save(self.value_head.state_dict(), folder / "value_head.pt")
@@ -522,7 +477,7 @@ class RLTrainer:
                     "total_steps": self.config.steps,
                     "reference": self.reference_path,
                     "world": self.dist.world,
-                    "deepspeed": self.engine is not None,
+                    "deepspeed": self.engine.sharded,
                     "settings": self.config.resume_keys(),
                     "done": name is None,
                 },
@@ -531,22 +486,17 @@ class RLTrainer:
         barrier(self.dist)
 
     def _load(self, folder: Path) -> None:
-        import torch
-
         state = checkpoint.read_state(folder)
         sharded = bool(state.get("deepspeed"))
-        if sharded != (self.engine is not None) or (sharded and state.get("world", 1) != self.dist.world):
+        if sharded != self.engine.sharded or (sharded and state.get("world", 1) != self.dist.world):
             ran = f"DeepSpeed on {state.get('world', 1)} ranks" if sharded else "without DeepSpeed"
-            now = f"DeepSpeed on {self.dist.world} ranks" if self.engine is not None else "without DeepSpeed"
+            now = f"DeepSpeed on {self.dist.world} ranks" if self.engine.sharded else "without DeepSpeed"
             raise InputError(f"--resume: {folder} was trained {ran}; this run asks for {now}")
         checkpoint.check_settings(folder, state.get("settings", {}), self.config.resume_keys())
         self.step = state["step"]
-        if self.engine is not None:
-            self.engine.load_checkpoint(str(folder / "deepspeed"), load_module_strict=False)
-        else:
-            self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-            if self.value_head is not None:
-                self.value_head.load_state_dict(torch.load(folder / "value_head.pt", weights_only=True))
+        self.engine.load(folder)
+        if self.value_head is not None and not self.engine.sharded:
+            self.value_head.load_state_dict(torch.load(folder / "value_head.pt", weights_only=True))
         checkpoint.set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
         logger.info("resumed RL from %s at step %d", folder, self.step)
 

@@ -51,8 +51,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = 400):
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
     tokenizer = Qwen2Tokenizer(
         vocab=bpe["vocab"],
-        merges=merges,
-        unk_token=None,
+        merges=merges,  # type: ignore[arg-type]  # the stub says str | list[str]; pairs are what it takes
+        unk_token=None,  # type: ignore[arg-type]  # a byte-level BPE has no unknown token
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )

@@ -1,0 +1,42 @@
+"""`python -m dr_train RECIPE CONFIG.json`: run one recipe from its config file, as one rank.
+
+This is what `dr train --nproc N` starts under torchrun. The config is the recipe's pydantic model as
+JSON; the summary goes to stdout (from the first rank), logs to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    from pydantic import ValidationError
+
+    from dr_core import log
+    from dr_core.errors import DrError
+    from dr_core.log import stdout_for_data_only
+    from dr_train.recipes import recipe
+    from dr_train.recipes.common import launch
+
+    if len(argv) != 2:
+        print("usage: python -m dr_train {midtrain,sft,rl} CONFIG.json", file=sys.stderr)
+        return 2
+    name, path = argv
+    log.setup()
+    try:
+        cls, run = recipe(name)
+        config = cls.model_validate_json(Path(path).read_text())
+    except (KeyError, OSError, ValidationError) as exc:
+        print(f"python -m dr_train: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with stdout_for_data_only() as data:
+            return launch(name, config, run, data)
+    except DrError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # as `dr` says it
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,102 @@
+"""What every recipe shares: the settings of a run as a process (inputs, ranks, resume, rejects), reading a
+recipe's config from flags and the `[train.<recipe>]` TOML section, and running it, as one process or as
+`--nproc` ranks under torchrun (which start `python -m dr_train RECIPE CONFIG.json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dr_core.config import config_file, resolve
+from dr_core.options import OnErrorChoice
+
+C = TypeVar("C", bound="RunSettings")
+
+
+class Precision(StrEnum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class RunSettings(BaseModel):
+    """How a recipe runs as a process: what it reads, on how many ranks, and where bad lines go."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_enum_values=False)
+
+    inputs: list[str] = Field(default_factory=lambda: ["-"])
+    nproc: int = Field(1, ge=1)
+    resume: bool = False
+    on_error: OnErrorChoice = OnErrorChoice.fail
+    rejects: str | None = None
+
+
+def read_config(cls: type[C], recipe: str, flags: Mapping[str, Any]) -> C:
+    """`cls` from its defaults, `[train.<recipe>]` of the config file, DR_TRAIN_<RECIPE>_* variables and
+    the flags given (None: not given)."""
+    return resolve(cls, f"train.{recipe}", flags)
+
+
+def rank_rejects(path: str | Path | None, main: bool) -> str | None:
+    """Where this rank writes rejected lines: every rank reads the same lines; only the first keeps them."""
+    if path is None or main:
+        return None if path is None else str(path)
+    return str(Path(tempfile.mkdtemp()) / "rejects.jsonl")
+
+
+def launch(
+    recipe: str, config: RunSettings, run: Callable[[Any], BaseModel | dict[str, Any] | None], data: IO[str]
+) -> int:
+    """Run `recipe` here, or, with `nproc` > 1 in a process not started as a rank, as `nproc` ranks under
+    torchrun (DeepSpeed ZeRO-0 unless a stage or a config file was named); the summary goes to `data`.
+    Returns the exit status."""
+    from dr_train import distributed
+
+    if config.nproc > 1 and distributed.LAUNCHED not in os.environ and "WORLD_SIZE" not in os.environ:
+        return relaunch(recipe, config, data)
+    summary = run(config)
+    if summary is not None and distributed.current().main:
+        record = summary.model_dump(mode="json") if isinstance(summary, BaseModel) else summary
+        data.write(json.dumps(record) + "\n")
+        data.flush()
+    distributed.shutdown()  # a rank of several leaves here, its work saved and its output flushed
+    return 0
+
+
+def relaunch(recipe: str, config: RunSettings, data: IO[str]) -> int:
+    """`nproc` ranks of `python -m dr_train RECIPE CONFIG.json`; stdin is saved to a file first, and the
+    config names it."""
+    from dr_train import distributed
+
+    update: dict[str, Any] = {}
+    if getattr(config, "zero", None) is None and getattr(config, "deepspeed", None) is None:
+        update["zero"] = 0
+    saved_stdin = None
+    if "-" in config.inputs:
+        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as fh:
+            fh.write(sys.stdin.buffer.read())
+        saved_stdin = fh.name
+        update["inputs"] = [saved_stdin if s == "-" else s for s in config.inputs]
+    ranked = config.model_copy(update=update)
+    # in the output folder, so the launcher's and the ranks' command lines name the run they belong to
+    out = Path(getattr(config, "out", "."))
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out, prefix=f".{recipe}-", suffix=".json", delete=False) as cfg:
+        cfg.write(ranked.model_dump_json())
+    env = {}
+    if (toml := config_file()) is not None:  # the agent's and judge's sections, read again by every rank
+        env["DR_CONFIG"] = str(toml.resolve())
+    try:
+        return distributed.relaunch(config.nproc, ["-m", "dr_train", recipe, cfg.name], data, env)
+    finally:
+        os.unlink(cfg.name)
+        if saved_stdin is not None:
+            os.unlink(saved_stdin)

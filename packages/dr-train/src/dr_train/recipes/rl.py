@@ -1,0 +1,116 @@
+"""RL (GRPO or PPO) on research tasks, with rollouts through the real agent loop and its tools.
+
+Tasks are Task JSONL. The policy researches each task `group` times; dr-judge rewards each run (the exact
+answer, or the checklist score with a judge model); the update trains only on the tokens the policy
+sampled. With `nproc` N every rank holds the whole policy, runs a share of each step's rollouts and of
+each minibatch, and DeepSpeed reduces the gradients (ZeRO-1/2 split the optimizer state and gradients).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from dr_agent.build import build_agent
+from dr_core.errors import InputError
+from dr_core.jsonl import OnError, RejectWriter, read_records
+from dr_core.log import logger
+from dr_core.pipe import default_rejects_path
+from dr_core.records import Task
+from dr_judge.build import make_judge
+from dr_train import checkpoint, distributed
+from dr_train.engine import DeepSpeedSettings
+from dr_train.model import RopeSettings, build, is_checkpoint
+from dr_train.recipes.common import RunSettings, rank_rejects
+from dr_train.rl import RLConfig, RLTrainer, frozen_copy
+
+
+class RLRecipeConfig(RunSettings, RLConfig):
+    """Everything an RL run takes: the trainer's settings, the policy, the agent's tools and budgets, the
+    judge, and DeepSpeed."""
+
+    out: Path = Path("runs/rl")
+    model: str = ""
+    index: str | None = None
+    search: str | None = None
+    max_steps: int = 8  # agent model calls per rollout
+    max_tokens: int = 16384  # prompt + completion tokens per rollout
+    max_output_tokens: int = 512  # tokens per model call
+    judge_base_url: str | None = None
+    judge_model: str | None = None
+    zero: int | None = None
+    deepspeed: str | None = None
+
+
+def run(config: RLRecipeConfig) -> dict[str, Any] | None:
+    """Train as this process's rank; the summary (None when the run in `out` had already finished)."""
+    if config.group < 2 and config.algo == "grpo":
+        raise InputError("--group: GRPO compares samples of the same task, so it needs at least 2")
+    if not config.model or not is_checkpoint(config.model):
+        raise InputError(
+            f"--model {config.model!r}: give the Hugging Face folder of the policy "
+            "(e.g. dr train sft's --out)"
+        )
+    if config.zero is not None and config.zero not in (0, 1, 2):
+        raise InputError(
+            f"--zero {config.zero}: RL generates with the whole policy on every rank; choose 0, 1 or 2"
+        )
+    sources = config.inputs or ["-"]
+    out = Path(config.out)
+    dist = distributed.current()
+    finished, resume_from = checkpoint.resume_point(out, config.resume)
+    if finished:
+        logger.info("%s already holds a finished run; nothing to resume", out)
+        return None
+    rejects_path = config.rejects or (
+        default_rejects_path(sources, str(out / "tasks.jsonl")) if config.on_error.value == "skip" else None
+    )
+    rejects_path = rank_rejects(rejects_path, dist.main)
+    deepspeed = DeepSpeedSettings(config.zero, False, config.deepspeed)
+    device = distributed.init(dist, deepspeed.wanted)
+    with RejectWriter(rejects_path) if rejects_path else nullcontext() as writer:
+        on_error: OnError = "skip" if writer is not None else "fail"
+        tasks = list(read_records(sources, Task, on_error=on_error, rejects=writer))
+    if not tasks:
+        raise InputError("no tasks to train on")
+    unjudgeable = [t.id for t in tasks if t.answer is None and not t.checklist]
+    if unjudgeable:
+        raise InputError(
+            f"tasks without an answer or checklist cannot be rewarded: {', '.join(unjudgeable[:5])}"
+        )
+    judge = make_judge(config.judge_base_url, config.judge_model)
+    if judge.llm is None and any(t.answer is None for t in tasks):
+        raise InputError("checklist tasks need a judge model: --judge-base-url and --judge-model")
+    start = str(resume_from) if resume_from is not None else config.model
+    policy, tokenizer = build(start, None, list, RopeSettings(), config.seed)
+    reference = None
+    if config.kl_coef:  # the starting policy; a resumed run reads it again from --model
+        reference = frozen_copy(
+            policy if resume_from is None else build(config.model, None, list, RopeSettings(), config.seed)[0]
+        )
+    agent = build_agent(
+        search={"backend": config.search, "index": config.index},
+        agent={
+            "max_steps": config.max_steps,
+            "max_tokens": config.max_tokens,
+            "max_output_tokens": config.max_output_tokens,
+        },
+        web=False,
+    )
+    settings = RLConfig.model_validate(config.model_dump(include=set(RLConfig.model_fields)))
+    trainer = RLTrainer(
+        policy,
+        tokenizer,
+        reference,
+        agent,
+        judge,
+        tasks,
+        settings,
+        resume_from,
+        reference_path=config.model,
+        dist=dist,
+        device=device,
+        deepspeed=deepspeed,
+    )
+    return trainer.run()
