@@ -239,7 +239,9 @@ def main() -> None:
             "--tasks-per-step", "6" if not quick else "2", "--group", "4" if not quick else "2",
             "--lr", str(args.rl_lr), "--max-steps", str(args.agent_steps),
             "--max-tokens", str(args.agent_tokens), "--concurrency", str(args.concurrency),
-            "--save-every", "2", "--seed", str(args.seed), *resumed(rl_model))  # fmt: skip
+            "--save-every", "2", "--seed", str(args.seed), *resumed(rl_model),
+            # the README's figures were measured with generate-based rollouts; vLLM's are not re-measured
+            "--engine", "hf")  # fmt: skip
     if args.rl_steps:
         folders.append(bench("rl", rl_model, args, out))
     table = out / "results.md"

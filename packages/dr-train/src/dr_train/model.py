@@ -26,6 +26,13 @@ TINY: dict[str, dict[str, Any]] = {
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
     },
+    # head size 64, which vLLM's CPU attention takes (tests of vLLM rollouts and serving)
+    "qwen2-h64": {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    },
     "qwen2-small": {
         "hidden_size": 256,
         "intermediate_size": 768,

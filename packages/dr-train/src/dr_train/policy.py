@@ -21,6 +21,8 @@ from dr_core.records import Message, Usage
 class Turn:
     prompt: list[int]
     response: list[int]
+    # the engine's log-probability of each sampled token (vLLM rollouts; None from generate here)
+    logprobs: list[float] | None = None
 
 
 @dataclass
@@ -29,6 +31,11 @@ class Recording:
 
 
 _current = threading.local()
+
+
+def current_recording() -> Recording | None:
+    """The recording this thread's chat() calls go into, if any."""
+    return getattr(_current, "recording", None)
 
 
 class record_turns:
@@ -99,7 +106,7 @@ class LocalPolicy:
             )
         response = output[0, len(prompt) :].tolist()
         finished = bool(response) and response[-1] == self.tokenizer.eos_token_id
-        recording = getattr(_current, "recording", None)
+        recording = current_recording()
         if recording is not None:
             recording.turns.append(Turn(prompt, response))
         text = self.tokenizer.decode(response, skip_special_tokens=True)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dr_core.concurrency import ordered_map
 from dr_core.errors import InputError
+from dr_core.llm import ChatModel
 from dr_core.log import logger, progress
 from dr_core.records import Task, Trajectory
 from dr_train import checkpoint
@@ -43,6 +44,14 @@ from dr_train.rl_math import (
     group_advantages,
     kl_k3,
     ppo_token_rewards,
+)
+from dr_train.rollout import (
+    EngineError,
+    EnginePolicy,
+    Engines,
+    probe_tokens,
+    sampling_seed,
+    write_engine_weights,
 )
 
 Algo = Literal["grpo", "ppo"]
@@ -75,6 +84,9 @@ class RLConfig(BaseModel):
     grad_clip: float = 1.0
     temperature: float = 1.0
     top_p: float = 1.0
+    # truncated importance sampling for the gap between the rollout engine's sampling distribution and
+    # the trainer's (vLLM rollouts): each token's policy loss is weighted by min(π_train/π_engine, cap)
+    tis_cap: float | None = None
     concurrency: int = 2
     save_every: int = 0
     keep: int = 2
@@ -112,6 +124,10 @@ class Sequence:
     old_values: Any = None
     advantages: Any = None
     returns: Any = None
+    # the rollout engine's log-probability of each sampled token, aligned to `targets` (NaN elsewhere);
+    # None when the policy sampled in this process
+    engine_logprobs: list[float] | None = None
+    tis_weights: Any = None
 
     @property
     def actions(self) -> int:
@@ -143,8 +159,16 @@ def sequences_of(turns: list[Any], rollout: int) -> list[Sequence]:
         targets += [IGNORE] * (len(current.input_ids) - 1 - len(targets))
         for j in range(first - 1, len(current.input_ids) - 1):
             targets[j] = current.input_ids[j + 1]
+        if turn.logprobs is not None:
+            engine = current.engine_logprobs
+            if engine is None:
+                engine = current.engine_logprobs = []
+            engine += [math.nan] * (first - 1 - len(engine))
+            engine += list(turn.logprobs)
     for seq in out:
         seq.targets += [IGNORE] * (len(seq.input_ids) - len(seq.targets))
+        if seq.engine_logprobs is not None:
+            seq.engine_logprobs += [math.nan] * (len(seq.input_ids) - len(seq.engine_logprobs))
     return out
 
 
@@ -196,6 +220,8 @@ class RLTrainer:
         dist: Dist | None = None,
         device: Any = None,
         deepspeed: DeepSpeedSettings | None = None,
+        engines: Engines | None = None,
+        sync_tolerance: float = 0.1,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -232,7 +258,16 @@ class RLTrainer:
             extra=self.value_head,
             rollouts=True,
         )
-        self.policy = LocalPolicy(model, tokenizer)
+        # where the policy samples: in vLLM engines (weights pushed after every update), or here
+        self.engines = engines
+        self.sync_tolerance = sync_tolerance
+        self.gap: dict[str, float] = {}
+        self.policy: ChatModel
+        if engines is not None:
+            context = int(getattr(model.config, "max_position_embeddings", 32768))
+            self.policy = EnginePolicy(engines, tokenizer, context)
+        else:
+            self.policy = LocalPolicy(model, tokenizer)
         agent.llm = self.policy
         if resume_from is not None:
             self._load(resume_from)
@@ -251,7 +286,10 @@ class RLTrainer:
             # on any number of ranks
             torch.manual_seed((self.config.seed * 7919 + step) * 100_003 + index)
         recording = Recording()
-        with record_turns(recording):
+        seed = None
+        if self.config.concurrency == 1 and self.engines is not None:
+            seed = (self.config.seed * 7919 + step) * 100_003 + index
+        with record_turns(recording), sampling_seed(seed):
             trajectory = self.agent.run(
                 task.question, task_id=task.id, temperature=self.config.temperature, top_p=self.config.top_p
             )
@@ -304,6 +342,7 @@ class RLTrainer:
             for index, seq in enumerate(sequences):
                 old, values, ref = shares[index % world][index // world]
                 seq.old_logprobs, seq.old_values, seq.ref_logprobs = here(old), here(values), here(ref)
+        self._engine_gap(sequences)
         rewards = torch.tensor([r.reward for r in rollouts])
         if config.algo == "grpo":
             advantages = group_advantages(rewards, config.group)
@@ -330,6 +369,28 @@ class RLTrainer:
         for seq in sequences:
             seq.advantages = (seq.advantages - mean) / (std + 1e-6)  # whitened, as PPO for LMs does
         return sequences
+
+    def _engine_gap(self, sequences: list[Sequence]) -> None:
+        """How far the engine's log-probabilities of the sampled tokens are from the trainer's (kept for
+        the step's metrics), and each token's truncated importance weight when `tis_cap` is set."""
+        gaps = []
+        for seq in sequences:
+            if seq.engine_logprobs is None:
+                continue
+            sampled = [lp for lp, t in zip(seq.engine_logprobs, seq.targets, strict=True) if t != IGNORE]
+            engine = torch.tensor(sampled, dtype=torch.float32, device=seq.old_logprobs.device)
+            known = ~torch.isnan(engine)
+            gaps.append((seq.old_logprobs.float() - engine)[known].abs())
+            if self.config.tis_cap is not None:
+                ratio = torch.exp(
+                    seq.old_logprobs.float() - torch.where(known, engine, seq.old_logprobs.float())
+                )
+                seq.tis_weights = ratio.clamp(max=self.config.tis_cap).detach()
+        self.gap = {}
+        if gaps:
+            every = torch.cat(gaps)
+            if every.numel():
+                self.gap = {"logp_gap_mean": float(every.mean()), "logp_gap_max": float(every.max())}
 
     def update(self, sequences: list[Sequence]) -> dict[str, float]:
         """`epochs` passes over the step's sequences in minibatches of `minibatch` sequences, one optimizer
@@ -378,6 +439,8 @@ class RLTrainer:
         config = self.config
         logprobs, values = forward(self.model, seq, config.kernels, self.value_head)
         pg, clipped = clipped_policy_loss(logprobs, seq.old_logprobs, seq.advantages, config.clip)
+        if seq.tis_weights is not None:
+            pg = pg * seq.tis_weights
         loss = pg.sum()
         kl_sum = vl_sum = 0.0
         if seq.ref_logprobs is not None:
@@ -405,14 +468,20 @@ class RLTrainer:
             checkpoint.trim_metrics(metrics_path, self.step)
         record: dict[str, Any] = {}
         steps = range(self.step, self.config.steps)
+        if self.engines is not None and len(steps):
+            self.sync_engines()  # whatever they held: from now on, the trainer's weights
         for step in progress(steps, f"rl ({self.config.algo})", total=len(steps)):
             started = time.perf_counter()
             rollouts = self.rollouts(step)
             rollout_s = time.perf_counter() - started
+            self.gap = {}
             sequences = self._prepare(rollouts)
             stats = self.update(sequences) if sequences else {}
             rewards = torch.tensor([r.reward for r in rollouts])
             self.step = step + 1
+            synced = {}
+            if self.engines is not None and self.step < self.config.steps:
+                synced = self.sync_engines()
             record = {
                 "step": self.step,
                 "reward_mean": round(float(rewards.mean()), 4),
@@ -425,6 +494,8 @@ class RLTrainer:
                 "rollouts": len(rollouts),
                 "trained_tokens": sum(s.actions for s in sequences),
                 **{k: round(v, 6) for k, v in stats.items()},
+                **{k: round(v, 6) for k, v in self.gap.items()},
+                **{k: round(v, 6) for k, v in synced.items()},
                 "rollout_s": round(rollout_s, 2),
                 "step_s": round(time.perf_counter() - started, 2),
             }
@@ -448,6 +519,41 @@ class RLTrainer:
                 self.save(f"checkpoint-{self.step}")
         self.save(None)
         return {"out": str(self.out), "steps": self.step, **{k: v for k, v in record.items() if k != "step"}}
+
+    # ---- the rollout engines ---------------------------------------------------------------------
+
+    def sync_engines(self) -> dict[str, float]:
+        """Push the policy into every rollout engine (the first rank writes it; every engine reloads it),
+        then check each holds it: its log-probabilities of a probe sequence against the trainer's."""
+        assert self.engines is not None
+        started = time.perf_counter()
+        folder = engine_folder(self.out)
+        version = f"step-{self.step}"
+        if self.dist.main:
+            write_engine_weights(self.model, self.tokenizer, folder)
+            self.engines.sync(folder, version)
+            probe = probe_tokens(self.tokenizer)
+            with torch.no_grad():
+                mine = forward(self.model, Sequence(-1, probe, [*probe[1:], IGNORE]), self.config.kernels)[0]
+            worst = 0.0
+            for url in self.engines.urls:
+                theirs = torch.tensor(self.engines.prompt_logprobs(url, probe), device=mine.device)
+                gap = float((mine.float() - theirs).abs().max())
+                worst = max(worst, gap)
+                if gap > self.sync_tolerance:
+                    raise EngineError(
+                        f"rollout engine {url} does not hold the trainer's weights after the sync to "
+                        f"{version}: its log-probabilities of a probe differ by up to {gap:.4f} "
+                        f"(tolerance {self.sync_tolerance}). Start the engine with the trainer's dtype "
+                        "(--dtype float32; vLLM's CPU build computes float32 checkpoints in bfloat16 "
+                        "otherwise), from a folder written by dr_train.rollout.write_engine_weights (an "
+                        "output layer tied to the embeddings is not refreshed by vLLM's reload)"
+                    )
+            logger.info("rollout engines hold %s (probe |Δ logp| ≤ %.2e)", version, worst)
+        barrier(self.dist)
+        if not self.dist.main:
+            return {}
+        return {"sync_s": time.perf_counter() - started, "sync_gap_max": worst}
 
     # ---- checkpoints -------------------------------------------------------------------------------
 
@@ -499,6 +605,11 @@ class RLTrainer:
             self.value_head.load_state_dict(torch.load(folder / "value_head.pt", weights_only=True))
         checkpoint.set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
         logger.info("resumed RL from %s at step %d", folder, self.step)
+
+
+def engine_folder(out: Path) -> Path:
+    """Where the policy is written for the rollout engines to load and reload."""
+    return out / ".rollout-weights"
 
 
 def frozen_copy(model: Any) -> Any:

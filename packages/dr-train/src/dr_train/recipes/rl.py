@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from dr_agent.build import build_agent
 from dr_core.errors import InputError
@@ -19,11 +21,13 @@ from dr_core.log import logger
 from dr_core.pipe import default_rejects_path
 from dr_core.records import Task
 from dr_judge.build import make_judge
+from dr_serve.engines import fallback_reason, model_config
 from dr_train import checkpoint, distributed
 from dr_train.engine import DeepSpeedSettings
 from dr_train.model import RopeSettings, build, is_checkpoint
 from dr_train.recipes.common import RunSettings, rank_rejects
-from dr_train.rl import RLConfig, RLTrainer, frozen_copy
+from dr_train.rl import RLConfig, RLTrainer, engine_folder, frozen_copy
+from dr_train.rollout import Engines, write_engine_weights
 
 
 class RLRecipeConfig(RunSettings, RLConfig):
@@ -41,6 +45,10 @@ class RLRecipeConfig(RunSettings, RLConfig):
     judge_model: str | None = None
     zero: int | None = None
     deepspeed: str | None = None
+    # where the policy samples: vLLM engines (auto: when vLLM is installed) or generate in this process
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    rollout_url: list[str] = Field(default_factory=list)  # vLLM servers; none: one is started here
+    sync_tolerance: float = 0.1  # largest probe |Δ logp| between engine and trainer after a sync
 
 
 def run(config: RLRecipeConfig) -> dict[str, Any] | None:
@@ -83,34 +91,83 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
     if judge.llm is None and any(t.answer is None for t in tasks):
         raise InputError("checklist tasks need a judge model: --judge-base-url and --judge-model")
     start = str(resume_from) if resume_from is not None else config.model
-    policy, tokenizer = build(start, None, list, RopeSettings(), config.seed)
-    reference = None
-    if config.kl_coef:  # the starting policy; a resumed run reads it again from --model
-        reference = frozen_copy(
-            policy if resume_from is None else build(config.model, None, list, RopeSettings(), config.seed)[0]
+    plan = rollout_engines(config, start, dist.world)  # before the models load: a bad URL fails fast
+    engines = plan if isinstance(plan, Engines) else None
+    try:
+        policy, tokenizer = build(start, None, list, RopeSettings(), config.seed)
+        if plan == LOCAL:
+            # one engine here, started from the policy as the sync writes it; the trainer holds the policy
+            # in float32 (dr_train.model.build), so the engine does too and their numbers agree
+            folder = write_engine_weights(policy, tokenizer, engine_folder(Path(config.out)))
+            log = Path(config.out) / "rollout-engine.log"
+            engines = Engines.start_local(str(folder), log, dtype="float32")
+        reference = None
+        if config.kl_coef:  # the starting policy; a resumed run reads it again from --model
+            reference = frozen_copy(
+                policy
+                if resume_from is None
+                else build(config.model, None, list, RopeSettings(), config.seed)[0]
+            )
+        agent = build_agent(
+            search={"backend": config.search, "index": config.index},
+            agent={
+                "max_steps": config.max_steps,
+                "max_tokens": config.max_tokens,
+                "max_output_tokens": config.max_output_tokens,
+            },
+            web=False,
         )
-    agent = build_agent(
-        search={"backend": config.search, "index": config.index},
-        agent={
-            "max_steps": config.max_steps,
-            "max_tokens": config.max_tokens,
-            "max_output_tokens": config.max_output_tokens,
-        },
-        web=False,
-    )
-    settings = RLConfig.model_validate(config.model_dump(include=set(RLConfig.model_fields)))
-    trainer = RLTrainer(
-        policy,
-        tokenizer,
-        reference,
-        agent,
-        judge,
-        tasks,
-        settings,
-        resume_from,
-        reference_path=config.model,
-        dist=dist,
-        device=device,
-        deepspeed=deepspeed,
-    )
-    return trainer.run()
+        settings = RLConfig.model_validate(config.model_dump(include=set(RLConfig.model_fields)))
+        trainer = RLTrainer(
+            policy,
+            tokenizer,
+            reference,
+            agent,
+            judge,
+            tasks,
+            settings,
+            resume_from,
+            reference_path=config.model,
+            dist=dist,
+            device=device,
+            deepspeed=deepspeed,
+            engines=engines,
+            sync_tolerance=config.sync_tolerance,
+        )
+        return trainer.run()
+    finally:
+        if engines is not None:
+            engines.close()
+
+
+LOCAL = "local"  # a vLLM engine to start here, once the policy is loaded
+
+
+def rollout_engines(config: RLRecipeConfig, policy_dir: str, world: int) -> Engines | str | None:
+    """The vLLM engines the policy samples in: those at --rollout-url (checked), LOCAL (one to start
+    here), or None (generate in this process)."""
+    engine = config.engine
+    if engine == "auto":
+        why = fallback_reason(model_config(policy_dir))
+        if why is None and world > 1 and not config.rollout_url:
+            why = "several ranks sample in engines given by --rollout-url, and none was"
+        engine = "hf" if why is not None and not config.rollout_url else "vllm"
+        if engine == "hf":
+            logger.info("rollouts: Hugging Face generate in this process (%s)", why)
+        else:
+            logger.info("rollouts: vLLM")
+    if engine == "hf":
+        if config.rollout_url:
+            raise InputError("--rollout-url names vLLM engines: drop it, or use --engine vllm")
+        return None
+    if config.rollout_url:
+        engines = Engines(config.rollout_url)
+        engines.check()
+        return engines
+    why = fallback_reason(model_config(policy_dir))
+    if why is not None:
+        raise InputError(f"--engine vllm cannot start an engine for {policy_dir} here: {why}")
+    if world > 1:
+        raise InputError("with --nproc, give the vLLM engines every rank samples in: --rollout-url URL")
+    # the trainer holds the policy in float32 (dr_train.model.build): the engine too, so their numbers agree
+    return LOCAL

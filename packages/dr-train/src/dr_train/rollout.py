@@ -1,0 +1,322 @@
+"""RL rollouts through vLLM: the policy samples in one or more vLLM servers, and each update is pushed into
+every one of them before the next rollouts.
+
+`EnginePolicy.chat()` renders the conversation with the trainer's own tokenizer and chat template, sends
+the prompt as token ids to `/v1/completions`, and records the prompt, the sampled token ids and vLLM's
+log-probabilities of them, so the update trains on exactly what was sampled and can measure how far the
+engine's numbers are from the trainer's.
+
+Weight sync (`Engines.sync`): vLLM's transfer engines (NCCL, CUDA IPC) need GPUs, so dr uses the path vLLM
+offers on every build: the trainer writes the policy as a Hugging Face folder, and each engine reloads it in
+place (`/collective_rpc` `reload_weights` with `weights_path`), drops its prefix cache (KV computed with
+the old weights), and takes the new version name (`/update_weight_version`, read back from
+`/weight_info`). A probe then checks the engine holds the trainer's weights: vLLM's prompt
+log-probabilities of a fixed sequence against the trainer's own. Engines on other machines are URLs; the
+folder must then be on a filesystem they share. The endpoints are vLLM's development API:
+`VLLM_SERVER_DEV_MODE=1`, which the engine dr starts for itself sets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dr_core.errors import DrError
+from dr_core.llm import ChatResult, LLMConfig, to_wire
+from dr_core.log import logger
+from dr_core.proc import child_of_this_process, free_port
+from dr_core.records import Message, Usage
+from dr_train.policy import Turn, current_recording
+
+
+class EngineError(DrError):
+    """A rollout engine is unreachable, died, or does not hold the weights it was sent."""
+
+    exit_code = 3
+
+
+PROBE_TOKENS = 48  # tokens of the sync probe
+
+
+def render(tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] | None) -> list[int]:
+    """The prompt token ids of a conversation, as the trainer's chat template renders it."""
+    wire = [to_wire(m) for m in messages]
+    prompt = tokenizer.apply_chat_template(
+        wire, tools=tools or None, tokenize=True, add_generation_prompt=True, return_dict=False
+    )
+    if hasattr(prompt, "input_ids"):
+        prompt = prompt["input_ids"]
+    return list(prompt)
+
+
+class Engines:
+    """vLLM servers at `urls` that serve the policy under the name `model`."""
+
+    def __init__(self, urls: list[str], timeout: float = 600.0) -> None:
+        if not urls:
+            raise ValueError("Engines needs at least one URL")
+        self.urls = [url.rstrip("/") for url in urls]
+        self.http = httpx.Client(timeout=timeout)
+        self.model = ""
+        self.version: str | None = None
+        self._next = itertools.cycle(range(len(self.urls)))
+        self._lock = threading.Lock()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    # ---- starting and checking -------------------------------------------------------------------
+
+    @classmethod
+    def start_local(cls, model_dir: str, log_path: Path, timeout: float = 600.0, **settings: Any) -> Engines:
+        """Start one vLLM server for `model_dir` on a free loopback port, as `dr serve` would, with the
+        development API the weight sync uses; wait until it answers."""
+        from dr_serve.engines import EngineSpec, engine_command, engine_env
+
+        port = free_port()
+        spec = EngineSpec(model=model_dir, engine="vllm", port=port, served_model_name="policy", **settings)
+        _, argv, _ = engine_command(spec)
+        env = {**os.environ, **engine_env(spec, "vllm"), "VLLM_SERVER_DEV_MODE": "1"}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("ab")
+        logger.info("starting a vLLM engine for the rollouts (log: %s)", log_path)
+        process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_of_this_process()
+        )
+        engines = cls([f"http://127.0.0.1:{port}"], timeout)
+        engines.process = process
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise EngineError(
+                    f"the rollout engine exited with code {process.returncode} before it was ready; "
+                    f"see {log_path}"
+                )
+            try:
+                if engines.http.get(f"{engines.urls[0]}/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                engines.close()
+                raise EngineError(f"the rollout engine was not ready after {timeout:.0f}s; see {log_path}")
+            time.sleep(1.0)
+        engines.check()
+        return engines
+
+    def check(self) -> None:
+        """Every engine answers and serves one model (the first engine's name is the one used)."""
+        for url in self.urls:
+            try:
+                response = self.http.get(f"{url}/v1/models", timeout=10.0)
+                response.raise_for_status()
+                names = [m["id"] for m in response.json().get("data", [])]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                raise EngineError(
+                    f"--rollout-url {url}: no vLLM server answers there ({_why(exc)})"
+                ) from None
+            if not names:
+                raise EngineError(f"--rollout-url {url}: serves no model")
+            self.model = self.model or names[0]
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.http.close()
+
+    # ---- sampling ----------------------------------------------------------------------------------
+
+    def complete(self, prompt: list[int], **params: Any) -> dict[str, Any]:
+        """One /v1/completions choice for a prompt of token ids, from the next engine in turn."""
+        with self._lock:
+            url = self.urls[next(self._next)]
+        body = {"model": self.model, "prompt": prompt, "return_token_ids": True, **params}
+        try:
+            response = self.http.post(f"{url}/v1/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise EngineError(f"rollout engine {url}: {_why(exc)}") from None
+        if response.status_code != 200:
+            raise EngineError(f"rollout engine {url}: HTTP {response.status_code}: {response.text[:300]}")
+        return dict(response.json()["choices"][0])
+
+    # ---- weight sync -------------------------------------------------------------------------------
+
+    def sync(self, folder: Path, version: str) -> None:
+        """Every engine reloads the weights in `folder` in place and takes `version` as its name."""
+        for url in self.urls:
+            reload = {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}}
+            self._post(url, "/collective_rpc", reload)
+            self._post(url, "/reset_prefix_cache", None)
+            self._post(url, "/update_weight_version", {"new_version": version})
+            held = self._get(url, "/weight_info").get("weight_version")
+            if held != version:
+                raise EngineError(
+                    f"rollout engine {url} holds weights {held!r} after the sync to {version!r}"
+                )
+        self.version = version
+
+    def prompt_logprobs(self, url: str, tokens: list[int]) -> list[float]:
+        """vLLM's log-probability of each token of `tokens` after the ones before it (len - 1 values)."""
+        body = {"model": self.model, "prompt": tokens, "max_tokens": 1, "prompt_logprobs": 0}
+        choice = self._post(url, "/v1/completions", body)["choices"][0]
+        out = []
+        for position, entry in zip(tokens[1:], choice["prompt_logprobs"][1:], strict=True):
+            out.append(float(entry[str(position)]["logprob"]))
+        return out
+
+    def _post(self, url: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        try:
+            response = self.http.post(f"{url}{path}", json=body)
+        except httpx.HTTPError as exc:
+            raise EngineError(f"rollout engine {url}{path}: {_why(exc)}") from None
+        return _json(url, path, response)
+
+    def _get(self, url: str, path: str) -> dict[str, Any]:
+        try:
+            response = self.http.get(f"{url}{path}")
+        except httpx.HTTPError as exc:
+            raise EngineError(f"rollout engine {url}{path}: {_why(exc)}") from None
+        return _json(url, path, response)
+
+
+def _json(url: str, path: str, response: httpx.Response) -> dict[str, Any]:
+    if response.status_code == 404:
+        raise EngineError(
+            f"rollout engine {url} has no {path}: start it with VLLM_SERVER_DEV_MODE=1 (the weight sync "
+            "uses vLLM's development API)"
+        )
+    if response.status_code != 200:
+        raise EngineError(f"rollout engine {url}{path}: HTTP {response.status_code}: {response.text[:300]}")
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class EnginePolicy:
+    """chat() through vLLM engines, for the agent's rollouts; safe for concurrent rollouts."""
+
+    def __init__(self, engines: Engines, tokenizer: Any, max_context: int) -> None:
+        self.engines = engines
+        self.tokenizer = tokenizer
+        self.max_context = max_context
+        self.config = LLMConfig(model=engines.model or "policy", base_url=engines.urls[0] + "/v1")
+
+    def chat(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        **_: Any,
+    ) -> ChatResult:
+        prompt = render(self.tokenizer, messages, tools)
+        room = self.max_context - len(prompt)
+        if room <= 0:
+            return ChatResult(
+                message=Message(role="assistant", content=""),
+                finish_reason="length",
+                usage=Usage(prompt_tokens=len(prompt)),
+            )
+        params: dict[str, Any] = {
+            "max_tokens": max(1, min(max_tokens or 1024, room)),
+            "temperature": temperature,
+            "top_p": top_p,
+            "logprobs": 0,
+            "skip_special_tokens": True,
+        }
+        seed = getattr(_seed, "value", None)
+        if seed is not None:
+            params["seed"] = seed
+        choice = self.engines.complete(prompt, **params)
+        response = [int(t) for t in choice.get("token_ids") or []]
+        logprobs = [float(x) for x in ((choice.get("logprobs") or {}).get("token_logprobs") or [])]
+        if len(logprobs) != len(response):
+            raise EngineError(
+                f"rollout engine returned {len(response)} tokens and {len(logprobs)} log-probabilities"
+            )
+        recording = current_recording()
+        if recording is not None:
+            recording.turns.append(Turn(prompt, response, logprobs))
+        text = self.tokenizer.decode(response, skip_special_tokens=True)
+        return ChatResult(
+            message=Message(role="assistant", content=text),
+            finish_reason="stop" if choice.get("finish_reason") == "stop" else "length",
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(response)),
+        )
+
+
+_seed = threading.local()
+
+
+class sampling_seed:
+    """Within this block, this thread's rollout requests ask the engine for this seed (reproducible
+    samples for one rollout at a time)."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        _seed.value = self.seed
+
+    def __exit__(self, *exc: object) -> None:
+        _seed.value = None
+
+
+def write_engine_weights(model: Any, tokenizer: Any, folder: Path) -> Path:
+    """The policy as the folder the engines load and reload: a Hugging Face folder whose output layer is
+    stored apart from the input embeddings. vLLM's in-place reload refreshes only the weights the files
+    name, and a tied output layer is not among them (on the CPU build it keeps the old one), so the engine
+    is started from, and reloads, this untied copy. Written beside `folder` and renamed into place."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from dr_train import checkpoint
+
+    staging = folder.with_name(folder.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    checkpoint.save_model(model, staging)
+    tokenizer.save_pretrained(staging)
+    config_path = staging / "config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("tie_word_embeddings"):
+        head = model.get_output_embeddings().weight.detach().to("cpu").clone().contiguous()
+        save_file({"lm_head.weight": head}, str(staging / "lm_head.safetensors"))
+        index = staging / "model.safetensors.index.json"
+        if index.is_file():
+            mapping = json.loads(index.read_text())
+            mapping["weight_map"]["lm_head.weight"] = "lm_head.safetensors"
+            index.write_text(json.dumps(mapping, indent=2))
+        config["tie_word_embeddings"] = False
+        config_path.write_text(json.dumps(config, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return folder
+
+
+def probe_tokens(tokenizer: Any) -> list[int]:
+    """A fixed sequence to compare the engine's log-probabilities with the trainer's after a sync."""
+    text = "The research agent searched the index, opened two articles and answered with a citation."
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return (ids * (PROBE_TOKENS // max(len(ids), 1) + 1))[:PROBE_TOKENS]

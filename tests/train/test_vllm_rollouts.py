@@ -1,0 +1,206 @@
+"""vLLM as the real engine, on this CPU: serving tool calls, GRPO rollouts in an engine whose weights follow
+the trainer's, an engine that dies mid-run, and a rollout URL where nothing answers.
+
+The policy is a tiny model with head size 64 (vLLM's CPU attention takes no smaller) that learnt two
+world tasks' oracle trajectories by heart, so it calls the tools as the teacher did, and ends about half of
+them with a wrong answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from dr_core.engines import available
+from dr_core.proc import free_port
+from support.asgi import wait_ok
+from support.taught import taught_world
+
+DR = [sys.executable, "-m", "dr_cli.main"]
+
+needs_vllm = pytest.mark.skipif(
+    not available("vllm"), reason="vLLM is not installed (scripts/setup.sh installs it)"
+)
+
+
+def run_dr(*args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([*DR, *map(str, args)], capture_output=True, timeout=timeout, env=os.environ)
+
+
+@pytest.fixture(scope="module")
+def world64(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vllm")
+    # it answers right about half of the time, so a group's rewards differ and an update moves the weights
+    tasks = taught_world(root, model="tiny:qwen2-h64", unsure=True)
+    return root, tasks
+
+
+def start_engine(model: Path, port: int, log: Path) -> subprocess.Popen:
+    """A vLLM server with the development API the weight sync uses, as a user would start one."""
+    from dr_serve.engines import EngineSpec, engine_command, engine_env
+
+    spec = EngineSpec(model=str(model), engine="vllm", port=port, kv_cache_gib=1, dtype="float32")
+    _, argv, _ = engine_command(spec)
+    env = {**os.environ, **engine_env(spec, "vllm"), "VLLM_SERVER_DEV_MODE": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    wait_ok(f"http://127.0.0.1:{port}/health", proc, timeout=300)
+    return proc
+
+
+def probe_logprobs(model_dir: Path, tokens: list[int]) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        logprobs = model(torch.tensor([tokens])).logits[0, :-1].float().log_softmax(-1)
+    return logprobs[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])]
+
+
+def rl_args(root: Path, tasks: Path, out: Path, *extra) -> list:
+    return [
+        "train", "rl", tasks, "--model", root / "sft", "--index", root / "index", "-o", out,
+        "--tasks-per-step", "2", "--group", "2", "--max-steps", "6", "--max-tokens", "8000",
+        "--concurrency", "2", "--temperature", "0.9", "--lr", "5e-5", "--engine", "vllm", *extra,
+    ]  # fmt: skip
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_dr_serve_runs_vllm_on_the_cpu_and_its_tools_api_returns_the_models_tool_call(world64, tmp_path):
+    root, _ = world64
+    trajectory = json.loads((root / "traj.jsonl").read_text().splitlines()[0])
+    from dr_data.sft import to_example
+
+    _, example = to_example(trajectory)
+    first_call = next(m for m in example.messages if m.role == "assistant").tool_calls[0]
+    port = free_port()
+    serve = subprocess.Popen(
+        [*DR, "serve", str(root / "sft"), "--engine", "auto", "--port", str(port), "--kv-cache-gib", "1"],
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "serve.log").open("wb"),
+    )
+    try:
+        wait_ok(f"http://127.0.0.1:{port}/health", serve, timeout=300)
+        from dr_core.llm import to_wire
+
+        prompt = [to_wire(m) for m in example.messages[:2]]  # the system prompt and the question
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={
+                "model": "sft",
+                "messages": prompt,
+                "tools": example.tools,
+                "temperature": 0,
+                "max_tokens": 200,
+            },
+            timeout=120,
+        ).json()
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(timeout=60)
+    log = (tmp_path / "serve.log").read_text()
+    assert "starting vllm" in log and "--enforce-eager" in log  # auto chose vLLM; eager on the CPU
+    calls = reply["choices"][0]["message"].get("tool_calls") or []
+    # the hermes parser (chosen from the chat template) turned the <tool_call> block into a tool call
+    assert calls and calls[0]["function"]["name"] == first_call.name
+    assert json.loads(calls[0]["function"]["arguments"]) == first_call.arguments
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_grpo_through_a_vllm_engine_pushes_each_update_into_it(world64, tmp_path):
+    root, tasks = world64
+    out = tmp_path / "rl"
+    args = rl_args(root, tasks, out, "--steps", "2", "--save-every", "1", "--tis-cap", "2", "--group", "4")
+    result = run_dr(*args)
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first, second = metrics
+    # vLLM sampled; its log-probabilities of the sampled tokens are the trainer's, up to float error
+    assert first["rollouts"] == 8 and first["tool_calls"] > 0 and first["trained_tokens"] > 0
+    assert 0 < first["reward_mean"] < 1  # right and wrong answers: the update has something to learn
+    assert 0 <= first["logp_gap_mean"] <= first["logp_gap_max"] < 0.01
+    # after step 1 the engine was sent the updated weights and holds them (a probe's log-probabilities)
+    assert first["sync_gap_max"] < 1e-3 and "sync_gap_max" not in second  # no sync after the last step
+    assert second["logp_gap_max"] < 0.01  # step 2 sampled from the updated weights
+    from transformers import AutoTokenizer
+
+    from dr_train.rollout import probe_tokens
+
+    probe = probe_tokens(AutoTokenizer.from_pretrained(root / "sft"))
+    moved = (probe_logprobs(root / "sft", probe) - probe_logprobs(out / "checkpoint-1", probe)).abs().max()
+    assert moved > 100 * max(first["sync_gap_max"], 1e-6)  # the check tells the weights apart
+    assert (out / "rollout-engine.log").is_file()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_an_engine_that_dies_mid_run_stops_it_clearly_and_leaves_the_last_checkpoint(world64, tmp_path):
+    root, tasks = world64
+    # as a user starts an engine for dr to sync: from the policy with its output layer stored untied
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dr_train.rollout import write_engine_weights
+
+    policy = AutoModelForCausalLM.from_pretrained(root / "sft")
+    served = write_engine_weights(policy, AutoTokenizer.from_pretrained(root / "sft"), tmp_path / "served")
+    port = free_port()
+    engine = start_engine(served, port, tmp_path / "engine.log")
+    out = tmp_path / "rl"
+    url = f"http://127.0.0.1:{port}"
+    args = rl_args(
+        root, tasks, out, "--steps", "200", "--save-every", "1", "--keep", "500", "--rollout-url", url
+    )
+    log = tmp_path / "rl.log"
+    with log.open("wb") as stderr:  # a file, not a pipe nobody reads while the run goes on
+        run = subprocess.Popen([*DR, *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 600
+        while not (out / "checkpoint-1" / "trainer_state.json").is_file():
+            assert run.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
+            time.sleep(0.1)
+        engine.kill()
+        engine.wait()
+        run.wait(timeout=300)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+        if run.poll() is None:
+            run.kill()
+    text = log.read_text()
+    assert run.returncode == 3, text[-3000:]
+    assert f"rollout engine {url}" in text and "Traceback" not in text
+    assert not (out / "config.json").exists()  # no final model
+    last = max((p for p in out.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["step"] == int(last.name.split("-")[1]) and not state["done"]
+    AutoModelForCausalLM.from_pretrained(last)  # intact and loadable
+
+
+def test_a_rollout_url_where_nothing_answers_is_named(tmp_path):
+    from dr_train.model import RopeSettings, build
+
+    model, tokenizer = build("tiny:qwen2", None, lambda: ["What is the answer? It is 42."] * 20, RopeSettings(), 0,
+                             vocab_size=300)  # fmt: skip
+    model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "t", "question": "What is the answer?", "answer": "42"}) + "\n")
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_dr("train", "rl", tasks, "--model", tmp_path / "policy", "-o", tmp_path / "rl",
+                    "--engine", "vllm", "--rollout-url", url, "--steps", "1", timeout=300)  # fmt: skip
+    text = result.stderr.decode()
+    assert result.returncode == 3 and f"--rollout-url {url}: no vLLM server answers there" in text
+    assert "Traceback" not in text
+    hf = run_dr("train", "rl", tasks, "--model", tmp_path / "policy", "-o", tmp_path / "rl",
+                "--engine", "hf", "--rollout-url", url, timeout=300)  # fmt: skip
+    assert hf.returncode == 2 and b"--rollout-url names vLLM engines" in hf.stderr
