@@ -56,7 +56,7 @@ def measure(variant: str, tokens: int, shape: str, device: str, steps: int) -> d
         from dr_kernels import patch
 
         patch(model)
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing(model)
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -134,9 +134,7 @@ def measure_zero3(tokens: int, shape: str, steps: int) -> dict[str, Any]:
     with deepspeed.zero.Init(config_dict_or_path=config):
         model = build(shape, "cpu", "sdpa")
     patch(model)
-    model.activation_checkpointing_enable(
-        activation_checkpointing_kwargs={"use_reentrant": False}, offload=True
-    )
+    checkpointing(model, offload=True)
     model.config.use_cache = False
     engine, _, _, _ = deepspeed.initialize(model=model, config=config)
     ids = torch.randint(0, model.config.vocab_size, (tokens,)).tolist()
@@ -160,6 +158,18 @@ def measure_zero3(tokens: int, shape: str, steps: int) -> dict[str, Any]:
         "tokens_per_s": round(tokens / times[len(times) // 2], 1),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
     }
+
+
+def checkpointing(model: Any, offload: bool = False) -> None:
+    """Gradient checkpointing, as the trainer turns it on (transformers below 5.20 names it
+    gradient_checkpointing_enable and has no activation offload)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        kwargs = {"offload": True} if offload else {}
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}, **kwargs
+        )
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
