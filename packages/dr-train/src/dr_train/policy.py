@@ -33,6 +33,26 @@ class Recording:
 _current = threading.local()
 
 
+def render(tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] | None) -> list[int]:
+    """The prompt token ids of a conversation, as the trainer's chat template renders it."""
+    wire = [to_wire(m) for m in messages]
+    prompt = tokenizer.apply_chat_template(
+        wire, tools=tools or None, tokenize=True, add_generation_prompt=True, return_dict=False
+    )
+    if hasattr(prompt, "input_ids"):
+        prompt = prompt["input_ids"]
+    return list(prompt)
+
+
+def no_room(prompt: list[int]) -> ChatResult:
+    """The reply to a prompt that already fills the context: nothing, cut for length."""
+    return ChatResult(
+        message=Message(role="assistant", content=""),
+        finish_reason="length",
+        usage=Usage(prompt_tokens=len(prompt)),
+    )
+
+
 def current_recording() -> Recording | None:
     """The recording this thread's chat() calls go into, if any."""
     return getattr(_current, "recording", None)
@@ -74,21 +94,11 @@ class LocalPolicy:
     ) -> ChatResult:
         import torch
 
-        wire = [to_wire(m) for m in messages]
-        prompt = self.tokenizer.apply_chat_template(
-            wire, tools=tools or None, tokenize=True, add_generation_prompt=True, return_dict=False
-        )
-        if hasattr(prompt, "input_ids"):
-            prompt = prompt["input_ids"]
-        prompt = list(prompt)
+        prompt = render(self.tokenizer, messages, tools)
         room = self.max_context - len(prompt)
         new_tokens = max(1, min(max_tokens or 1024, room))
         if room <= 0:
-            return ChatResult(
-                message=Message(role="assistant", content=""),
-                finish_reason="length",
-                usage=Usage(prompt_tokens=len(prompt)),
-            )
+            return no_room(prompt)
         sample = temperature > 0
         device = next(self.model.parameters()).device
         with torch.no_grad():

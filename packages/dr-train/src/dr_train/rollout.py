@@ -29,11 +29,11 @@ from typing import Any
 import httpx
 
 from dr_core.errors import DrError
-from dr_core.llm import ChatResult, LLMConfig, to_wire
+from dr_core.llm import ChatResult, LLMConfig
 from dr_core.log import logger
 from dr_core.proc import child_of_this_process, free_port
 from dr_core.records import Message, Usage
-from dr_train.policy import Turn, current_recording
+from dr_train.policy import Turn, current_recording, no_room, render
 
 
 class EngineError(DrError):
@@ -43,17 +43,6 @@ class EngineError(DrError):
 
 
 PROBE_TOKENS = 48  # tokens of the sync probe
-
-
-def render(tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] | None) -> list[int]:
-    """The prompt token ids of a conversation, as the trainer's chat template renders it."""
-    wire = [to_wire(m) for m in messages]
-    prompt = tokenizer.apply_chat_template(
-        wire, tools=tools or None, tokenize=True, add_generation_prompt=True, return_dict=False
-    )
-    if hasattr(prompt, "input_ids"):
-        prompt = prompt["input_ids"]
-    return list(prompt)
 
 
 class Engines:
@@ -229,11 +218,7 @@ class EnginePolicy:
         prompt = render(self.tokenizer, messages, tools)
         room = self.max_context - len(prompt)
         if room <= 0:
-            return ChatResult(
-                message=Message(role="assistant", content=""),
-                finish_reason="length",
-                usage=Usage(prompt_tokens=len(prompt)),
-            )
+            return no_room(prompt)
         params: dict[str, Any] = {
             "max_tokens": max(1, min(max_tokens or 1024, room)),
             "temperature": temperature,
