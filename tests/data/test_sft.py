@@ -120,3 +120,37 @@ def test_ratio_mixing_from_the_command_line(tmp_path):
     assert sources.count("trajectory") == 10 and 4 <= sources.count("plan") <= 18
     bad = subprocess.run([*DR, "data", "sft", str(src), "--ratio", "plans=1"], capture_output=True)
     assert bad.returncode == 2 and b"unknown kinds plans" in bad.stderr
+
+
+def test_the_filter_chain_tokenizes_each_message_and_tool_call_once(monkeypatch):
+    """All four filters read one tokenization (dr_data.sft.Words): the model's text used to be split into
+    words twice, once for the loop check and once inside the full text near-duplicates compare."""
+    from dr_data import sft
+
+    calls: list[str] = []
+    real = sft.terms
+
+    def counted(text, keep_stopwords=False):
+        calls.append(text)
+        return real(text, keep_stopwords)
+
+    monkeypatch.setattr(sft, "terms", counted)
+    _, example = to_example(distinct(3))
+    chain = sft.FilterChain(
+        decontaminate=sft.Decontaminator([]), dedup=sft.NearDuplicates(), check_language=True
+    )
+    assert chain.reason(example) is None
+    spoken = [m for m in example.messages if m.role in ("user", "assistant")]
+    arguments = [call for m in spoken for call in m.tool_calls]
+    assert len(calls) == len(spoken) + len(arguments)
+    assert len(set(calls)) == len(calls)  # no text split twice
+
+
+def test_terms_reads_ascii_and_cjk_text_alike_on_its_fast_path():
+    from dr_agent.analysis import terms
+
+    assert terms("The Salt-Routes of 1450, and THE rest_of it") == ["salt", "routes", "1450", "rest"]
+    # one CJK character sends a text down the general path; what the ASCII part gives must not change
+    for text in ("The Salt-Routes of 1450, and THE rest_of it", "x_1 Ab9  b-a", "", "..."):
+        for keep in (False, True):
+            assert terms(text + " 江", keep) == [*terms(text, keep), "江"]

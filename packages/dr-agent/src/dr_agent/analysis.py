@@ -23,8 +23,12 @@ STOPWORDS = frozenset(
 
 def terms(text: str, keep_stopwords: bool = False) -> list[str]:
     """The index terms of `text`: lowercased words; character bigrams (or a lone character) for CJK."""
+    lowered = text.lower()
+    if lowered.isascii():  # no CJK to split: the words as found (most text, and the fast path)
+        found = _TOKEN.findall(lowered)
+        return found if keep_stopwords else [t for t in found if t not in STOPWORDS]
     out: list[str] = []
-    for token in _TOKEN.findall(text.lower()):
+    for token in _TOKEN.findall(lowered):
         if not token.isascii() and _IS_CJK.match(token):
             if len(token) == 1:
                 out.append(token)

@@ -44,7 +44,10 @@ PLAN_PROMPT = {
 
 def language(text: str) -> str:
     """'zh' when CJK characters make up over a fifth of the letters of the opening, else 'en'."""
-    letters, cjk = letter_counts(text[:1500])  # the opening is enough to tell; this runs on every record
+    opening = text[:1500]  # the opening is enough to tell; this runs on every record
+    if opening.isascii():
+        return "en"
+    letters, cjk = letter_counts(opening)
     if not letters:
         return "en"
     return "zh" if cjk / letters > 0.2 else "en"

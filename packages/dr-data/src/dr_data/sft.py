@@ -67,25 +67,39 @@ def to_example(obj: dict[str, Any]) -> tuple[str, Example | None]:
 # ---- filters ------------------------------------------------------------------------------------
 
 
-def _assistant_text(example: Example) -> str:
-    return "\n".join(m.content or "" for m in example.messages if m.role == "assistant")
+@dataclass(frozen=True)
+class Words:
+    """An example's words (`terms`, stopwords kept), each message and tool call tokenized once and shared
+    by every filter: the user's turns, the model's text, and everything it says (tool-call arguments too,
+    what near-duplicates are compared on)."""
 
+    user: list[str]
+    assistant: list[str]
+    full: list[str]
 
-def _full_text(example: Example) -> str:
-    """What the example says, tool-call arguments included: the text near-duplicates are compared on."""
-    parts = []
-    for m in example.messages:
-        if m.role in ("user", "assistant"):
-            parts.append(m.content or "")
-            parts.extend(orjson.dumps(call.arguments).decode() for call in m.tool_calls)
-    return "\n".join(parts)
+    @classmethod
+    def of(cls, example: Example) -> Words:
+        user: list[str] = []
+        assistant: list[str] = []
+        full: list[str] = []
+        for m in example.messages:
+            if m.role not in ("user", "assistant"):
+                continue
+            words = terms(m.content or "", keep_stopwords=True)
+            (user if m.role == "user" else assistant).extend(words)
+            full.extend(words)
+            for call in m.tool_calls:
+                full.extend(terms(orjson.dumps(call.arguments).decode(), keep_stopwords=True))
+        return cls(user, assistant, full)
 
 
 def _user_text(example: Example) -> str:
     return "\n".join(m.content or "" for m in example.messages if m.role == "user")
 
 
-def repetition(example: Example, max_same_call: int = 3, n: int = 8, max_repeats: int = 4) -> str | None:
+def repetition(
+    example: Example, words: Words | None = None, max_same_call: int = 3, n: int = 8, max_repeats: int = 4
+) -> str | None:
     """Why the example loops, or None: one tool call made `max_same_call` times, or an n-gram of the
     model's text repeated `max_repeats` times or more."""
     calls = Counter(
@@ -97,8 +111,8 @@ def repetition(example: Example, max_same_call: int = 3, n: int = 8, max_repeats
         (name, _), count = calls.most_common(1)[0]
         if count >= max_same_call:
             return f"tool call {name} repeated {count} times with the same arguments"
-    words = terms(_assistant_text(example), keep_stopwords=True)
-    grams = Counter(zip(*(words[i:] for i in range(n)), strict=False))
+    said = (words or Words.of(example)).assistant
+    grams = Counter(zip(*(said[i:] for i in range(n)), strict=False))
     if grams:
         gram, count = grams.most_common(1)[0]
         if count >= max_repeats:
@@ -113,6 +127,8 @@ def mixed_language(example: Example, min_letters: int = 200) -> str | None:
     for i, message in enumerate(example.messages):
         if message.role != "assistant" or not message.content:
             continue
+        if asked == "en" and message.content.isascii():
+            continue  # no CJK at all: English, as asked
         letters, cjk = letter_counts(message.content)
         if letters < min_letters:
             continue
@@ -138,14 +154,14 @@ class Decontaminator:
             for i in range(len(words) - n + 1):
                 self.grams.setdefault(tuple(words[i : i + n]), task.id)
 
-    def __call__(self, example: Example) -> str | None:
-        words = terms(_user_text(example), keep_stopwords=True)
-        for i in range(len(words) - self.n + 1):
-            gram = tuple(words[i : i + self.n])
+    def __call__(self, example: Example, words: Words | None = None) -> str | None:
+        words_ = (words or Words.of(example)).user
+        for i in range(len(words_) - self.n + 1):
+            gram = tuple(words_[i : i + self.n])
             if gram in self.grams:
                 return f"shares {' '.join(gram)!r} with benchmark task {self.grams[gram]}"
         if self.short:
-            joined = f" {' '.join(words)} "
+            joined = f" {' '.join(words_)} "
             for question, task_id in self.short.items():
                 if question and f" {question} " in joined:
                     return f"contains benchmark task {task_id}'s question {question!r}"
@@ -164,22 +180,17 @@ class NearDuplicates:
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle = shingle
-        # the permutations are drawn once and shared; crc32 is a fast, stable hash under them
+        # the permutations are drawn once and shared; the shingles come already hashed (shingle_hashes)
         template = MinHash(num_perm=num_perm, seed=1)
         self.permutations, self.scheme = template.permutations, template.scheme
 
-    def __call__(self, example: Example) -> str | None:
+    def __call__(self, example: Example, words: Words | None = None) -> str | None:
         from datasketch import MinHash
 
-        words = terms(_full_text(example), keep_stopwords=True)
-        shingles = {
-            " ".join(words[i : i + self.shingle]).encode()
-            for i in range(max(1, len(words) - self.shingle + 1))
-        }
         signature = MinHash(
-            num_perm=self.num_perm, hashfunc=zlib.crc32, permutations=self.permutations, scheme=self.scheme
+            num_perm=self.num_perm, hashfunc=_as_is, permutations=self.permutations, scheme=self.scheme
         )
-        signature.update_batch(list(shingles))
+        signature.update_batch(shingle_hashes((words or Words.of(example)).full, self.shingle).tolist())
         candidates = self.lsh.query(signature)
         similar = sorted(k for k in candidates if self.signatures[k].jaccard(signature) >= self.threshold)
         if similar:
@@ -187,6 +198,30 @@ class NearDuplicates:
         self.lsh.insert(example.id, signature)
         self.signatures[example.id] = signature
         return None
+
+
+def _as_is(value: int) -> int:
+    return value
+
+
+def shingle_hashes(words: list[str], size: int) -> Any:
+    """A 32-bit hash (uint64 array) of every run of `size` words (one run when there are fewer words): each
+    word is hashed once (crc32), and a run's hash mixes its words' hashes in order, so no shingle string is
+    ever built."""
+    import numpy as np
+
+    if not words:
+        words = [""]
+    hashed = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+    runs = max(1, len(words) - size + 1)
+    mixed = np.zeros(runs, dtype=np.uint64)
+    for offset in range(min(size, len(words))):
+        # an odd multiplier over 64 bits (wrapping) then the word's hash: order matters
+        mixed = mixed * np.uint64(0x9E3779B97F4A7C15) + hashed[offset : offset + runs]
+    mixed ^= mixed >> np.uint64(29)
+    mixed *= np.uint64(0xBF58476D1CE4E5B9)
+    mixed ^= mixed >> np.uint64(32)
+    return mixed & np.uint64(0xFFFFFFFF)
 
 
 @dataclass
@@ -198,17 +233,18 @@ class FilterChain:
     removed: Counter[str] = field(default_factory=Counter)
 
     def reason(self, example: Example) -> str | None:
-        checks: list[tuple[str, Callable[[Example], str | None]]] = []
+        checks: list[tuple[str, Callable[[Example, Words], str | None]]] = []
         if self.check_repetition:
             checks.append(("repetition", repetition))
         if self.check_language:
-            checks.append(("language", mixed_language))
+            checks.append(("language", lambda example, _: mixed_language(example)))
         if self.decontaminate is not None:
             checks.append(("contamination", self.decontaminate))
         if self.dedup is not None:
             checks.append(("duplicate", self.dedup))
+        words = Words.of(example)
         for name, check in checks:
-            why = check(example)
+            why = check(example, words)
             if why is not None:
                 self.removed[name] += 1
                 return f"{name}: {why}"

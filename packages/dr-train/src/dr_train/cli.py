@@ -118,7 +118,11 @@ EvalEveryOpt = Annotated[
 SeedOpt = Annotated[int | None, _opt("--seed", help="(default: 0)")]
 PrecisionOpt = Annotated[
     PrecisionChoice | None,
-    _opt("--precision", help="bf16 or fp32 (auto: bf16 on a GPU, fp32 on CPU) (default: auto)."),
+    _opt(
+        "--precision",
+        help="bf16 (autocast over fp32 weights) or fp32; auto: bf16 on a GPU or a CPU with AVX-512 BF16 "
+        "or AMX, else fp32 (default: auto).",
+    ),
 ]
 KernelsOpt = Annotated[
     bool | None,

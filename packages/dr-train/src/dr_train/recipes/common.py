@@ -27,6 +27,24 @@ class Precision(StrEnum):
     fp32 = "fp32"
 
 
+def native_bf16() -> bool:
+    """Whether this machine multiplies bf16 natively: a CUDA GPU, or a CPU with AVX-512 BF16 or AMX.
+    (Elsewhere torch emulates bf16 on the CPU, slower than fp32.)"""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    cpu = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def resolve_precision(precision: Precision) -> Precision:
+    """auto: bf16 autocast (fp32 master weights) where the hardware does bf16 natively, else fp32."""
+    if precision != Precision.auto:
+        return precision
+    return Precision.bf16 if native_bf16() else Precision.fp32
+
+
 class RunSettings(BaseModel):
     """How a recipe runs as a process: what it reads, on how many ranks, and where bad lines go."""
 

@@ -11,7 +11,6 @@ import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
 from pydantic import Field
 
 from dr_core.errors import InputError
@@ -22,7 +21,7 @@ from dr_core.pipe import default_rejects_path
 from dr_train import checkpoint, distributed
 from dr_train.data import LongPolicy, Stage, build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build, is_checkpoint
-from dr_train.recipes.common import Precision, RunSettings, rank_rejects
+from dr_train.recipes.common import Precision, RunSettings, rank_rejects, resolve_precision
 from dr_train.tiny import CHAT_TEMPLATE, train_tokenizer
 from dr_train.trainer import Summary, TrainConfig, Trainer
 
@@ -51,9 +50,7 @@ def run(config: LMConfig) -> Summary | None:
     if finished:
         logger.info("%s already holds a finished run; nothing to resume", out)
         return None
-    precision = config.precision
-    if precision == Precision.auto:
-        precision = Precision.bf16 if torch.cuda.is_available() else Precision.fp32
+    precision = resolve_precision(config.precision)
     if config.sp < 1 or dist.world % config.sp:
         raise InputError(f"--sp {config.sp} must divide the number of processes ({dist.world})")
     if config.copy_warmup < 0:
@@ -113,13 +110,15 @@ def run(config: LMConfig) -> Summary | None:
         )
     if dist.main:
         logger.info(
-            "%s: %d rows of up to %d tokens (%d tokens, %d learnt) from %d records",
+            "%s: %d rows of up to %d tokens (%d tokens, %d learnt) from %d records, in %s%s",
             config.stage,
             len(dataset.rows),
             config.max_len,
             dataset.tokens,
             dataset.label_tokens,
             dataset.stats.documents,
+            precision,
+            " (auto)" if config.precision == Precision.auto else "",
         )
     trainer = Trainer(model, tokenizer, dataset, settings, dist, device, eval_data, resume_from)
     return trainer.run()
