@@ -2,6 +2,7 @@
 
     python scripts/bench_rollouts.py                         # SmolLM2-135M-Instruct, concurrency 1 and 16
     python scripts/bench_rollouts.py --rl                    # also dr train rl step times, hf vs vllm
+    python scripts/bench_rollouts.py --rl --no-generation    # only the RL step times
     python scripts/bench_rollouts.py --json out.json --markdown
 
 Generation: every prompt is a research question in the model's chat template; both engines generate
@@ -10,8 +11,9 @@ server with continuous batching; HF: `dr train rl`'s in-process policy, one `gen
 rollouts run). Reported: generated tokens per second of wall time.
 
 --rl: the tiny taught world of the test suite (a head-size-64 model that researches two world tasks as the
-oracle did and answers right about half of the time), `dr train rl` for --rl-steps steps with --engine hf
-and with --engine vllm; reported: the median RL step time and rollout time after the first step.
+oracle did and answers right about half of the time), `dr train rl` for --rl-steps steps of 2 tasks × 8
+samples with --engine hf and with --engine vllm, at each --concurrency (rollouts in flight); reported: the
+median RL step time and rollout time after the first step.
 """
 
 from __future__ import annotations
@@ -137,13 +139,14 @@ def rl_steps(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tasks = taught_world(root, model="tiny:qwen2-h64", unsure=True)
-        for engine in ("hf", "vllm"):
-            out = root / f"rl-{engine}"
+        for engine, concurrency in [(e, c) for c in args.concurrency for e in ("hf", "vllm")]:
+            out = root / f"rl-{engine}-{concurrency}"
             command = [
                 sys.executable, "-m", "dr_cli.main", "train", "rl", str(tasks), "--model", str(root / "sft"),
                 "--index", str(root / "index"), "-o", str(out), "--engine", engine,
-                "--steps", str(args.rl_steps), "--tasks-per-step", "2", "--group", "4", "--max-steps", "6",
-                "--max-tokens", "8000", "--concurrency", "8", "--temperature", "0.9", "--lr", "5e-5",
+                "--steps", str(args.rl_steps), "--tasks-per-step", "2", "--group", "8", "--max-steps", "6",
+                "--max-tokens", "8000", "--concurrency", str(concurrency), "--temperature", "0.9",
+                "--lr", "5e-5",
             ]  # fmt: skip
             started = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True)
@@ -151,6 +154,7 @@ def rl_steps(args: argparse.Namespace) -> list[dict]:
             metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
             row = {
                 "engine": engine,
+                "concurrency": concurrency,
                 "steps": args.rl_steps,
                 "step_s_median": round(statistics.median(m["step_s"] for m in metrics), 2),
                 "rollout_s_median": round(statistics.median(m["rollout_s"] for m in metrics), 2),
@@ -172,26 +176,30 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rl", action="store_true", help="Also time dr train rl steps, hf against vllm.")
     parser.add_argument("--rl-steps", type=int, default=4)
+    parser.add_argument("--no-generation", action="store_true", help="Skip the generation comparison.")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    report = {"generation": generation(args)}
+    report = {"generation": [] if args.no_generation else generation(args)}
     if args.rl:
         report["rl"] = rl_steps(args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.markdown:
-        print("| concurrency | prompts × tokens | vLLM tokens/s | HF generate tokens/s | vLLM / HF |")
-        print("|---:|---:|---:|---:|---:|")
+        if report["generation"]:
+            print("| concurrency | prompts × tokens | vLLM tokens/s | HF generate tokens/s | vLLM / HF |")
+            print("|---:|---:|---:|---:|---:|")
         for r in report["generation"]:
             print(f"| {r['concurrency']} | {r['prompts']} × {r['max_tokens']} | {r['vllm_tokens_per_s']} | "
                   f"{r['hf_tokens_per_s']} | {r['ratio']} |")  # fmt: skip
-        for r in report.get("rl", []):
+        if report.get("rl"):
             print(
-                f"\nRL ({r['engine']}): median step {r['step_s_median']} s, rollouts "
-                f"{r['rollout_s_median']} s ({r['rollouts_per_step']} rollouts a step, {r['steps']} steps, "
-                f"{r['wall_s']} s in all)"
+                "\n| RL engine | concurrency | median step s | median rollout s | rollouts a step | wall s |"
             )
+            print("|---|---:|---:|---:|---:|---:|")
+        for r in report.get("rl", []):
+            print(f"| {r['engine']} | {r['concurrency']} | {r['step_s_median']} | {r['rollout_s_median']} | "
+                  f"{r['rollouts_per_step']} | {r['wall_s']} |")  # fmt: skip
     else:
         print(json.dumps(report))
 

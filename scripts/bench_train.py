@@ -1,8 +1,16 @@
-"""Training throughput and memory: plain Hugging Face, Hugging Face + Liger-Kernel, and dr train's path.
+"""Training throughput and memory: plain Hugging Face, Hugging Face + Liger-Kernel, and dr train's path;
+on the CPU, `dr train sft` in its configurations against TRL's SFTTrainer on a real model.
 
     python scripts/bench_train.py                         # one GPU: Qwen2.5-0.5B shape at 32K and 128K
     python scripts/bench_train.py --zero3-7b              # + the longest row of a 7B with ZeRO-3 offload
     python scripts/bench_train.py --device cpu --small    # a smoke run of every variant on the CPU
+    python scripts/bench_train.py --device cpu --model smollm2-135m   # dr train sft vs TRL, this CPU
+
+The --model run: the oracle-trajectory SFT examples of a 300-entity world (made here with dr data unless
+--data is given), every configuration in its own process, interleaved over --rounds; tokens/s over the
+steps after the first, peak RSS of the process. TRL (pip install trl==1.16.0; a benchmark-only extra, not
+a dependency of dr) trains on the very token ids and loss mask dr trains on (dr_train.chat), packed and
+padding-free, with the same rows per step, learning rate and precision.
 
 Every variant trains the same randomly initialized model (bf16 weights, AdamW, gradient checkpointing) on
 one row of T tokens, in its own process so an out-of-memory is a table entry. "dr" is exactly what
@@ -13,7 +21,9 @@ cross-entropy on the hidden states. Liger-Kernel is optional (pip install liger-
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -172,7 +182,213 @@ def checkpointing(model: Any, offload: bool = False) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+# (name, dr train sft flags); TRL's rows: (name, bf16, gradient checkpointing)
+DR_CONFIGS = (
+    ("dr, auto (bf16 here), kernels, checkpointing", []),
+    ("dr, bf16, --no-kernels", ["--precision", "bf16", "--no-kernels"]),
+    ("dr, bf16, --no-grad-ckpt", ["--precision", "bf16", "--no-grad-ckpt"]),
+    ("dr, fp32, kernels, checkpointing", ["--precision", "fp32"]),
+    ("dr, fp32, --no-kernels", ["--precision", "fp32", "--no-kernels"]),
+)
+TRL_CONFIGS = (
+    ("TRL SFTTrainer, bf16, checkpointing", True, True),
+    ("TRL SFTTrainer, fp32, checkpointing", False, True),
+)
+
+
+def sft_data(folder: Any) -> Any:
+    """The oracle-trajectory SFT examples of a 300-entity world, made with dr's own commands."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    dr = [sys.executable, "-m", "dr_cli.main"]
+    quiet = {"stdout": subprocess.DEVNULL, "check": True}
+    subprocess.run([*dr, "data", "world", "-o", folder / "world", "--entities", "300", "--tasks", "400",
+                    "--max-hops", "2"], **quiet)  # fmt: skip
+    subprocess.run([*dr, "data", "index", folder / "world" / "corpus.jsonl", "-i", folder / "index"], **quiet)
+    train = folder / "world" / "train.jsonl"
+    subprocess.run([*dr, "data", "trajectories", train, "--index", folder / "index", "--teacher", "oracle",
+                    "-o", folder / "trajectories.jsonl"], **quiet)  # fmt: skip
+    subprocess.run([*dr, "data", "sft", folder / "trajectories.jsonl", "-o", folder / "sft.jsonl"], **quiet)
+    return folder / "sft.jsonl"
+
+
+def timed_process(command: list[str], env: dict[str, str] | None = None) -> tuple[int, float, str]:
+    """(exit code, peak RSS in GiB, stderr's tail) of one child process, its own peak alone (wait4)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-600:]
+    return proc.returncode, usage.ru_maxrss / 2**20, tail
+
+
+def run_dr(flags: list[str], args: argparse.Namespace, data: Any, out: Any) -> dict[str, Any]:
+    import shutil
+    from pathlib import Path
+
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "dr_cli.main", "train", "sft", str(data), "--model", args.model,
+               "-o", str(out), "--max-len", str(args.max_len), "--tokens-per-step", str(args.tokens_per_step),
+               "--max-steps", str(args.steps), "--lr", "1e-5", "--warmup", "0", "--seed", "0",
+               *flags]  # fmt: skip
+    code, peak, tail = timed_process(command)
+    if code != 0:
+        return {"error": tail.strip().splitlines()[-1][:100] if tail.strip() else f"exit {code}"}
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    later = metrics[1:]  # the first step warms up
+    tokens = [b["tokens"] - a["tokens"] for a, b in itertools.pairwise(metrics)]
+    seconds = sum(t / m["tokens_per_s"] for t, m in zip(tokens, later, strict=True))
+    return {"tokens_per_s": round(sum(tokens) / seconds, 1), "peak_gib": round(peak, 2)}
+
+
+def run_trl(bf16: bool, ckpt: bool, args: argparse.Namespace, data: Any, out: Any) -> dict[str, Any]:
+    import os
+
+    rows = max(1, args.tokens_per_step // args.max_len)
+    spec = {"trl": True, "bf16": bf16, "ckpt": ckpt, "model": args.model, "data": str(data), "out": str(out),
+            "max_len": args.max_len, "rows": rows, "steps": args.steps}  # fmt: skip
+    env = dict(os.environ)
+    if args.trl_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (args.trl_path, env.get("PYTHONPATH")) if p)
+    result_file = f"{out}.json"
+    code, peak, tail = timed_process(
+        [sys.executable, __file__, "--child", json.dumps({**spec, "result": result_file})], env
+    )
+    if code != 0:
+        last = tail.strip().splitlines()[-1] if tail.strip() else f"exit {code}"
+        return {"error": "trl not installed" if "No module named 'trl'" in tail else last[:100]}
+    with open(result_file) as fh:
+        result = json.load(fh)
+    return {**result, "peak_gib": round(peak, 2)}
+
+
+def measure_trl(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a child process: TRL's SFTTrainer on dr's token ids and loss mask."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from dr_core.models import resolve
+    from dr_core.records import Example
+    from dr_train.chat import IGNORE, tokenize_example
+
+    folder = resolve(spec["model"])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = []
+    with open(spec["data"]) as fh:
+        for line in fh:
+            tokenized = tokenize_example(tokenizer, Example.model_validate_json(line))
+            if len(tokenized.input_ids) <= spec["max_len"]:  # dr's --long drop
+                rows.append({"input_ids": tokenized.input_ids,
+                             "completion_mask": [int(x != IGNORE) for x in tokenized.labels]})  # fmt: skip
+    import pyarrow
+
+    # a fingerprint of our own: hashing the table fails on this dill and pyarrow (MonthDayNano)
+    dataset = Dataset(pyarrow.Table.from_pylist(rows), fingerprint="bench-train")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    steps: list[tuple[float, int]] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            steps.append((time.perf_counter() - self.started, counted[-1] if counted else 0))
+
+    counted: list[int] = []
+
+    class Counting(SFTTrainer):
+        def training_step(self, model: Any, inputs: Any, *rest: Any, **kwargs: Any) -> Any:
+            counted.append(int(inputs["input_ids"].numel()))
+            return super().training_step(model, inputs, *rest, **kwargs)
+
+    config = SFTConfig(
+        output_dir=spec["out"], max_length=spec["max_len"], packing=True, padding_free=True,
+        completion_only_loss=True, per_device_train_batch_size=spec["rows"], gradient_accumulation_steps=1,
+        gradient_checkpointing=spec["ckpt"], gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=spec["bf16"], use_cpu=True, max_steps=spec["steps"], learning_rate=1e-5, warmup_steps=0,
+        lr_scheduler_type="cosine", weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, report_to=[],
+        save_strategy="no", seed=0, dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = Counting(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        callbacks=[Timer()],
+    )  # fmt: skip
+    trainer.train()
+    later = steps[1:]
+    return {"tokens_per_s": round(sum(t for _, t in later) / sum(s for s, _ in later), 1)}
+
+
+def run_models(args: argparse.Namespace) -> None:
+    """dr train sft's configurations and TRL's SFTTrainer on one real model, interleaved over rounds."""
+    import platform
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    data = Path(args.data) if args.data else sft_data(work / "data")
+    configs: list[tuple[str, Any]] = [(name, ("dr", flags)) for name, flags in DR_CONFIGS]
+    if not args.no_trl:
+        configs += [(name, ("trl", bf16, ckpt)) for name, bf16, ckpt in TRL_CONFIGS]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in configs}
+    for round_ in range(args.rounds):
+        for index, (name, how) in enumerate(configs):
+            out = work / f"run-{round_}-{index}"
+            result = (
+                run_dr(how[1], args, data, out)
+                if how[0] == "dr"
+                else run_trl(how[1], how[2], args, data, out)
+            )
+            results[name].append(result)
+            print(round_, name, result, file=sys.stderr, flush=True)
+
+    def median(name: str, key: str) -> float | None:
+        values = [r[key] for r in results[name] if key in r]
+        return statistics.median(values) if values else None
+
+    trl = {True: median(TRL_CONFIGS[0][0], "tokens_per_s"), False: median(TRL_CONFIGS[1][0], "tokens_per_s")}
+    lines = [
+        f"Device: {platform.machine()} CPU, {os.cpu_count()} cores; model {args.model}; {args.steps} steps "
+        f"of "
+        f"{args.tokens_per_step // args.max_len} row(s) of up to {args.max_len} tokens (one example per row: "
+        f"they do not pack two to a row); tokens/s over steps 2-{args.steps}, median of {args.rounds} "
+        "round(s); peak RSS of the whole process.",
+        "",
+        "| configuration | tokens/s | peak RSS GiB | vs TRL, same precision |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, how in configs:
+        errors = [r["error"] for r in results[name] if "error" in r]
+        speed, peak = median(name, "tokens_per_s"), median(name, "peak_gib")
+        if speed is None:
+            lines.append(f"| {name} | {errors[0] if errors else '-'} | | |")
+            continue
+        bf16 = how[1] if how[0] == "trl" else ("fp32" not in name)
+        base = trl[bf16]
+        ratio = f"{speed / base:.2f}×" if base and how[0] == "dr" else ""
+        lines.append(f"| {name} | {speed:.0f} | {peak:.2f} | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("trl"):
+        result = measure_trl(spec)
+        with open(spec["result"], "w") as fh:
+            json.dump(result, fh)
+        return result
     if spec.get("zero3"):
         return measure_zero3(spec["tokens"], spec["shape"], spec["steps"])
     return measure(spec["variant"], spec["tokens"], spec["shape"], spec["device"], spec["steps"])
@@ -200,10 +416,22 @@ def main() -> None:
     parser.add_argument("--zero3-7b", action="store_true", help="Also find the longest row for Qwen2.5-7B.")
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--json", default=None, help="Also write every result here (a JSON list).")
+    parser.add_argument("--model", default=None, help="A real model (a folder or smollm2-135m): dr vs TRL.")
+    parser.add_argument("--data", default=None, help="SFT examples for --model (default: made here).")
+    parser.add_argument("--max-len", type=int, default=4096)
+    parser.add_argument("--tokens-per-step", type=int, default=8192)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument(
+        "--trl-path", default=None, help="A folder to import TRL from (pip install --target)."
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.model:
+        run_models(args)
         return
     import torch
 

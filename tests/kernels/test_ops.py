@@ -183,3 +183,49 @@ def test_fused_cross_entropy_mean_is_the_mask_weighted_mean(backend):
         kw = {"backend": backend} if fn is linear_cross_entropy else {}
         torch.testing.assert_close(fn(h, w, labels, loss_mask=mask, **kw), expected, atol=1e-5, rtol=1e-5)
         assert fn(h, w, labels, loss_mask=torch.zeros(6, device=DEVICE), **kw).item() == 0.0
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the PyTorch path's autocast handling (the CPU's)")
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_fused_cross_entropy_under_cpu_autocast_multiplies_in_bf16_and_matches_autocast(reduction):
+    """Under bf16 autocast every matmul of the fused loss runs in bf16, as autocast runs the plain head
+    (before, the two gradient matmuls ran in fp32 and the whole weight was cast again for every chunk),
+    and loss and gradients match the reference computed under the same autocast."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Matmuls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+                self.dtypes.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(7)
+    tokens, hidden, vocab = 70, 32, 301
+    h, w = leaf(tokens, hidden, dtype=torch.float32), leaf(vocab, hidden, dtype=torch.float32, scale=0.2)
+    labels = torch.randint(0, vocab, (tokens,))
+    labels[::5] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with Matmuls() as seen:
+            ours = linear_cross_entropy(h, w, labels, reduction=reduction, chunk_size=16, backend="torch")
+            cotangent = torch.randn_like(ours) if reduction == "none" else torch.ones_like(ours)
+            ours_grads = grads(ours, (h, w), cotangent)
+        theirs = reference.linear_cross_entropy(h, w, labels, reduction=reduction)
+    assert seen.dtypes and all(set(d) == {torch.bfloat16} for d in seen.dtypes), seen.dtypes
+    # the gradients reach the fp32 leaves in fp32
+    assert all(g.dtype == torch.float32 for g in ours_grads)
+    close(ours, theirs, torch.bfloat16, scale=0.1)
+    for a, c in zip(ours_grads, grads(theirs, (h, w), cotangent), strict=True):
+        close(a, c, torch.bfloat16, scale=0.1)
+
+
+def test_the_cpu_takes_larger_loss_chunks_than_the_gpu():
+    from dr_kernels.ops.linear_ce import _chunk_size
+
+    # a 135M model's shapes (hidden 576, 49,152 tokens of vocabulary) on a 4,096-token row
+    assert _chunk_size(4096, 576, 49152) == 64
+    assert _chunk_size(4096, 576, 49152, cpu=True) == 512
+    assert _chunk_size(100, 576, 49152, cpu=True) == 100  # never more than the row

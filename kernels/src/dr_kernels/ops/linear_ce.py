@@ -4,9 +4,14 @@ The tokens are processed in chunks; each chunk's logits live only long enough to
 gradient of the logits, which is folded straight into the gradients of the hidden states and the weight.
 For a scalar loss (sum or mean) the gradients are made in the forward pass, as Liger does, so the backward
 is a multiply; for per-token outputs (RL's log-probabilities) the backward recomputes each chunk's logits.
+
+Under autocast (bf16 on the CPU) the PyTorch path casts the weight once and makes every matmul in the
+autocast dtype, as autocast would, rather than letting autocast cast the whole weight again for each
+chunk while the gradient matmuls ran in fp32; the loss and its gradient are still worked out in fp32.
 """
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +19,19 @@ import torch.nn.functional as F
 from dr_kernels.ops.backend import choose, tl, triton
 from dr_kernels.reference import IGNORE, weight_total
 
+# On the CPU a chunk holds about this many logits (128 MB in fp32)
+CPU_CHUNK_LOGITS = 1 << 25
 
-def _chunk_size(tokens: int, hidden: int, vocab: int) -> int:
+
+def _chunk_size(tokens: int, hidden: int, vocab: int, cpu: bool = False) -> int:
     # Chunks of about as many logits as the hidden states hold keep the extra memory at the size of the
     # input while the matmuls stay large enough to run at full speed.
     chunks = max(1, math.ceil(vocab / max(hidden, 1)))
     size = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(tokens / chunks)))))
+    if cpu:
+        # every chunk reads and writes the whole (vocab × hidden) weight gradient, and small matmuls run
+        # far below a CPU's peak: far fewer, larger chunks there (a 135M model's 49K vocabulary: 512 tokens)
+        size = max(size, 1 << max(0, int(math.log2(max(1, CPU_CHUNK_LOGITS // max(vocab, 1))))))
     return max(16, min(size, max(tokens, 1)))
 
 
@@ -115,17 +127,37 @@ def _grad_buffers(hidden, weight, bias, need):
 
 
 def _accumulate(grad, h, weight, start, end, grad_hidden, grad_weight, grad_bias):
+    """Fold one chunk's d(loss)/d(logits) into the gradients. The matmuls run in the dtype of `grad`, `h` and
+    `weight` (the autocast dtype under autocast); the buffers keep the inputs' own dtypes."""
     if grad_hidden is not None:
-        torch.mm(grad, weight, out=grad_hidden[start:end])
+        if grad_hidden.dtype == grad.dtype:
+            torch.mm(grad, weight, out=grad_hidden[start:end])
+        else:
+            grad_hidden[start:end] = torch.mm(grad, weight)
     if grad_weight is not None:
-        grad_weight.addmm_(grad.t().to(grad_weight.dtype), h.to(grad_weight.dtype))
+        if grad_weight.dtype == grad.dtype:
+            grad_weight.addmm_(grad.t(), h)
+        else:  # the product in the autocast dtype, summed over chunks in the weight's
+            grad_weight += torch.mm(grad.t(), h)
     if grad_bias is not None:
         grad_bias += grad.float().sum(0)
 
 
+def _compute_inputs(hidden, weight, bias, compute):
+    """(hidden, weight, bias) in the dtype the matmuls run in: cast once for every chunk (autocast), or as
+    given."""
+    if compute is None:
+        return hidden, weight, bias
+    return hidden.to(compute), weight.to(compute), None if bias is None else bias.to(compute)
+
+
+def _no_autocast(device, compute):
+    return torch.autocast(device.type, enabled=False) if compute is not None else nullcontext()
+
+
 # forward's inputs after (hidden, weight, bias), none of which takes a gradient: labels, weights, scalar,
-# ignore_index, label_smoothing, z_loss, chunk, use_triton
-_NO_GRAD = (None,) * 8
+# ignore_index, label_smoothing, z_loss, chunk, use_triton, compute
+_NO_GRAD = (None,) * 9
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -143,27 +175,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
         z_loss,
         chunk,
         use_triton,
+        compute,
     ):
         tokens = hidden.shape[0]
         per_token = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
         grads = _grad_buffers(hidden, weight, bias, ctx.needs_input_grad if scalar else (False,) * 3)
-        for start in range(0, tokens, chunk):
-            end = min(start + chunk, tokens)
-            h = hidden[start:end]
-            loss, grad = _chunk(
-                h, weight, bias, labels[start:end], weights[start:end], ignore_index, label_smoothing, z_loss,
-                use_triton, scalar and any(g is not None for g in grads),
-            )  # fmt: skip
-            per_token[start:end] = loss
-            if grad is not None:
-                _accumulate(grad, h, weight, start, end, *grads)
+        with _no_autocast(hidden.device, compute):
+            h_all, w, b = _compute_inputs(hidden, weight, bias, compute)
+            for start in range(0, tokens, chunk):
+                end = min(start + chunk, tokens)
+                h = h_all[start:end]
+                loss, grad = _chunk(
+                    h, w, b, labels[start:end], weights[start:end], ignore_index, label_smoothing, z_loss,
+                    use_triton, scalar and any(g is not None for g in grads),
+                )  # fmt: skip
+                per_token[start:end] = loss
+                if grad is not None:
+                    _accumulate(grad, h, w, start, end, *grads)
         ctx.scalar = scalar
         if scalar:
             ctx.save_for_backward(*grads)
             ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
             return per_token.sum()
         ctx.save_for_backward(hidden, weight, bias, labels, weights)
-        ctx.args = (ignore_index, label_smoothing, z_loss, chunk, use_triton)
+        ctx.args = (ignore_index, label_smoothing, z_loss, chunk, use_triton, compute)
         return per_token
 
     @staticmethod
@@ -178,17 +213,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ]
             return (*out, *_NO_GRAD)
         hidden, weight, bias, labels, weights = ctx.saved_tensors
-        ignore_index, label_smoothing, z_loss, chunk, use_triton = ctx.args
+        ignore_index, label_smoothing, z_loss, chunk, use_triton, compute = ctx.args
         grads = _grad_buffers(hidden, weight, bias, ctx.needs_input_grad)
         scale = weights * grad_out.float()
-        for start in range(0, hidden.shape[0], chunk):
-            end = min(start + chunk, hidden.shape[0])
-            h = hidden[start:end]
-            _, grad = _chunk(
-                h, weight, bias, labels[start:end], scale[start:end], ignore_index, label_smoothing, z_loss,
-                use_triton, True,
-            )  # fmt: skip
-            _accumulate(grad, h, weight, start, end, *grads)
+        with _no_autocast(hidden.device, compute):
+            h_all, w, b = _compute_inputs(hidden, weight, bias, compute)
+            for start in range(0, hidden.shape[0], chunk):
+                end = min(start + chunk, hidden.shape[0])
+                h = h_all[start:end]
+                _, grad = _chunk(
+                    h, w, b, labels[start:end], scale[start:end], ignore_index, label_smoothing, z_loss,
+                    use_triton, True,
+                )  # fmt: skip
+                _accumulate(grad, h, w, start, end, *grads)
         grad_hidden, grad_weight, grad_bias = grads
         return (
             grad_hidden,
@@ -225,9 +262,15 @@ def linear_cross_entropy(
     weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
     if loss_mask is not None:
         weights = loss_mask.reshape(-1).float()
-    chunk = chunk_size or _chunk_size(hidden.shape[0], hidden.shape[1], weight.shape[0])
-    scalar = reduction != "none"
     use_triton = choose(hidden, backend) == "triton"
+    cpu = hidden.device.type == "cpu" and not use_triton
+    chunk = chunk_size or _chunk_size(hidden.shape[0], hidden.shape[1], weight.shape[0], cpu=cpu)
+    scalar = reduction != "none"
+    # the PyTorch path under autocast: the matmuls in the autocast dtype, the weight cast once
+    device = hidden.device.type
+    compute = (
+        torch.get_autocast_dtype(device) if not use_triton and torch.is_autocast_enabled(device) else None
+    )
     out = _LinearCrossEntropy.apply(
         hidden,
         weight,
@@ -240,6 +283,7 @@ def linear_cross_entropy(
         z_loss,
         chunk,
         use_triton,
+        compute,
     )
     if reduction == "mean":
         return out / weight_total(weights * valid)
