@@ -44,6 +44,13 @@ def render(tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] 
     return list(prompt)
 
 
+def new_tokens(prompt: list[int], max_context: int, max_tokens: int | None) -> int:
+    """How many tokens a reply to `prompt` may take: the asked-for count (1024 when none), at least 1,
+    within what the context has left; 0 or less when the prompt already fills it (see no_room)."""
+    room = max_context - len(prompt)
+    return room if room <= 0 else max(1, min(max_tokens or 1024, room))
+
+
 def no_room(prompt: list[int]) -> ChatResult:
     """The reply to a prompt that already fills the context: nothing, cut for length."""
     return ChatResult(
@@ -95,9 +102,8 @@ class LocalPolicy:
         import torch
 
         prompt = render(self.tokenizer, messages, tools)
-        room = self.max_context - len(prompt)
-        new_tokens = max(1, min(max_tokens or 1024, room))
-        if room <= 0:
+        budget = new_tokens(prompt, self.max_context, max_tokens)
+        if budget <= 0:
             return no_room(prompt)
         sample = temperature > 0
         device = next(self.model.parameters()).device
@@ -105,7 +111,7 @@ class LocalPolicy:
             output = self.model.generate(
                 input_ids=torch.tensor([prompt], device=device),
                 attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
-                max_new_tokens=new_tokens,
+                max_new_tokens=budget,
                 do_sample=sample,
                 temperature=temperature if sample else None,
                 top_p=top_p if sample else None,

@@ -33,7 +33,7 @@ from dr_core.llm import ChatResult, LLMConfig
 from dr_core.log import logger
 from dr_core.proc import child_of_this_process, free_port
 from dr_core.records import Message, Usage
-from dr_train.policy import Turn, current_recording, no_room, render
+from dr_train.policy import Turn, current_recording, new_tokens, no_room, render
 
 
 class EngineError(DrError):
@@ -216,11 +216,11 @@ class EnginePolicy:
         **_: Any,
     ) -> ChatResult:
         prompt = render(self.tokenizer, messages, tools)
-        room = self.max_context - len(prompt)
-        if room <= 0:
+        budget = new_tokens(prompt, self.max_context, max_tokens)
+        if budget <= 0:
             return no_room(prompt)
         params: dict[str, Any] = {
-            "max_tokens": max(1, min(max_tokens or 1024, room)),
+            "max_tokens": budget,
             "temperature": temperature,
             "top_p": top_p,
             "logprobs": 0,
