@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shlex
@@ -29,6 +30,7 @@ from dr_core.models import resolve as resolve_model
 from dr_core.proc import child_of_this_process, free_port
 
 DR = [sys.executable, "-m", "dr_cli.main"]
+SFT_STEPS = 150
 
 
 def run(*args: str | Path, stdout: Path | None = None, allow: tuple[int, ...] = ()) -> str:
@@ -51,11 +53,16 @@ def resumed(folder: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def served(model: Path, gpu: bool, log: Path):
+def served(model: Path, args: argparse.Namespace, log: Path):
     """`dr serve MODEL` in the background until the block ends; yields its OpenAI-compatible base URL."""
     port = free_port()
-    engine = ["--engine", "vllm"] if gpu else ["--engine", "transformers", "--device", "cpu"]
-    command = [*DR, "serve", str(model), "--port", str(port), "--host", "127.0.0.1", *engine]
+    if args.engine == "vllm":
+        engine = ["--engine", "vllm"]
+    else:
+        engine = ["--engine", "transformers", "--device", "auto" if args.gpu else "cpu"]
+    # served under its path, which is the name the bench asks for (vLLM would take the folder's name)
+    command = [*DR, "serve", str(model), "--port", str(port), "--host", "127.0.0.1", *engine,
+               "--served-model-name", str(model)]  # fmt: skip
     print("$ dr " + shlex.join(command[len(DR) :]) + " &", file=sys.stderr, flush=True)
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -90,7 +97,7 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
     folder = out / "bench" / name
     if (folder / "summary.json").exists():
         return folder
-    with served(model, args.gpu, out / f"serve-{name}.log") as url:
+    with served(model, args, out / f"serve-{name}.log") as url:
         flags = [
             "--suite", out / "world" / "test.jsonl", "-o", folder,
             "--base-url", url, "--model", str(model), "--index", out / "index", "--no-web",
@@ -120,8 +127,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/main"))
     parser.add_argument("--quick", action="store_true", help="A small world and short training (CI).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--base-model", default=None, help="A Hugging Face folder, or smollm2-135m, to start "
-                        "from (default: a tiny Qwen2 trained from scratch).")  # fmt: skip
+    parser.add_argument("--base-model", default=None, help="A Hugging Face folder, smollm2-135m, or "
+                        "scratch (a tiny Qwen2 trained from scratch) to start from (default: smollm2-135m; "
+                        "scratch with --quick).")  # fmt: skip
+    parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"], help="Where the "
+                        "benches and RL generate: vllm (dr serve's vLLM; RL rollouts in a vLLM engine that "
+                        "gets the new weights after each update) or hf (transformers serve; HF generate). "
+                        "auto: vllm where it is installed.")  # fmt: skip
     parser.add_argument("--tiny", default="tiny:qwen2-mini", help="The from-scratch shape.")
     parser.add_argument("--teacher", default="oracle", choices=["oracle", "endpoint"])
     parser.add_argument("--teacher-base-url", default=None)
@@ -142,33 +154,54 @@ def main() -> None:
     parser.add_argument("--sft-epochs", type=float, default=None)
     # above mid-training's last rate (3e-4) SFT first undoes what mid-training taught: at 1e-3 its step-400
     # model reached the first article in 43 of 100 held-out runs where the mid-trained one did in 68
-    parser.add_argument("--sft-lr", type=float, default=3e-4)
+    parser.add_argument("--sft-lr", type=float, default=None, help="default 3e-4 from scratch, else 1e-4")
+    parser.add_argument("--sft-steps", type=int, default=None, help="SFT's optimizer steps of "
+                        f"--tokens-per-step tokens (default: the epochs from scratch; {SFT_STEPS} from a "
+                        "pretrained model, about an hour on 2 CPU cores).")  # fmt: skip
+    parser.add_argument("--tokens-per-step", type=int, default=8192)
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--rl-steps", type=int, default=None)
     parser.add_argument("--rl-lr", type=float, default=2e-5)
+    # at 1.0 the 135M model's samples copy names wrong: after 20 SFT steps it answered 1 of 16 training
+    # questions at 1.0, 5 at 0.6 and 4 at 0 (greedy)
+    parser.add_argument("--rl-temperature", type=float, default=0.6)
     parser.add_argument("--algo", default="grpo", choices=["grpo", "ppo"])
     parser.add_argument("--bench-tasks", type=int, default=None)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=None, help="Agent runs at once (default 16 on "
+                        "vLLM, 2 on transformers).")  # fmt: skip
     parser.add_argument("--agent-steps", type=int, default=8)
     parser.add_argument("--agent-tokens", type=int, default=None, help="Tokens per agent run (all calls).")
     args = parser.parse_args()
     quick = args.quick
+    if args.base_model is None:
+        args.base_model = "scratch" if quick else "smollm2-135m"
+    scratch = args.base_model == "scratch"
+    if scratch:
+        args.base_model = None
     if quick and args.tiny == "tiny:qwen2-mini":
         args.tiny = "tiny:qwen2"
+    if args.engine == "auto":
+        args.engine = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    args.concurrency = args.concurrency or (16 if args.engine == "vllm" else 2)
     # one agent for every stage (teacher, bench, RL): a model call writes at most this many tokens, and a
     # search shows this many results
     os.environ.setdefault("DR_AGENT_MAX_OUTPUT_TOKENS", "384")
     os.environ.setdefault("DR_SEARCH_TOP_K", "3")
     args.entities = args.entities or (120 if quick else 1200)
     args.tasks = args.tasks or (150 if quick else 4000)
-    args.sft_epochs = args.sft_epochs or (1 if quick else 2)
+    args.sft_epochs = args.sft_epochs or (1 if quick or not scratch else 2)
+    if args.sft_lr is None:
+        args.sft_lr = 3e-4 if scratch else 1e-4
+    if args.sft_steps is None and not quick and not scratch:
+        args.sft_steps = SFT_STEPS
     args.midtrain_entities = args.midtrain_entities or (200 if quick else 50000)
     if args.midtrain_epochs is None:
-        args.midtrain_epochs = 0.2 if quick else 1
+        # a pretrained model skips mid-training: it can already copy and read, and its SFT is what fits
+        args.midtrain_epochs = (0.2 if quick else 1) if scratch else 0
     if args.copy_warmup is None:
-        args.copy_warmup = 0 if quick or args.base_model else 4000
+        args.copy_warmup = 0 if quick or not scratch else 4000
     args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 3)
-    args.bench_tasks = args.bench_tasks or (4 if quick else 100)
+    args.bench_tasks = args.bench_tasks or (4 if quick else 100 if scratch else 200)
     args.agent_tokens = args.agent_tokens or (8000 if quick else 12000)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +243,8 @@ def main() -> None:
     # scratch first does copy drills (--copy-warmup): searching and answering mean copying names and ids
     # from the context, which this little text does not teach it.
     mid_world = out / "midtrain-world"
-    if not (mid_world / "corpus.jsonl").exists():
+    # (a model from scratch learns its tokenizer from it too)
+    if (args.midtrain_epochs or scratch) and not (mid_world / "corpus.jsonl").exists():
         run("data", "world", "-o", mid_world, "--seed", str(args.seed + 1000),
             "--entities", str(args.midtrain_entities), "--tasks", "10")  # fmt: skip
     mid_data = [mid_world / "corpus.jsonl", sft_data]
@@ -229,9 +263,15 @@ def main() -> None:
     sft_model = out / "models" / "sft"
     if not (sft_model / "trainer_state.json").exists():
         start = mid_model if args.midtrain_epochs else base
+        # from scratch: the tiny model's measured setting; a 135M model: checkpointing, fastest and smallest
+        # on the CPU (docs/benchmarks.md), and a fixed number of steps of --tokens-per-step
+        shape = ["--no-grad-ckpt"] if scratch else [
+            "--tokens-per-step", str(args.tokens_per_step),
+            *(["--max-steps", str(args.sft_steps)] if args.sft_steps else [])]  # fmt: skip
         run("train", "sft", sft_data, "--model", start, "-o", sft_model, "--max-len", str(args.max_len),
-            "--epochs", str(args.sft_epochs), "--lr", str(args.sft_lr), "--warmup", "10", "--no-grad-ckpt",
-            "--save-every", "200", "--seed", str(args.seed), *resumed(sft_model), *precision)  # fmt: skip
+            "--epochs", str(args.sft_epochs), "--lr", str(args.sft_lr), "--warmup", "10", *shape,
+            "--save-every", "50" if not scratch else "200", "--seed", str(args.seed), *resumed(sft_model),
+            *precision)  # fmt: skip
     rl_model = out / "models" / "rl"
     runs = [("untrained", base), *([("mid", mid_model)] if args.midtrain_epochs else []), ("sft", sft_model)]
     folders = [bench(name, model, args, out) for name, model in runs]
@@ -239,11 +279,11 @@ def main() -> None:
         run("train", "rl", world / "train.jsonl", "--model", sft_model, "--index", out / "index",
             "-o", rl_model, "--algo", args.algo, "--steps", str(args.rl_steps),
             "--tasks-per-step", "6" if not quick else "2", "--group", "4" if not quick else "2",
-            "--lr", str(args.rl_lr), "--max-steps", str(args.agent_steps),
+            "--lr", str(args.rl_lr), "--temperature", str(args.rl_temperature),
+            "--max-steps", str(args.agent_steps),
             "--max-tokens", str(args.agent_tokens), "--concurrency", str(args.concurrency),
             "--save-every", "2", "--seed", str(args.seed), *resumed(rl_model),
-            # the README's figures were measured with generate-based rollouts; vLLM's are not re-measured
-            "--engine", "hf")  # fmt: skip
+            "--engine", args.engine)  # fmt: skip
     if args.rl_steps:
         folders.append(bench("rl", rl_model, args, out))
     table = out / "results.md"
@@ -257,8 +297,13 @@ def main() -> None:
     chains = out / "hops.md"
     hops = run("bench", "hops", *folders, "--suite", world / "test.jsonl", "--markdown", chains)
     results["hops"] = [json.loads(line) for line in hops.splitlines() if line.strip()]
+    # every two stages, question by question: the mean difference in exact-answer
+    # accuracy with a 95% paired bootstrap interval (an interval that excludes 0 is a real change)
+    pairs = out / "compare.md"
+    compared = json.loads(run("bench", "compare", *folders, "--markdown", pairs))
+    results["pairs"] = compared["pairs"]
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    sys.stdout.write(table.read_text() + "\n" + chains.read_text())
+    sys.stdout.write(table.read_text() + "\n" + chains.read_text() + "\n" + pairs.read_text())
     print(f"main job: done in {results['minutes']} min; results in {table}", file=sys.stderr)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dr_bench.rating import bradley_terry, elo, pairwise, ratings
+from dr_bench.rating import bradley_terry, elo, paired_difference, pairwise, ratings
 
 
 def test_win_tie_loss_and_win_rate():
@@ -52,3 +52,20 @@ def test_a_system_that_shares_no_task_has_no_rating():
     rated = ratings([a, b, alone], resamples=50)
     assert rated[2] == {"elo": None, "ci95": None, "games": 0}
     assert rated[0]["games"] == rated[1]["games"] == 10 and rated[0]["elo"] > rated[1]["elo"]
+
+
+def test_paired_difference_sees_a_small_steady_gain_that_two_separate_intervals_miss():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 0.9, size=200)  # questions differ a lot in difficulty
+    a = {f"t{i}": float(x) + 0.05 for i, x in enumerate(base)}
+    b = {f"t{i}": float(x) for i, x in enumerate(base)}
+    b["t0"] += 0.2  # and not every question moves the same way
+    out = paired_difference(a, b, resamples=500)
+    assert out["diff"] == pytest.approx(0.05 - 0.2 / 200)
+    low, high = out["diff_ci95"]
+    assert 0 < low < out["diff"] < high < 0.06  # the paired interval excludes 0
+    # each system's own mean varies far more than 0.05 over the questions drawn
+    assert np.std(list(b.values())) / np.sqrt(200) > 0.015
+    assert paired_difference(a, {"other": 1.0}) == {"diff": None, "diff_ci95": None}
+    # the same seed gives the same interval
+    assert paired_difference(a, b, resamples=500) == out

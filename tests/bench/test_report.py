@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 DR = [sys.executable, "-m", "dr_cli.main"]
 
 
@@ -74,12 +76,16 @@ def test_compare_counts_wins_ties_losses_and_rates_systems(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["pairs"] == [
-        {"a": str(a), "b": str(b), "n": 4, "win": 2, "tie": 1, "loss": 1, "win_rate": 0.625}
-    ]
+    (pair,) = out["pairs"]
+    low, high = pair.pop("diff_ci95")
+    assert pair == {
+        "a": str(a), "b": str(b), "n": 4, "win": 2, "tie": 1, "loss": 1, "win_rate": 0.625,
+        "diff": pytest.approx(0.2725),
+    }  # fmt: skip
+    assert -0.3 <= low < 0.2725 < high <= 0.7 + 1e-9
     elo = {r["run"]: r["elo"] for r in out["ratings"]}
     assert elo[str(a)] > elo[str(b)]
-    assert "| 4 | 2 | 1 | 1 | 0.625 |" in (tmp_path / "c.md").read_text()
+    assert "| 4 | 2 | 1 | 1 | 0.625 | +0.273 (" in (tmp_path / "c.md").read_text()
     assert (tmp_path / "elo.png").read_bytes()[:4] == b"\x89PNG"
     assert subprocess.run([*DR, "bench", "compare", str(a)], capture_output=True).returncode == 2
 

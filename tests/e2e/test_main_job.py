@@ -26,7 +26,7 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     table = result.stdout.decode()
-    scores, chains = table.split("\n\n")
+    scores, chains, pairs, _elo = table.split("\n\n")
     rows = [line for line in scores.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 5 and [r.split(" | ")[0].rsplit("/", 1)[-1] for r in rows[1:]] == [
         "untrained",
@@ -37,7 +37,10 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     # and where along each question's chain the runs stopped: a row per step, a column per model
     assert chains.splitlines()[0].startswith("| step of the chain |")
     assert chains.count(" of 4 |") >= 4 * 7
+    # every two stages compared question by question, with a paired interval on the difference
+    assert pairs.startswith("| A | B | n |") and len(pairs.splitlines()) == 2 + 6
     results = json.loads((out / "results.json").read_text())
+    assert len(results["pairs"]) == 6 and all(len(p["diff_ci95"]) == 2 for p in results["pairs"])
     assert list(results["runs"]) == ["untrained", "mid", "sft", "rl"]
     assert [h["n"] for h in results["hops"]] == [4, 4, 4, 4]
     for summary in results["runs"].values():

@@ -13,6 +13,7 @@ from dr_train.rl import sequences_of
 from dr_train.rl_math import (
     clipped_policy_loss,
     clipped_value_loss,
+    flat_groups,
     gae,
     group_advantages,
     kl_k3,
@@ -100,3 +101,12 @@ def test_a_group_whose_rewards_are_all_equal_has_exactly_zero_advantage():
             assert not group_advantages(torch.full((n,), k / n), n).any(), (n, k)
     mixed = group_advantages(torch.tensor([0.7, 0.7, 0.7, 0.2, 0.7, 0.7]), 3)
     assert mixed[:3].tolist() == [0.0, 0.0, 0.0] and mixed[3:].abs().sum() > 1
+
+
+def test_flat_groups_are_those_whose_samples_all_got_one_reward():
+    rewards = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.0]
+    assert flat_groups(rewards, 3) == {0, 1}
+    # exactly the groups GRPO gives zero advantage everywhere
+    advantages = group_advantages(torch.tensor(rewards), 3).reshape(3, 3)
+    assert [bool((advantages[i] == 0).all()) for i in range(3)] == [True, True, False]
+    assert flat_groups([1.0, 0.0], 2) == set()

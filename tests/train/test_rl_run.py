@@ -86,14 +86,17 @@ def metrics_of(folder: Path) -> list[dict]:
 @pytest.mark.slow
 def test_grpo_rollouts_research_through_the_tools_and_train_on_what_was_sampled(small_world):
     root, tasks = small_world
-    result = rl(root, tasks, "grpo", "--algo", "grpo", "--steps", "2", "--kl-coef", "0.01")
+    # --train-flat-groups: every group trains, even one whose samples all got the same reward
+    result = rl(
+        root, tasks, "grpo", "--algo", "grpo", "--steps", "2", "--kl-coef", "0.01", "--train-flat-groups"
+    )
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and summary["rollouts"] == 8
     metrics = metrics_of(root / "grpo")
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
         assert m["tool_calls"] > 1  # the policy searched and opened through the agent's tools
-        assert 0.0 <= m["reward_mean"] <= 1.0 and m["trained_tokens"] > 0
+        assert 0.0 <= m["reward_mean"] <= 1.0 and m["trained_tokens"] > 0 and m["flat_groups"] == 0
     # the update ran on every sampled token; whether it moved the policy depends on the groups
     # disagreeing (the arithmetic of that is pinned in test_rl_math)
     assert (root / "grpo" / "model.safetensors").is_file() and (root / "grpo" / "optimizer.pt").is_file()
@@ -114,6 +117,9 @@ def test_grpo_raises_the_reward_of_a_policy_that_answers_right_half_of_the_time(
     assert sum(after) / len(after) > sum(before) / len(before) + 0.1, (before, after)
     metrics = metrics_of(root / "grpo-up")
     assert len(metrics) == 6
+    # the groups whose 8 samples all agreed were left out of the update (--skip-flat-groups, the default)
+    for m in metrics:
+        assert (m["flat_groups"] == 2) == (m["trained_tokens"] == 0)
     assert 0 < metrics[0]["reward_mean"] < 1  # the first groups disagreed: a signal to learn from
 
 

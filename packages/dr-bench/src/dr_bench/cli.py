@@ -146,17 +146,18 @@ def report(
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (or judgments files).")],
     margin: Annotated[float, typer.Option(help="Score differences up to this count as ties.")] = 0.02,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the Elo intervals.")] = 1000,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 1000,
     markdown: Annotated[Path | None, typer.Option(help="Also write markdown tables here.")] = None,
     plot: Annotated[
         Path | None, typer.Option(help="Also draw the Elo ratings with intervals to this PNG.")
     ] = None,
 ) -> None:
-    """Task-by-task comparison: win / tie / loss for every pair (win rate = (win + 0.5 tie) / n) and, across
-    all systems, Bradley-Terry ratings on the Elo scale with 95% intervals. JSON on stdout."""
+    """Task-by-task comparison: win / tie / loss for every pair (win rate = (win + 0.5 tie) / n), the mean
+    per-task score difference A - B with a 95% paired bootstrap interval, and, across all systems,
+    Bradley-Terry ratings on the Elo scale with 95% intervals. JSON on stdout."""
     import orjson
 
-    from dr_bench.rating import pairwise, ratings
+    from dr_bench.rating import paired_difference, pairwise, ratings
     from dr_bench.report import load_judgments
     from dr_core.errors import InputError
     from dr_core.log import console
@@ -171,7 +172,14 @@ def compare(
     pairs = []
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
-            pairs.append({"a": names[i], "b": names[j], **pairwise(scores[i], scores[j], margin)})
+            pairs.append(
+                {
+                    "a": names[i],
+                    "b": names[j],
+                    **pairwise(scores[i], scores[j], margin),
+                    **paired_difference(scores[i], scores[j], resamples),
+                }
+            )
     rated = ratings(scores, margin, resamples)
     result: dict[str, Any] = {
         "pairs": pairs,
@@ -182,18 +190,31 @@ def compare(
     from rich.table import Table
 
     table = Table(title="pairwise (A vs B)")
-    for column in ("A", "B", "n", "win", "tie", "loss", "win rate"):
+    for column in ("A", "B", "n", "win", "tie", "loss", "win rate", "A - B (95% CI)"):
         table.add_column(column)
-    for p in pairs:
-        table.add_row(
-            p["a"], p["b"], str(p["n"]), str(p["win"]), str(p["tie"]), str(p["loss"]), f"{p['win_rate']:.3f}"
-        )
-    console().print(table)
-    lines = ["| A | B | n | win | tie | loss | win rate |", "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [
-        f"| {p['a']} | {p['b']} | {p['n']} | {p['win']} | {p['tie']} | {p['loss']} | {p['win_rate']:.3f} |"
-        for p in pairs
+    lines = [
+        "| A | B | n | win | tie | loss | win rate | A - B (95% paired CI) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
+    for p in pairs:
+        diff = (
+            "none"
+            if p["diff"] is None
+            else f"{p['diff']:+.3f} ({p['diff_ci95'][0]:+.3f} to {p['diff_ci95'][1]:+.3f})"
+        )
+        cells = [
+            p["a"],
+            p["b"],
+            str(p["n"]),
+            str(p["win"]),
+            str(p["tie"]),
+            str(p["loss"]),
+            f"{p['win_rate']:.3f}",
+            diff,
+        ]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console().print(table)
     lines += ["", "| run | Elo | 95% CI |", "|---|---:|---|"]
     for r in result["ratings"]:
         if r["elo"] is None:

@@ -33,6 +33,23 @@ def pairwise(a: dict[str, float], b: dict[str, float], margin: float = TIE_MARGI
     return {"n": len(results), "win": wins, "tie": ties, "loss": losses, "win_rate": rate}
 
 
+def paired_difference(
+    a: dict[str, float], b: dict[str, float], resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Mean per-task score of a minus b over the tasks both have, with a 95% paired bootstrap interval:
+    the tasks are resampled with replacement, each keeping its two scores, so the interval is that of the
+    difference the same questions show, not of two independent means. An interval that excludes 0 says a
+    and b differ beyond the noise of which questions were drawn."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return {"diff": None, "diff_ci95": None}
+    d = np.array([a[t] - b[t] for t in shared], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(d.mean()), "diff_ci95": [float(low), float(high)]}
+
+
 def bradley_terry(wins: np.ndarray, iterations: int = 10000, tol: float = 1e-9) -> np.ndarray:
     """Strengths p (sum 1) maximizing the Bradley-Terry likelihood, by Hunter's MM algorithm.
     wins[i, j] is how often i beat j (ties count half to each). A prior of half a win each way between

@@ -342,6 +342,15 @@ def rl(
             "by min(π_train/π_engine, CAP), as verl does (e.g. 2).",
         ),
     ] = None,
+    skip_flat_groups: Annotated[
+        bool | None,
+        _opt(
+            "--skip-flat-groups/--train-flat-groups",
+            help="GRPO: leave out of the update each group whose samples all got the same reward (zero "
+            "advantage, so only the KL term would train on them), as DAPO does; metrics.jsonl counts them "
+            "as flat_groups (default: skip).",
+        ),
+    ] = None,
     sync_tolerance: Annotated[
         float | None,
         _opt(

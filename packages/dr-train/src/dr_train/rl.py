@@ -40,6 +40,7 @@ from dr_train.policy import LocalPolicy, Recording, record_turns
 from dr_train.rl_math import (
     clipped_policy_loss,
     clipped_value_loss,
+    flat_groups,
     gae,
     group_advantages,
     kl_k3,
@@ -88,6 +89,10 @@ class RLConfig(BaseModel):
     # the trainer's (vLLM rollouts): each token's policy loss is weighted by min(π_train/π_engine, cap)
     tis_cap: float | None = None
     concurrency: int = 2
+    # GRPO: a group whose samples all got the same reward has zero advantage everywhere, so it teaches the
+    # policy nothing (only the KL term would move it); leave its sequences out of the step (DAPO's dynamic
+    # sampling does the same) instead of paying three forward passes and a backward pass for each
+    skip_flat_groups: bool = True
     save_every: int = 0
     keep: int = 2
     seed: int = 0
@@ -262,6 +267,7 @@ class RLTrainer:
         self.engines = engines
         self.sync_tolerance = sync_tolerance
         self.gap: dict[str, float] = {}
+        self.flat_groups = 0  # GRPO groups of the last step left out for having one reward
         self.policy: ChatModel
         if engines is not None:
             context = int(getattr(model.config, "max_position_embeddings", 32768))
@@ -319,6 +325,11 @@ class RLTrainer:
         config = self.config
         sequences = [s for i, r in enumerate(rollouts) for s in sequences_of(r.turns, i)]
         sequences = [s for s in sequences if s.actions]
+        self.flat_groups = 0
+        if config.algo == "grpo" and config.skip_flat_groups:
+            flat = flat_groups([r.reward for r in rollouts], config.group)
+            self.flat_groups = len(flat)
+            sequences = [s for s in sequences if s.rollout // config.group not in flat]
         rank, world = self.dist.rank, self.dist.world
         with torch.no_grad():
             for seq in sequences[rank::world]:
@@ -493,6 +504,7 @@ class RLTrainer:
                 "tool_calls": round(sum(r.tool_calls for r in rollouts) / len(rollouts), 2),
                 "rollouts": len(rollouts),
                 "trained_tokens": sum(s.actions for s in sequences),
+                "flat_groups": self.flat_groups,
                 **{k: round(v, 6) for k, v in stats.items()},
                 **{k: round(v, 6) for k, v in self.gap.items()},
                 **{k: round(v, 6) for k, v in synced.items()},

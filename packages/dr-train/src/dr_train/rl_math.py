@@ -81,3 +81,10 @@ def clipped_value_loss(
     """Per-token ½·max((V - R)², (clip(V, V_old ± ε) - R)²)."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+
+
+def flat_groups(rewards: list[float], group_size: int) -> set[int]:
+    """The indexes of the groups (consecutive `group_size` samples of one task) whose samples all got the
+    same reward: GRPO gives every token of them zero advantage."""
+    groups = [rewards[i : i + group_size] for i in range(0, len(rewards), group_size)]
+    return {i for i, g in enumerate(groups) if all(x == g[0] for x in g)}
