@@ -1,15 +1,18 @@
 """The main job: the whole pipeline on the embedded default, one `dr` command after another.
 
-    world → index → trajectories (oracle teacher) → sft data → mid-train a model from scratch (another
-    world's encyclopedia + the trajectories) → SFT → serve → bench on the held-out world tasks → RL
-    → bench again → one table (untrained, after mid-training, after SFT, after RL)
+    world → index → trajectories (oracle teacher) → sft data → SFT of SmolLM2-135M-Instruct → serve →
+    bench on the held-out world tasks → RL → bench again → tables (untrained, after SFT, after RL; and
+    every two of them compared question by question)
 
-Every step is the `dr` command a user would type (printed to stderr as it runs), reading and writing JSONL
-and checkpoints under --out; re-running skips the steps whose outputs exist. The table goes to stdout and
-to OUT/results.md. Flags swap in a real base model (--base-model FOLDER), a real teacher endpoint
-(--teacher endpoint --teacher-base-url URL --teacher-model M) and a GPU (--gpu: vLLM serving, bf16).
+With --base-model scratch (--quick's default) a tiny model is instead trained from scratch: copy drills,
+then mid-training on another world's encyclopedia and the trajectories, before SFT. Every step is the `dr`
+command a user would type (printed to stderr as it runs), reading and writing JSONL and checkpoints under
+--out; re-running skips the steps whose outputs exist. The tables go to stdout and to OUT/results.md,
+OUT/hops.md and OUT/compare.md. The benches and RL rollouts generate with vLLM where it is installed
+(--engine). Flags swap in another base model (--base-model FOLDER), a real teacher endpoint (--teacher
+endpoint --teacher-base-url URL --teacher-model M) and a GPU (--gpu: bf16 training).
 
-    python scripts/main_job.py --out runs/main            # about two hours on a 2-core CPU (README)
+    python scripts/main_job.py --out runs/main            # about 80 minutes on a 2-core CPU (README)
     python scripts/main_job.py --out runs/quick --quick   # the pipeline end to end in a few minutes
 """
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shlex
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from dr_core.models import resolve as resolve_model
 from dr_core.proc import child_of_this_process, free_port
+from dr_serve.engines import fallback_reason, model_config
 
 DR = [sys.executable, "-m", "dr_cli.main"]
 SFT_STEPS = 150
@@ -52,17 +55,30 @@ def resumed(folder: Path) -> list[str]:
     return ["--resume"] if any(folder.glob("checkpoint-*/trainer_state.json")) else []
 
 
+def engine_for(model: Path, args: argparse.Namespace) -> str:
+    """vllm or hf: --engine, or with auto what `dr serve --engine auto` picks for the checkpoint (vLLM where
+    it is installed and can serve it: its CPU attention refuses the from-scratch model's head size of 16)."""
+    if args.engine != "auto":
+        return str(args.engine)
+    return "vllm" if fallback_reason(model_config(str(model))) is None else "hf"
+
+
+def concurrency(model: Path, args: argparse.Namespace) -> int:
+    """Agent runs at once: --concurrency, else 16 on vLLM and 2 on transformers serve or generate."""
+    return args.concurrency or (16 if engine_for(model, args) == "vllm" else 2)
+
+
 @contextlib.contextmanager
 def served(model: Path, args: argparse.Namespace, log: Path):
     """`dr serve MODEL` in the background until the block ends; yields its OpenAI-compatible base URL."""
     port = free_port()
-    if args.engine == "vllm":
-        engine = ["--engine", "vllm"]
+    if engine_for(model, args) == "vllm":
+        # served under its path, which is the name the bench asks for (vLLM would take the folder's name;
+        # transformers serve answers to the model as given)
+        engine = ["--engine", "vllm", "--served-model-name", str(model)]
     else:
         engine = ["--engine", "transformers", "--device", "auto" if args.gpu else "cpu"]
-    # served under its path, which is the name the bench asks for (vLLM would take the folder's name)
-    command = [*DR, "serve", str(model), "--port", str(port), "--host", "127.0.0.1", *engine,
-               "--served-model-name", str(model)]  # fmt: skip
+    command = [*DR, "serve", str(model), "--port", str(port), "--host", "127.0.0.1", *engine]
     print("$ dr " + shlex.join(command[len(DR) :]) + " &", file=sys.stderr, flush=True)
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -101,7 +117,7 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
         flags = [
             "--suite", out / "world" / "test.jsonl", "-o", folder,
             "--base-url", url, "--model", str(model), "--index", out / "index", "--no-web",
-            "--limit", str(args.bench_tasks), "--concurrency", str(args.concurrency),
+            "--limit", str(args.bench_tasks), "--concurrency", str(concurrency(model, args)),
             "--max-steps", str(args.agent_steps), "--max-tokens", str(args.agent_tokens),
             "--temperature", "0", "--tool-mode", "text",
         ]  # fmt: skip
@@ -133,12 +149,12 @@ def main() -> None:
     parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"], help="Where the "
                         "benches and RL generate: vllm (dr serve's vLLM; RL rollouts in a vLLM engine that "
                         "gets the new weights after each update) or hf (transformers serve; HF generate). "
-                        "auto: vllm where it is installed.")  # fmt: skip
+                        "auto: vllm where it is installed and can serve the model.")  # fmt: skip
     parser.add_argument("--tiny", default="tiny:qwen2-mini", help="The from-scratch shape.")
     parser.add_argument("--teacher", default="oracle", choices=["oracle", "endpoint"])
     parser.add_argument("--teacher-base-url", default=None)
     parser.add_argument("--teacher-model", default=None)
-    parser.add_argument("--gpu", action="store_true", help="Serve with vLLM and train in bf16.")
+    parser.add_argument("--gpu", action="store_true", help="Train in bf16 on the GPU.")
     parser.add_argument("--entities", type=int, default=None)
     parser.add_argument("--tasks", type=int, default=None)
     parser.add_argument("--midtrain-entities", type=int, default=None, help="Size of the mid-training world.")
@@ -180,9 +196,6 @@ def main() -> None:
         args.base_model = None
     if quick and args.tiny == "tiny:qwen2-mini":
         args.tiny = "tiny:qwen2"
-    if args.engine == "auto":
-        args.engine = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-    args.concurrency = args.concurrency or (16 if args.engine == "vllm" else 2)
     # one agent for every stage (teacher, bench, RL): a model call writes at most this many tokens, and a
     # search shows this many results
     os.environ.setdefault("DR_AGENT_MAX_OUTPUT_TOKENS", "384")
@@ -200,7 +213,8 @@ def main() -> None:
         args.midtrain_epochs = (0.2 if quick else 1) if scratch else 0
     if args.copy_warmup is None:
         args.copy_warmup = 0 if quick or not scratch else 4000
-    args.rl_steps = args.rl_steps if args.rl_steps is not None else (1 if quick else 3)
+    if args.rl_steps is None:
+        args.rl_steps = 1 if quick else 3 if scratch else 2
     args.bench_tasks = args.bench_tasks or (4 if quick else 100 if scratch else 200)
     args.agent_tokens = args.agent_tokens or (8000 if quick else 12000)
     out: Path = args.out
@@ -281,9 +295,9 @@ def main() -> None:
             "--tasks-per-step", "6" if not quick else "2", "--group", "4" if not quick else "2",
             "--lr", str(args.rl_lr), "--temperature", str(args.rl_temperature),
             "--max-steps", str(args.agent_steps),
-            "--max-tokens", str(args.agent_tokens), "--concurrency", str(args.concurrency),
+            "--max-tokens", str(args.agent_tokens), "--concurrency", str(concurrency(sft_model, args)),
             "--save-every", "2", "--seed", str(args.seed), *resumed(rl_model),
-            "--engine", args.engine)  # fmt: skip
+            "--engine", engine_for(sft_model, args))  # fmt: skip
     if args.rl_steps:
         folders.append(bench("rl", rl_model, args, out))
     table = out / "results.md"
