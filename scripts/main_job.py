@@ -127,8 +127,10 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
         # (tests/agent/test_real_servers.py). RL rollouts render with the tokenizer itself, as training.
         # exit 3: some runs failed (a server error, not a wrong answer); they are retried once, and
         # whatever still fails is left out of the table, whose n column says how many were scored
+        # an interrupted bench left its finished runs in judgments.jsonl.partial: --resume keeps them
+        interrupted = (folder / "judgments.jsonl.partial").exists()
         for attempt in range(2):
-            run("bench", "run", *flags, *(["--resume"] if attempt else []), allow=(3,))
+            run("bench", "run", *flags, *(["--resume"] if attempt or interrupted else []), allow=(3,))
             if (folder / "summary.json").exists():
                 summary = json.loads((folder / "summary.json").read_text())
                 if not summary.get("failed"):
