@@ -111,7 +111,9 @@ def served(model: Path, args: argparse.Namespace, log: Path):
 
 def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
     folder = out / "bench" / name
-    if (folder / "summary.json").exists():
+    summary_path = folder / "summary.json"
+    # a bench is done when its summary counts no failed run: one stopped by a dead server left failures
+    if summary_path.exists() and not json.loads(summary_path.read_text()).get("failed"):
         return folder
     with served(model, args, out / f"serve-{name}.log") as url:
         flags = [
@@ -127,12 +129,13 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
         # (tests/agent/test_real_servers.py). RL rollouts render with the tokenizer itself, as training.
         # exit 3: some runs failed (a server error, not a wrong answer); they are retried once, and
         # whatever still fails is left out of the table, whose n column says how many were scored
-        # an interrupted bench left its finished runs in judgments.jsonl.partial: --resume keeps them
-        interrupted = (folder / "judgments.jsonl.partial").exists()
+        # an interrupted bench left its finished runs in judgments.jsonl.partial, or a summary that counts
+        # failed runs (its server died under it): --resume keeps what finished and reruns the rest
+        interrupted = (folder / "judgments.jsonl.partial").exists() or summary_path.exists()
         for attempt in range(2):
             run("bench", "run", *flags, *(["--resume"] if attempt or interrupted else []), allow=(3,))
-            if (folder / "summary.json").exists():
-                summary = json.loads((folder / "summary.json").read_text())
+            if summary_path.exists():
+                summary = json.loads(summary_path.read_text())
                 if not summary.get("failed"):
                     break
     return folder

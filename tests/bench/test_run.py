@@ -11,7 +11,7 @@ import sys
 import time
 from collections import Counter
 
-from support.openai_server import Reply, scripted_server
+from support.openai_server import Rendezvous, Reply, scripted_server
 from support.policies import call
 
 DR = [sys.executable, "-m", "dr_cli.main"]
@@ -190,3 +190,43 @@ def test_resume_over_a_torn_summary_warns_and_finishes(tmp_path, drb_index):
     assert resumed.returncode == 0, resumed.stderr
     assert b"setup differs from the one it continues: no fingerprint" in resumed.stderr
     assert json.loads((run / "summary.json").read_text())["fingerprint"]["search"] == "LocalBackend"
+
+
+def test_concurrency_beyond_the_clients_default_cap_keeps_that_many_requests_in_flight(tmp_path, drb_index):
+    # the client's own request cap defaulted to 8 and silently held --concurrency 16 to 8 requests
+    suite = deep_search_suite(tmp_path / "suite.jsonl", 12)
+    meet = Rendezvous(12)
+    answer = answering_policy()
+
+    def policy(body):
+        meet.wait()
+        return answer(body)
+
+    with scripted_server(policy) as srv:
+        cmd = [*DR, "bench", "run", "--suite", str(suite), "-o", str(tmp_path / "run"), "--base-url", srv.url]
+        result = subprocess.run([*cmd, "--index", str(drb_index), "--concurrency", "12"], capture_output=True)
+        assert result.returncode == 0, result.stderr
+        assert srv.max_in_flight == 12
+    # a cap the user set (a provider's rate limit, say) is kept, and named
+    with scripted_server(answering_policy(delay_s=0.05)) as srv:
+        cmd = [
+            *DR,
+            "bench",
+            "run",
+            "--suite",
+            str(suite),
+            "-o",
+            str(tmp_path / "capped"),
+            "--base-url",
+            srv.url,
+        ]
+        result = subprocess.run(
+            [*cmd, "--index", str(drb_index), "--concurrency", "12"],
+            capture_output=True,
+            env={**os.environ, "DR_LLM_CONCURRENCY": "3"},
+        )
+        assert result.returncode == 0, result.stderr
+        assert srv.max_in_flight <= 3
+    assert b"12 runs at once share 3 model requests at a time (environment variable DR_LLM_CONCURRENCY)" in (
+        result.stderr
+    )

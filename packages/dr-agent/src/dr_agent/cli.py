@@ -104,6 +104,7 @@ def research(
         temperature=temperature,
         no_web=no_web,
         tool_mode=tool_mode,
+        runs_at_once=1 if tasks is None else concurrency,
     )
     if question is not None:
         _one(agent, question, trajectory, events)

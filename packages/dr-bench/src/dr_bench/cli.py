@@ -99,6 +99,7 @@ def run(
         temperature=temperature,
         no_web=no_web,
         tool_mode=tool_mode,
+        runs_at_once=concurrency,
     )
     summary = run_suite(tasks, agent, judge, out, concurrency=concurrency, resume=resume)
     print_table([summary])

@@ -98,6 +98,19 @@ def _collect(
     return values, origin
 
 
+def origin(
+    cls: type[BaseModel],
+    section: str,
+    name: str,
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    file: Path | None = None,
+) -> str | None:
+    """Where setting `name` of `section` is given (a flag, a variable, the file), or None: its default."""
+    return _collect(cls, section, flags, environ, file)[1].get(name)
+
+
 def is_configured(
     cls: type[BaseModel],
     section: str,

@@ -284,6 +284,7 @@ def trajectories(
         search={"index": index},
         agent={"max_steps": max_steps},
         web=teacher == "endpoint",
+        runs_at_once=concurrency,
     )
     if teacher == "oracle":
         from dr_data.oracle import OracleTeacher
