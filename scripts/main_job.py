@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dr_core.models import resolve as resolve_model
 from dr_core.proc import child_of_this_process, free_port
-from dr_serve.engines import fallback_reason, model_config
+from dr_serve.engines import choose_engine, model_config
 
 DR = [sys.executable, "-m", "dr_cli.main"]
 SFT_STEPS = 150
@@ -60,7 +60,7 @@ def engine_for(model: Path, args: argparse.Namespace) -> str:
     it is installed and can serve it: its CPU attention refuses the from-scratch model's head size of 16)."""
     if args.engine != "auto":
         return str(args.engine)
-    return "vllm" if fallback_reason(model_config(str(model))) is None else "hf"
+    return "vllm" if choose_engine("auto", model_config(str(model))) == "vllm" else "hf"
 
 
 def concurrency(model: Path, args: argparse.Namespace) -> int:
@@ -198,8 +198,6 @@ def main() -> None:
     if args.base_model is None:
         args.base_model = "scratch" if quick else "smollm2-135m"
     scratch = args.base_model == "scratch"
-    if scratch:
-        args.base_model = None
     if quick and args.tiny == "tiny:qwen2-mini":
         args.tiny = "tiny:qwen2"
     # one agent for every stage (teacher, bench, RL): a model call writes at most this many tokens, and a
@@ -259,7 +257,7 @@ def main() -> None:
 
     # auto is bf16 on a GPU or a CPU with AVX-512 BF16 / AMX; the from-scratch model stays in fp32 on the
     # CPU, as the README's figures for it were measured
-    precision = ["--precision", "bf16"] if args.gpu else ([] if args.base_model else ["--precision", "fp32"])
+    precision = ["--precision", "bf16"] if args.gpu else (["--precision", "fp32"] if scratch else [])
     # Agentic mid-training text: the encyclopedia of another world (other names, other facts, so nothing
     # about the test questions is learnt by heart) plus the trajectories, every token learnt. A model from
     # scratch first does copy drills (--copy-warmup): searching and answering mean copying names and ids
@@ -271,8 +269,8 @@ def main() -> None:
             "--entities", str(args.midtrain_entities), "--tasks", "10")  # fmt: skip
     mid_data = [mid_world / "corpus.jsonl", sft_data]
     # a model a package ships (--base-model smollm2-135m) is its converted folder (dr_core.models)
-    base = Path(resolve_model(args.base_model)) if args.base_model else out / "models" / "base"
-    if not args.base_model and not (base / "trainer_state.json").exists():
+    base = out / "models" / "base" if scratch else Path(resolve_model(args.base_model))
+    if scratch and not (base / "trainer_state.json").exists():
         # the untrained model: random weights and a tokenizer learnt from the training text, zero steps
         run("train", "midtrain", *mid_data, "--model", args.tiny, "-o", base, "--max-steps", "0",
             "--seed", str(args.seed))  # fmt: skip

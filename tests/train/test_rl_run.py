@@ -190,3 +190,19 @@ def test_rl_refuses_tasks_it_cannot_reward(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2 and b"Hugging Face folder" in result.stderr
+
+
+def test_resuming_a_run_saved_before_flat_groups_were_skipped_keeps_training_them(tmp_path):
+    # such a checkpoint does not record skip_flat_groups; it trained on flat groups, so resuming it with
+    # today's default (skip them) would change the run without a word
+    from dr_core.errors import InputError
+    from dr_train.checkpoint import check_settings
+    from dr_train.rl import UNRECORDED, RLConfig
+
+    old = RLConfig(out=tmp_path).resume_keys()
+    del old["skip_flat_groups"]
+    with pytest.raises(InputError, match="skip_flat_groups False then, True now"):
+        check_settings(tmp_path, old, RLConfig(out=tmp_path).resume_keys(), before=UNRECORDED)
+    check_settings(
+        tmp_path, old, RLConfig(out=tmp_path, skip_flat_groups=False).resume_keys(), before=UNRECORDED
+    )

@@ -132,13 +132,17 @@ def trim_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def check_settings(folder: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+def check_settings(
+    folder: Path, saved: dict[str, Any], now: dict[str, Any], before: dict[str, Any] | None = None
+) -> None:
     """Refuse to resume `folder` with settings that change the result (learning rate, schedule, batch,
-    clipping, seed, ...): the run would no longer be the one that was started. Settings a checkpoint of an
-    older dr did not record are not compared."""
+    clipping, seed, ...): the run would no longer be the one that was started. A setting a checkpoint of an
+    older dr did not record is compared with `before`'s value for it (what that dr did) where given, else
+    not at all."""
     from dr_core.errors import InputError
 
     now = json.loads(json.dumps(now))  # tuples as lists, as the saved state has them
+    saved = {**(before or {}), **saved}
     changed = [f"{k} {saved[k]!r} then, {v!r} now" for k, v in now.items() if k in saved and saved[k] != v]
     if changed:
         raise InputError(

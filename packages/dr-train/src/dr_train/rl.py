@@ -105,6 +105,10 @@ class RLConfig(BaseModel):
         return {k: getattr(self, k) for k in RLConfig.model_fields if k not in skip}
 
 
+# what a dr that did not yet record a setting in its checkpoints did, for resuming their runs
+UNRECORDED: dict[str, Any] = {"skip_flat_groups": False}
+
+
 @dataclass
 class Rollout:
     task: Task
@@ -610,7 +614,9 @@ class RLTrainer:
             ran = f"DeepSpeed on {state.get('world', 1)} ranks" if sharded else "without DeepSpeed"
             now = f"DeepSpeed on {self.dist.world} ranks" if self.engine.sharded else "without DeepSpeed"
             raise InputError(f"--resume: {folder} was trained {ran}; this run asks for {now}")
-        checkpoint.check_settings(folder, state.get("settings", {}), self.config.resume_keys())
+        checkpoint.check_settings(
+            folder, state.get("settings", {}), self.config.resume_keys(), before=UNRECORDED
+        )
         self.step = state["step"]
         self.engine.load(folder)
         if self.value_head is not None and not self.engine.sharded:
