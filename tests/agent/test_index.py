@@ -50,6 +50,31 @@ def test_cjk_text_is_indexed_as_bigrams_and_words_are_lowercased():
     assert terms("AI 教育领域 The Founder") == ["ai", "教育", "育领", "领域", "founder"]
 
 
+def test_ascii_text_splits_into_the_same_words_as_the_general_pattern():
+    # ASCII text takes a simpler pattern; it must find exactly the words the general one finds
+    import random
+    import re
+
+    from dr_agent.analysis import _TOKEN
+
+    rng = random.Random(0)
+    alphabet = "abcXYZ09_-' .,\n\t()/K\u212a"  # the Kelvin sign lowercases to an ASCII k
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        lowered = text.lower()
+        if lowered.isascii():
+            assert terms(text, keep_stopwords=True) == _TOKEN.findall(lowered), text
+    assert terms("Snake_case, x2 and 3D-Print", keep_stopwords=True) == [
+        "snake",
+        "case",
+        "x2",
+        "and",
+        "3d",
+        "print",
+    ]
+    assert re.fullmatch(r"[a-z0-9 ]*", " ".join(terms("Ünïcode stays out of the fast path"))) is None
+
+
 def test_index_from_a_folder_of_markdown_html_and_text(tmp_path):
     from dr_agent.documents import load_documents
 

@@ -19,6 +19,9 @@ def test_trajectories_become_examples_with_loss_on_assistant_turns():
     assert example.messages[2].tool_calls[0].name == "search" and example.tools
     unanswered = {**distinct(1), "final": None, "stop_reason": "step_budget"}
     assert to_example(unanswered) == ("trajectory", None)
+    # built without a second validation, it is the example validation would have made
+    assert Example.model_validate(example.model_dump()) == example
+    assert example.model_dump() == Example(**dict(example)).model_dump()
     kind, example = to_example({"id": "7", "prompt": "Write about X", "article": "X is ..."})
     assert kind == "report" and [m.role for m in example.messages] == ["user", "assistant"]
 

@@ -12,6 +12,8 @@ import re
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _TOKEN = re.compile(rf"[{_CJK}]+|[^\W_]+", re.UNICODE)
 _IS_CJK = re.compile(rf"[{_CJK}]")
+# the same words in lowercased ASCII text, where `[^\W_]` is exactly [a-z0-9]: a simpler, faster pattern
+_ASCII_TOKEN = re.compile(r"[a-z0-9]+")
 
 STOPWORDS = frozenset(
     (
@@ -25,7 +27,7 @@ def terms(text: str, keep_stopwords: bool = False) -> list[str]:
     """The index terms of `text`: lowercased words; character bigrams (or a lone character) for CJK."""
     lowered = text.lower()
     if lowered.isascii():  # no CJK to split: the words as found (most text, and the fast path)
-        found = _TOKEN.findall(lowered)
+        found = _ASCII_TOKEN.findall(lowered)
         return found if keep_stopwords else [t for t in found if t not in STOPWORDS]
     out: list[str] = []
     for token in _TOKEN.findall(lowered):

@@ -48,7 +48,8 @@ def to_example(obj: dict[str, Any]) -> tuple[str, Example | None]:
         trajectory = Trajectory.model_validate(obj)
         if trajectory.final is None or trajectory.stop_reason not in (None, "answered"):
             return kind, None
-        return kind, Example(
+        # built from the trajectory's fields, which were just validated: no second validation
+        return kind, Example.model_construct(
             id=f"example-{trajectory.id}",
             messages=trajectory.messages,
             tools=trajectory.tools,
@@ -187,8 +188,9 @@ class NearDuplicates:
     def __call__(self, example: Example, words: Words | None = None) -> str | None:
         from datasketch import MinHash
 
+        # the values are hashes already: int is the identity on them, called from C
         signature = MinHash(
-            num_perm=self.num_perm, hashfunc=_as_is, permutations=self.permutations, scheme=self.scheme
+            num_perm=self.num_perm, hashfunc=int, permutations=self.permutations, scheme=self.scheme
         )
         signature.update_batch(shingle_hashes((words or Words.of(example)).full, self.shingle).tolist())
         candidates = self.lsh.query(signature)
@@ -200,10 +202,6 @@ class NearDuplicates:
         return None
 
 
-def _as_is(value: int) -> int:
-    return value
-
-
 def shingle_hashes(words: list[str], size: int) -> Any:
     """A 32-bit hash (uint64 array) of every run of `size` words (one run when there are fewer words): each
     word is hashed once (crc32), and a run's hash mixes its words' hashes in order, so no shingle string is
@@ -212,7 +210,7 @@ def shingle_hashes(words: list[str], size: int) -> Any:
 
     if not words:
         words = [""]
-    hashed = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+    hashed = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
     runs = max(1, len(words) - size + 1)
     mixed = np.zeros(runs, dtype=np.uint64)
     for offset in range(min(size, len(words))):
