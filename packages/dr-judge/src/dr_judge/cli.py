@@ -42,19 +42,29 @@ def score_command(
     judge_base_url: JudgeUrl = None,
     judge_model: JudgeModel = None,
     judge_api_key: JudgeKey = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Responses judged at once (default: the judge client's request cap, 8).", show_default=False
+        ),
+    ] = None,
     on_error: OnErrorOpt = OnErrorChoice.fail,
     rejects: Rejects = None,
     resume: Resume = False,
 ) -> None:
     """Judge responses (Trajectory, Report, or DeepResearch Bench {id, prompt, article} lines) against
-    their task's checklist or reference answer; write one Judgment per response.
+    their task's checklist or reference answer; write one Judgment per response, in input order.
 
     Items with a deterministic check never reach the model; without a judge model, only such items (and
-    exact answers) can be judged.
+    exact answers) can be judged. With --on-error skip, a response the judge model gives no usable verdict
+    on (after its send-backs) goes to the rejects file with the reason, and the run goes on.
     """
+    from dr_core.concurrency import ordered_map
     from dr_core.errors import InputError
+    from dr_core.log import logger
     from dr_core.pipe import Pipe
     from dr_judge.build import make_judge
+    from dr_judge.judge import JudgeModelError
     from dr_judge.responses import as_response
 
     judge = make_judge(
@@ -67,6 +77,14 @@ def score_command(
         temperature=temperature,
     )
     known = load_tasks(tasks)
+    if concurrency is None:
+        concurrency = judge.llm.config.concurrency if judge.llm is not None else 1
+    elif judge.llm is not None and concurrency > judge.llm.config.concurrency:
+        logger.warning(
+            "%d responses at once share the judge client's %d requests at a time (DR_JUDGE_LLM_CONCURRENCY)",
+            concurrency, judge.llm.config.concurrency,
+        )  # fmt: skip
+    counts = {"judged": 0, "refused": 0}
     with Pipe(
         inputs or ["-"],
         output,
@@ -75,15 +93,36 @@ def score_command(
         resume=resume,
         output_key=lambda j: j.get("target_id"),
     ) as pipe:
-        for response in pipe.records(adapt=as_response, key=lambda r: r.target_id, description="judging"):
+
+        def work(response: Any) -> Any:
             task = known.get(response.task_id or "")
             if task is None:
+                return None
+            try:
+                return judge.judge(task, response.text, response.target_id, response.citations)
+            except JudgeModelError as exc:
+                if pipe.on_error == "fail":
+                    raise
+                return exc  # no usable verdict after the send-backs: a reject, not the end of the run
+
+        located = pipe.located(adapt=as_response, key=lambda r: r.target_id, description="judging")
+        for (response, origin), result in ordered_map(lambda r: (r, work(r[0])), located, concurrency):
+            if result is None:
                 problem = f"response {response.target_id}: task {response.task_id!r} is not in {tasks}"
                 if pipe.on_error == "fail":
                     raise InputError(problem)
                 pipe.rejects.add(str(tasks), 0, problem, response.target_id.encode())
-                continue
-            pipe.write(judge.judge(task, response.text, response.target_id, response.citations))
+            elif isinstance(result, JudgeModelError):
+                counts["refused"] += 1
+                pipe.reject(origin, f"response {response.target_id}: {result}")
+            else:
+                counts["judged"] += 1
+                pipe.write(result)
+    if counts["refused"]:
+        logger.warning(
+            "judge: %(judged)d responses judged; %(refused)d refused by the judge model (rejects file)",
+            counts,
+        )
 
 
 @app.command()
