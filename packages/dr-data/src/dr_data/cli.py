@@ -174,6 +174,15 @@ def reverse(
     model: Model = None,
     api_key: ApiKey = None,
     concurrency: Concurrency = None,
+    max_report_chars: Annotated[
+        int,
+        typer.Option(
+            min=1000,
+            help="The teacher reads at most this much of each report (a small "
+            "model's context: a report runs to 20K characters, and a token per character in "
+            "Chinese).",
+        ),
+    ] = 30000,
     on_error: OnErrorOpt = OnErrorChoice.fail,
     rejects: Rejects = None,
     resume: Resume = False,
@@ -203,7 +212,7 @@ def reverse(
 
         def with_teacher(report: Report) -> Plan | LLMError:
             try:
-                return reverse_with_teacher(report, client)
+                return reverse_with_teacher(report, client, max_chars=max_report_chars)
             except LLMError as exc:  # no usable plan after the send-backs: a reject, not the end of the run
                 return exc
 
