@@ -227,6 +227,6 @@ def test_concurrency_beyond_the_clients_default_cap_keeps_that_many_requests_in_
         )
         assert result.returncode == 0, result.stderr
         assert srv.max_in_flight <= 3
-    assert b"12 runs at once share 3 model requests at a time (environment variable DR_LLM_CONCURRENCY)" in (
+    assert b"12 calls at once share 3 model requests at a time (environment variable DR_LLM_CONCURRENCY)" in (
         result.stderr
     )

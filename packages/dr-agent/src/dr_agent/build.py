@@ -11,9 +11,8 @@ from typing import Any
 from dr_agent.agent import AgentConfig, ResearchAgent
 from dr_agent.fetch import FetchConfig, Fetcher
 from dr_agent.search import SearchConfig, make_backend
-from dr_core.config import origin, resolve
-from dr_core.llm import LLMClient, LLMConfig
-from dr_core.log import logger
+from dr_core.config import resolve
+from dr_core.llm import LLMClient, resolve_llm
 
 
 def build_agent(
@@ -27,9 +26,8 @@ def build_agent(
 ) -> ResearchAgent:
     """An agent from flag values (None = not given) over settings; `web=False` turns page fetching off.
 
-    `runs_at_once`: how many runs share this agent (a command's --concurrency). The client's own request
-    cap (the [llm] `concurrency` setting, 8 by default) rises to it unless the user set that cap; a cap set
-    lower is kept, with a warning, since it may be a provider's rate limit.
+    `runs_at_once`: how many runs share this agent (a command's --concurrency); the client's request cap
+    follows it (`resolve_llm`).
     """
     search_config = resolve(SearchConfig, "search", search or {})
     backend = make_backend(search_config)
@@ -38,18 +36,8 @@ def build_agent(
     if agent_flags["top_k"] is None:
         agent_flags["top_k"] = search_config.top_k
     fetcher = Fetcher(resolve(FetchConfig, "fetch", fetch or {})) if web else None
-    llm_config = resolve(LLMConfig, "llm", llm or {})
-    if runs_at_once > llm_config.concurrency:
-        where = origin(LLMConfig, "llm", "concurrency", llm or {})
-        if where is None:
-            llm_config = llm_config.model_copy(update={"concurrency": runs_at_once})
-        else:
-            logger.warning(
-                "%d runs at once share %d model requests at a time (%s)",
-                runs_at_once, llm_config.concurrency, where,
-            )  # fmt: skip
     return ResearchAgent(
-        LLMClient(llm_config),
+        LLMClient(resolve_llm("llm", llm, at_once=runs_at_once)),
         backend,
         fetcher,
         resolve(AgentConfig, "agent", agent_flags),

@@ -80,7 +80,9 @@ def run(
     world = parse_world(suite)
     if world is not None and index is None and search is None:
         index = _world_index(world, out)
-    judge = make_judge(judge_base_url, judge_model, judge_api_key, mode=mode, votes=votes)
+    judge = make_judge(
+        judge_base_url, judge_model, judge_api_key, at_once=concurrency, mode=mode, votes=votes
+    )
     if judge.llm is None and any(_needs_model(t) for t in tasks):
         raise ConfigError(
             "these tasks have checklist items without deterministic checks: give a judge model "

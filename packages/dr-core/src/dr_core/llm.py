@@ -50,6 +50,23 @@ class LLMConfig(BaseModel):
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
 
 
+def resolve_llm(section: str, flags: Mapping[str, Any] | None = None, at_once: int = 1) -> LLMConfig:
+    """The [section] client settings under `flags`, for a command that makes `at_once` calls at a time
+    (its --concurrency): the request cap (`concurrency`, 8 by default) rises to `at_once` unless the user
+    set it; a cap set lower is kept, with a warning, since it may be a provider's rate limit."""
+    from dr_core.config import origin
+
+    config = resolve(LLMConfig, section, flags)
+    if at_once > config.concurrency:
+        where = origin(LLMConfig, section, "concurrency", flags)
+        if where is None:
+            return config.model_copy(update={"concurrency": at_once})
+        logger.warning(
+            "%d calls at once share %d model requests at a time (%s)", at_once, config.concurrency, where
+        )
+    return config
+
+
 @dataclass
 class ChatResult:
     """One completion: the assistant message, why it stopped, its usage, and whether it came from cache."""

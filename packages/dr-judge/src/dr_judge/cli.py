@@ -75,15 +75,11 @@ def score_command(
         votes=votes,
         batch=batch,
         temperature=temperature,
+        at_once=concurrency or 1,
     )
     known = load_tasks(tasks)
     if concurrency is None:
         concurrency = judge.llm.config.concurrency if judge.llm is not None else 1
-    elif judge.llm is not None and concurrency > judge.llm.config.concurrency:
-        logger.warning(
-            "%d responses at once share the judge client's %d requests at a time (DR_JUDGE_LLM_CONCURRENCY)",
-            concurrency, judge.llm.config.concurrency,
-        )  # fmt: skip
     counts = {"judged": 0, "refused": 0}
     with Pipe(
         inputs or ["-"],
