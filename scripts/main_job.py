@@ -12,7 +12,7 @@ OUT/hops.md and OUT/compare.md. The benches and RL rollouts generate with vLLM w
 (--engine). Flags swap in another base model (--base-model FOLDER), a real teacher endpoint (--teacher
 endpoint --teacher-base-url URL --teacher-model M) and a GPU (--gpu: bf16 training).
 
-    python scripts/main_job.py --out runs/main            # about 3.5 hours on a 2-core CPU (README)
+    python scripts/main_job.py --out runs/main            # about 2 hours on a 2-core CPU (README)
     python scripts/main_job.py --out runs/quick --quick   # the pipeline end to end in a few minutes
 """
 

@@ -7,7 +7,9 @@ judge can score, and how its scores rank the reports against RACE's (Spearman, 9
 
 Each step is the `dr` command a user would type (printed to stderr); a step whose output exists is skipped.
 The model's context is 8,192 tokens, so the teacher reads the first --report-chars characters of each report
-and the judge grades the first --report-chars too (DR_JUDGE_MAX_RESPONSE_CHARS). The figures go to stdout
+and the judge grades the first --judge-chars, against --judge-batch checklist items a call (a DeepResearch
+Bench checklist runs to 25-30 items, 2,500 characters of Chinese); their replies are capped
+(--max-tokens, --judge-tokens), since a model this small may never close its JSON. The figures go to stdout
 as JSON and to OUT/results.md.
 """
 
@@ -38,7 +40,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/real-model"))
     parser.add_argument("--model", default="smollm2-135m", help="A named model or a Hugging Face folder.")
     parser.add_argument("--limit", type=int, default=None, help="Only the first N reports.")
-    parser.add_argument("--report-chars", type=int, default=6000, help="What the model reads of a report.")
+    parser.add_argument("--report-chars", type=int, default=3000, help="What the model reads of a report.")
+    parser.add_argument("--max-tokens", type=int, default=512, help="The teacher's reply at most.")
+    parser.add_argument("--judge-tokens", type=int, default=1024, help="The judge's reply at most.")
+    parser.add_argument("--judge-chars", type=int, default=2000, help="What the judge reads of a report.")
+    parser.add_argument("--judge-batch", type=int, default=8, help="Checklist items per judge call.")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
     args = parser.parse_args()
@@ -55,19 +61,20 @@ def main() -> None:
     if not tasks.exists():
         run("bench", "import-drb", "--data", DRB, "-o", tasks)
     plans, judgments = out / "plans.jsonl", out / "judgments.jsonl"
-    os.environ["DR_JUDGE_MAX_RESPONSE_CHARS"] = str(args.report_chars)
-    os.environ.setdefault("DR_JUDGE_MAX_OUTPUT_TOKENS", "512")
+    os.environ["DR_JUDGE_MAX_RESPONSE_CHARS"] = str(args.judge_chars)
+    os.environ["DR_JUDGE_MAX_OUTPUT_TOKENS"] = str(args.judge_tokens)
     if not plans.exists() or not judgments.exists():
         with served(model, args, out / "serve.log") as url:
             endpoint = ["--base-url", url, "--model", str(model)]
             if not plans.exists():
                 run("data", "reverse", reports, "--teacher", "endpoint", *endpoint, "-o", plans,
                     "--concurrency", str(args.concurrency),
-                    "--max-report-chars", str(args.report_chars))  # fmt: skip
+                    "--max-report-chars", str(args.report_chars),
+                    "--max-tokens", str(args.max_tokens))  # fmt: skip
             if not judgments.exists():
                 run("judge", "score", reports, "--tasks", tasks, "--judge-base-url", url,
                     "--judge-model", str(model), "-o", judgments, "--on-error", "skip",
-                    "--rejects", out / "judge-rejects.jsonl",
+                    "--rejects", out / "judge-rejects.jsonl", "--batch", str(args.judge_batch),
                     "--concurrency", str(args.concurrency))  # fmt: skip
 
     n = len(lines(reports))
@@ -78,6 +85,8 @@ def main() -> None:
         "model": args.model,
         "reports": n,
         "report_chars": args.report_chars,
+        "judge_chars": args.judge_chars,
+        "judge_batch": args.judge_batch,
         "teacher": {
             "plans_passed": len(passed),
             "after_send_back": sum(p.get("meta", {}).get("teacher_attempts", 1) > 1 for p in passed),
@@ -91,8 +100,9 @@ def main() -> None:
                     "--label-field", "overall_score")  # fmt: skip
         results["judge"]["agreement"] = json.loads(agree)
     table = [
-        f"SmolLM2-135M-Instruct ({args.model}) on {n} DeepResearch Bench reports (the first "
-        f"{args.report_chars:,} characters of each)",
+        f"SmolLM2-135M-Instruct ({args.model}) on {n} DeepResearch Bench reports (the teacher read the "
+        f"first {args.report_chars:,} characters of each, the judge the first {args.judge_chars:,}, "
+        f"{args.judge_batch} checklist items a call)",
         "",
         "| path | result |",
         "|---|---|",

@@ -117,7 +117,7 @@ def test_teacher_mode_from_the_command_line(tmp_path):
     assert json.loads(result.stdout)["query"] == GOOD_ZH["query"]
 
 
-def test_the_teacher_reads_at_most_max_report_chars_of_a_report(tmp_path):
+def test_the_teacher_reads_at_most_max_report_chars_and_writes_at_most_max_tokens(tmp_path):
     # a small model's context holds a few thousand characters of a 20K-character report
     long = Report(id="r1", text=REPORT_ZH.text + "\n\n" + "补充内容。" * 400)
     src = tmp_path / "reports.jsonl"
@@ -136,11 +136,15 @@ def test_the_teacher_reads_at_most_max_report_chars_of_a_report(tmp_path):
             "t",
         ]
         whole = subprocess.run(cmd, capture_output=True)
-        clipped = subprocess.run([*cmd, "--max-report-chars", "1000"], capture_output=True)
+        clipped = subprocess.run(
+            [*cmd, "--max-report-chars", "1000", "--max-tokens", "300"], capture_output=True
+        )
         read = [body["messages"][1]["content"] for body in srv.requests]
+        caps = [body.get("max_tokens") for body in srv.requests]
     assert whole.returncode == 0 and clipped.returncode == 0, clipped.stderr
     assert read == ["# Report\n\n" + long.text, "# Report\n\n" + long.text[:1000] + "\n[...]"]
     assert json.loads(clipped.stdout)["query"] == GOOD_ZH["query"]
+    assert caps == [None, 300]  # --max-tokens caps each teacher reply
 
 
 def test_a_report_the_teacher_never_gets_right_goes_to_the_rejects_and_the_run_goes_on(tmp_path):

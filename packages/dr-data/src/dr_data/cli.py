@@ -183,6 +183,15 @@ def reverse(
             "Chinese).",
         ),
     ] = 30000,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Each teacher reply is at most this many tokens (default: the server's "
+            "limit, which for a weak model that never closes its JSON is its whole context).",
+            show_default=False,
+        ),
+    ] = None,
     on_error: OnErrorOpt = OnErrorChoice.fail,
     rejects: Rejects = None,
     resume: Resume = False,
@@ -212,7 +221,7 @@ def reverse(
 
         def with_teacher(report: Report) -> Plan | LLMError:
             try:
-                return reverse_with_teacher(report, client, max_chars=max_report_chars)
+                return reverse_with_teacher(report, client, max_chars=max_report_chars, max_tokens=max_tokens)
             except LLMError as exc:  # no usable plan after the send-backs: a reject, not the end of the run
                 return exc
 

@@ -165,7 +165,11 @@ def parse_teacher_plan(content: str | None, lang: str) -> dict[str, Any]:
 
 
 def reverse_with_teacher(
-    report: Report, teacher: LLMClient, retries: int = 2, max_chars: int = 30000
+    report: Report,
+    teacher: LLMClient,
+    retries: int = 2,
+    max_chars: int = 30000,
+    max_tokens: int | None = None,
 ) -> Plan:
     lang = report.language or language(report.text)
     text = report.text if len(report.text) <= max_chars else report.text[:max_chars] + "\n[...]"
@@ -180,7 +184,9 @@ def reverse_with_teacher(
         attempts += 1
         return parse_teacher_plan(content, lang)
 
-    obj = chat_json(teacher, messages, validate, retries=retries, temperature=0)
+    # a cap on each reply: a weak teacher may write until its context is full, which on a CPU takes minutes
+    limit = {"max_tokens": max_tokens} if max_tokens is not None else {}
+    obj = chat_json(teacher, messages, validate, retries=retries, temperature=0, **limit)
     steps = [
         PlanStep(
             title=str(s["title"]),
