@@ -46,6 +46,11 @@ def answering_policy(delay_s=0.0, wrong=()):
     return policy
 
 
+def bench_cmd(suite, out, url, *more) -> list[str]:
+    """`dr bench run` over `suite` into `out` against the model server at `url`, then `more` flags."""
+    return [*DR, "bench", "run", "--suite", str(suite), "-o", str(out), "--base-url", url, *map(str, more)]
+
+
 def questions(server) -> Counter:
     return Counter(body["messages"][1]["content"] for body in server.requests)
 
@@ -53,8 +58,9 @@ def questions(server) -> Counter:
 def test_run_judges_exact_answers_and_summarizes(tmp_path, drb_index):
     suite = deep_search_suite(tmp_path / "suite.jsonl", 6)
     with scripted_server(answering_policy(wrong={4, 5})) as srv:
-        cmd = [*DR, "bench", "run", "--suite", str(suite), "-o", str(tmp_path / "run"), "--base-url", srv.url]
-        result = subprocess.run([*cmd, "--index", str(drb_index)], capture_output=True)
+        result = subprocess.run(
+            bench_cmd(suite, tmp_path / "run", srv.url, "--index", drb_index), capture_output=True
+        )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["n"] == 6 and summary["score"]["mean"] == 4 / 6
@@ -72,8 +78,7 @@ def test_a_killed_run_resumes_without_rerunning_finished_tasks(tmp_path, drb_ind
     run = tmp_path / "run"
     partial = run / "trajectories.jsonl.partial"
     with scripted_server(answering_policy(delay_s=0.3)) as srv:
-        cmd = [*DR, "bench", "run", "--suite", str(suite), "-o", str(run), "--base-url", srv.url]
-        cmd += ["--index", str(drb_index), "--concurrency", "1"]
+        cmd = bench_cmd(suite, run, srv.url, "--index", drb_index, "--concurrency", "1")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -118,19 +123,7 @@ def test_research_tasks_need_a_judge_model_and_are_scored_by_it(tmp_path, drb_in
         content='{"verdicts": [{"id": "a", "verdict": "met"}, {"id": "b", "verdict": "not_met"}]}'
     )
     with scripted_server(agent_policy) as agent_srv, scripted_server([judge_reply]) as judge_srv:
-        cmd = [
-            *DR,
-            "bench",
-            "run",
-            "--suite",
-            str(suite),
-            "-o",
-            str(tmp_path / "run"),
-            "--base-url",
-            agent_srv.url,
-            "--index",
-            str(drb_index),
-        ]
+        cmd = bench_cmd(suite, tmp_path / "run", agent_srv.url, "--index", drb_index)
         refused = subprocess.run(cmd, capture_output=True)
         assert refused.returncode == 2 and b"give a judge model" in refused.stderr
         result = subprocess.run(
@@ -182,8 +175,7 @@ def test_resume_over_a_torn_summary_warns_and_finishes(tmp_path, drb_index):
     suite = deep_search_suite(tmp_path / "suite.jsonl", 2)
     run = tmp_path / "run"
     with scripted_server(answering_policy()) as srv:
-        cmd = [*DR, "bench", "run", "--suite", str(suite), "-o", str(run), "--base-url", srv.url]
-        cmd += ["--index", str(drb_index)]
+        cmd = bench_cmd(suite, run, srv.url, "--index", drb_index)
         assert subprocess.run(cmd, capture_output=True).returncode == 0
         (run / "summary.json").write_text('{"n": 2, "fingerprint": {"mod')  # the disk filled up mid-write
         resumed = subprocess.run([*cmd, "--resume"], capture_output=True)
@@ -203,25 +195,14 @@ def test_concurrency_beyond_the_clients_default_cap_keeps_that_many_requests_in_
         return answer(body)
 
     with scripted_server(policy) as srv:
-        cmd = [*DR, "bench", "run", "--suite", str(suite), "-o", str(tmp_path / "run"), "--base-url", srv.url]
-        result = subprocess.run([*cmd, "--index", str(drb_index), "--concurrency", "12"], capture_output=True)
+        cmd = bench_cmd(suite, tmp_path / "run", srv.url, "--index", drb_index, "--concurrency", "12")
+        result = subprocess.run(cmd, capture_output=True)
         assert result.returncode == 0, result.stderr
         assert srv.max_in_flight == 12
     # a cap the user set (a provider's rate limit, say) is kept, and named
     with scripted_server(answering_policy(delay_s=0.05)) as srv:
-        cmd = [
-            *DR,
-            "bench",
-            "run",
-            "--suite",
-            str(suite),
-            "-o",
-            str(tmp_path / "capped"),
-            "--base-url",
-            srv.url,
-        ]
         result = subprocess.run(
-            [*cmd, "--index", str(drb_index), "--concurrency", "12"],
+            bench_cmd(suite, tmp_path / "capped", srv.url, "--index", drb_index, "--concurrency", "12"),
             capture_output=True,
             env={**os.environ, "DR_LLM_CONCURRENCY": "3"},
         )

@@ -96,22 +96,16 @@ def test_teacher_that_never_complies_is_an_error():
             reverse_with_teacher(REPORT_ZH, teacher(srv.url), retries=1)
 
 
+def teacher_cmd(src, url) -> list[str]:
+    """`dr data reverse SRC` with the model at `url` as the teacher."""
+    return [*DR, "data", "reverse", str(src), "--teacher", "endpoint", "--base-url", url, "--model", "t"]
+
+
 def test_teacher_mode_from_the_command_line(tmp_path):
     src = tmp_path / "reports.jsonl"
     src.write_text(REPORT_ZH.to_json().decode() + "\n")
     with scripted_server([Reply(content=json.dumps(GOOD_ZH))]) as srv:
-        cmd = [
-            *DR,
-            "data",
-            "reverse",
-            str(src),
-            "--teacher",
-            "endpoint",
-            "--base-url",
-            srv.url,
-            "--model",
-            "t",
-        ]
+        cmd = teacher_cmd(src, srv.url)
         result = subprocess.run(cmd, capture_output=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["query"] == GOOD_ZH["query"]
@@ -123,18 +117,7 @@ def test_the_teacher_reads_at_most_max_report_chars_and_writes_at_most_max_token
     src = tmp_path / "reports.jsonl"
     src.write_text(long.to_json().decode() + "\n")
     with scripted_server(lambda body: Reply(content=json.dumps(GOOD_ZH))) as srv:
-        cmd = [
-            *DR,
-            "data",
-            "reverse",
-            str(src),
-            "--teacher",
-            "endpoint",
-            "--base-url",
-            srv.url,
-            "--model",
-            "t",
-        ]
+        cmd = teacher_cmd(src, srv.url)
         whole = subprocess.run(cmd, capture_output=True)
         clipped = subprocess.run(
             [*cmd, "--max-report-chars", "1000", "--max-tokens", "300"], capture_output=True
@@ -160,10 +143,8 @@ def test_a_report_the_teacher_never_gets_right_goes_to_the_rejects_and_the_run_g
     out = tmp_path / "plans.jsonl"
     with scripted_server(policy) as srv:
         result = subprocess.run(
-            [*DR, "data", "reverse", str(src), "--teacher", "endpoint", "--base-url", srv.url, "--model", "t",
-             "-o", str(out), "--concurrency", "1"],
-            capture_output=True,
-        )  # fmt: skip
+            [*teacher_cmd(src, srv.url), "-o", str(out), "--concurrency", "1"], capture_output=True
+        )
     assert result.returncode == 0, result.stderr
     plans = [json.loads(line) for line in out.read_text().splitlines()]
     assert [p["report_id"] for p in plans] == ["other"] and plans[0]["meta"]["teacher_attempts"] == 2

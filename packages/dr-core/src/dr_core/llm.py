@@ -22,7 +22,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, Field
 
-from dr_core.config import resolve
+from dr_core.config import origin, resolve
 from dr_core.errors import LLMError
 from dr_core.log import logger
 from dr_core.records import Message, ToolCall, Usage
@@ -54,8 +54,6 @@ def resolve_llm(section: str, flags: Mapping[str, Any] | None = None, at_once: i
     """The [section] client settings under `flags`, for a command that makes `at_once` calls at a time
     (its --concurrency): the request cap (`concurrency`, 8 by default) rises to `at_once` unless the user
     set it; a cap set lower is kept, with a warning, since it may be a provider's rate limit."""
-    from dr_core.config import origin
-
     config = resolve(LLMConfig, section, flags)
     if at_once > config.concurrency:
         where = origin(LLMConfig, section, "concurrency", flags)
