@@ -109,12 +109,36 @@ def served(model: Path, args: argparse.Namespace, log: Path):
                 proc.kill()
 
 
+def bench_settings(args: argparse.Namespace) -> dict[str, object]:
+    """What the main job passes `dr bench run` besides the model: a bench run with other settings is stale."""
+    return {"limit": args.bench_tasks, "max_steps": args.agent_steps, "max_tokens": args.agent_tokens,
+            "temperature": 0, "tool_mode": "text", "top_k": os.environ["DR_SEARCH_TOP_K"],
+            "max_output_tokens": os.environ["DR_AGENT_MAX_OUTPUT_TOKENS"]}  # fmt: skip
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a stale output to FOLDER.stale-N (never deleted) so that its step runs again."""
+    n = 1
+    while (aside := folder.with_name(f"{folder.name}.stale-{n}")).exists():
+        n += 1
+    folder.rename(aside)
+    return aside
+
+
 def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
     folder = out / "bench" / name
     summary_path = folder / "summary.json"
+    record = folder / "main_job.json"
+    settings = bench_settings(args)
+    if folder.exists() and (not record.exists() or json.loads(record.read_text()) != settings):
+        aside = set_aside(folder)
+        print(f"main job: {folder} was run with other settings than {settings}; moved to {aside}, rerunning",
+              file=sys.stderr)  # fmt: skip
     # a bench is done when its summary counts no failed run: one stopped by a dead server left failures
     if summary_path.exists() and not json.loads(summary_path.read_text()).get("failed"):
         return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings) + "\n")
     with served(model, args, out / f"serve-{name}.log") as url:
         flags = [
             "--suite", out / "world" / "test.jsonl", "-o", folder,
@@ -182,11 +206,16 @@ def main() -> None:
     parser.add_argument("--tokens-per-step", type=int, default=8192)
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--rl-steps", type=int, default=None)
+    # at 5e-5 (temperature 1.0) the SmolLM2 SFT model's KL to itself went from 0.01 to 0.88 in one update
+    # and its reward fell from 0.47 to 0.28
     parser.add_argument("--rl-lr", type=float, default=2e-5)
-    # at 1.0 the 135M model's samples copy names wrong: after 20 SFT steps it answered 1 of 16 training
-    # questions at 1.0, 5 at 0.6 and 4 at 0 (greedy)
-    parser.add_argument("--rl-temperature", type=float, default=None, help="RL's sampling temperature "
-                        "(default 0.6; 1.0 from scratch, as its README figures were measured).")  # fmt: skip
+    parser.add_argument("--rl-tasks", type=int, default=None, help="Tasks per RL step (default 8 from a "
+                        "pretrained model, 6 from scratch, 2 with --quick), each researched --rl-group "
+                        "times.")  # fmt: skip
+    parser.add_argument("--rl-group", type=int, default=None, help="default 4 (2 with --quick)")
+    # GRPO learns only from groups whose rollouts disagree. At 0.6 the SmolLM2 SFT model's 4 rollouts of a
+    # task agreed in 7 of 8 groups (its SFT loss ends near 0.005), so rollouts sample at 1.0
+    parser.add_argument("--rl-temperature", type=float, default=1.0, help="RL's sampling temperature.")
     parser.add_argument("--algo", default="grpo", choices=["grpo", "ppo"])
     parser.add_argument("--bench-tasks", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=None, help="Agent runs at once (default 16 on "
@@ -217,12 +246,12 @@ def main() -> None:
         args.midtrain_epochs = (0.2 if quick else 1) if scratch else 0
     if args.copy_warmup is None:
         args.copy_warmup = 0 if quick or not scratch else 4000
-    if args.rl_temperature is None:
-        args.rl_temperature = 1.0 if scratch else 0.6
     if args.rl_steps is None:
-        args.rl_steps = 1 if quick else 3 if scratch else 2
+        args.rl_steps = 1 if quick else 3 if scratch else 4
+    args.rl_tasks = args.rl_tasks or (2 if quick else 6 if scratch else 8)
+    args.rl_group = args.rl_group or (2 if quick else 4)
     args.bench_tasks = args.bench_tasks or (4 if quick else 100 if scratch else 200)
-    args.agent_tokens = args.agent_tokens or (8000 if quick else 12000)
+    args.agent_tokens = args.agent_tokens or (8000 if quick else 20000)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -298,7 +327,7 @@ def main() -> None:
     if args.rl_steps and not (rl_model / "trainer_state.json").exists():
         run("train", "rl", world / "train.jsonl", "--model", sft_model, "--index", out / "index",
             "-o", rl_model, "--algo", args.algo, "--steps", str(args.rl_steps),
-            "--tasks-per-step", "6" if not quick else "2", "--group", "4" if not quick else "2",
+            "--tasks-per-step", str(args.rl_tasks), "--group", str(args.rl_group),
             "--lr", str(args.rl_lr), "--temperature", str(args.rl_temperature),
             "--max-steps", str(args.agent_steps),
             "--max-tokens", str(args.agent_tokens), "--concurrency", str(concurrency(sft_model, args)),

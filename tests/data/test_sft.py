@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from dr_core.records import Example, Message, ToolCall
+from dr_data import sft
 from dr_data.sft import mixed_language, mixing_shares, repetition, to_example
 from support.samples import distinct, trajectory
 
@@ -128,7 +129,6 @@ def test_ratio_mixing_from_the_command_line(tmp_path):
 def test_the_filter_chain_tokenizes_each_message_and_tool_call_once(monkeypatch):
     """All four filters read one tokenization (dr_data.sft.Words): the model's text used to be split into
     words twice, once for the loop check and once inside the full text near-duplicates compare."""
-    from dr_data import sft
 
     calls: list[str] = []
     real = sft.terms
@@ -157,3 +157,23 @@ def test_terms_reads_ascii_and_cjk_text_alike_on_its_fast_path():
     for text in ("The Salt-Routes of 1450, and THE rest_of it", "x_1 Ab9  b-a", "", "..."):
         for keep in (False, True):
             assert terms(text + " 江", keep) == [*terms(text, keep), "江"]
+
+
+def test_the_minhash_signature_estimates_the_jaccard_of_the_shingles():
+    import random
+
+    import numpy as np
+
+    dedup = sft.NearDuplicates()
+    rng = random.Random(0)
+    words = [f"w{rng.randrange(5000)}" for _ in range(600)]
+    for edits in (0, 30, 60, 120, 300):
+        other = list(words)
+        for i in rng.sample(range(600), edits):
+            other[i] = f"edit{i}"
+        mine, theirs = set(sft.shingle_hashes(words, 5).tolist()), set(sft.shingle_hashes(other, 5).tolist())
+        true = len(mine & theirs) / len(mine | theirs)
+        agree = np.count_nonzero(dedup.signature(words) == dedup.signature(other)) / dedup.num_perm
+        # 128 hash functions: the estimate's standard error is at most 0.045
+        assert abs(agree - true) < 0.15, (edits, true, agree)
+    assert np.array_equal(dedup.signature(words), sft.NearDuplicates().signature(words))  # seeded

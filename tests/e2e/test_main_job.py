@@ -61,3 +61,19 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     )
     assert again.returncode == 0 and again.stdout.decode() == table
     assert b"$ dr train" not in again.stderr
+    # a bench run with other settings (an older main job's token budget) is set aside, not trusted
+    record = out / "bench" / "untrained" / "main_job.json"
+    settings = json.loads(record.read_text())
+    record.write_text(json.dumps({**settings, "max_tokens": 1000}))
+    third = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "main_job.py"), "--out", str(out), "--quick"],
+        capture_output=True,
+        timeout=600,
+        env={**os.environ, "DR_QUIET": "1"},
+    )
+    assert third.returncode == 0, third.stderr.decode()[-4000:]
+    benches = [line for line in third.stderr.decode().splitlines() if line.startswith("$ dr bench run")]
+    assert len(benches) == 1 and "bench/untrained " in benches[0]
+    stale = out / "bench" / "untrained.stale-1"
+    assert json.loads((stale / "main_job.json").read_text())["max_tokens"] == 1000
+    assert (stale / "summary.json").is_file() and json.loads(record.read_text()) == settings

@@ -173,32 +173,49 @@ class NearDuplicates:
     """MinHash LSH over 5-word shingles: flags an example too similar to one already kept."""
 
     def __init__(self, threshold: float = 0.85, num_perm: int = 128, shingle: int = 5) -> None:
-        from datasketch import MinHash, MinHashLSH
+        import numpy as np
+        from datasketch import MinHashLSH
 
-        # LSH tuned for recall (few missed pairs); candidates are then checked on their estimated Jaccard
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
+        # the bands of the LSH index: datasketch's choice of b bands of r values for this threshold, tuned
+        # for recall (few missed pairs); candidates are then checked on their estimated Jaccard
+        self.bands: list[tuple[int, int]] = list(
+            MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9)).hashranges
+        )
+        self.tables: list[dict[bytes, list[str]]] = [{} for _ in self.bands]
         self.signatures: dict[str, Any] = {}
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle = shingle
-        # the permutations are drawn once and shared; the shingles come already hashed (shingle_hashes)
-        template = MinHash(num_perm=num_perm, seed=1)
-        self.permutations, self.scheme = template.permutations, template.scheme
+        # num_perm hash functions h -> a·h + b (mod 2^32, a odd: each one a bijection on 32-bit values),
+        # applied to the shingle hashes, which are mixed 32-bit values already (shingle_hashes): the
+        # signature is one numpy expression, with no Python call per shingle
+        rng = np.random.default_rng(1)
+        self.a = (rng.integers(0, 2**32, num_perm, dtype=np.uint64) | 1).astype(np.uint32)
+        self.b = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
+
+    def signature(self, words: list[str]) -> Any:
+        """The example's MinHash values: for each hash function, the least over its shingles."""
+        hashed = shingle_hashes(words, self.shingle).astype("uint32")[:, None]
+        return (hashed * self.a + self.b).min(axis=0)
 
     def __call__(self, example: Example, words: Words | None = None) -> str | None:
-        from datasketch import MinHash
+        import numpy as np
 
-        # the values are hashes already: int is the identity on them, called from C
-        signature = MinHash(
-            num_perm=self.num_perm, hashfunc=int, permutations=self.permutations, scheme=self.scheme
+        values = self.signature((words or Words.of(example)).full)
+        # two examples are candidates when all the values of one band agree
+        keys = [values[start:end].tobytes() for start, end in self.bands]
+        candidates = {k for table, key in zip(self.tables, keys, strict=True) for k in table.get(key, ())}
+        # the share of hash functions whose least values agree estimates the Jaccard similarity
+        similar = sorted(
+            k
+            for k in candidates
+            if np.count_nonzero(self.signatures[k] == values) / self.num_perm >= self.threshold
         )
-        signature.update_batch(shingle_hashes((words or Words.of(example)).full, self.shingle).tolist())
-        candidates = self.lsh.query(signature)
-        similar = sorted(k for k in candidates if self.signatures[k].jaccard(signature) >= self.threshold)
         if similar:
             return f"near-duplicate of {similar[0]}"
-        self.lsh.insert(example.id, signature)
-        self.signatures[example.id] = signature
+        for table, key in zip(self.tables, keys, strict=True):
+            table.setdefault(key, []).append(example.id)
+        self.signatures[example.id] = values
         return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -342,6 +343,10 @@ class Trainer:
                 "mfu": round(flops / elapsed / (peak * self.dist.world), 4) if peak else None,
                 "memory_gib": round(self._memory_gib(), 3),
             }
+            if self.device.type == "cpu":
+                # what the process still holds between steps: growth here over a run, for rows of the
+                # same size, is memory kept by the allocator (memory_gib is the peak so far)
+                record["rss_gib"] = round(_resident_gib(), 3)
             if self.eval_data is not None and config.eval_every and self.step % config.eval_every == 0:
                 eval_loss = record["eval_loss"] = round(self.evaluate(), 6)
             if self.dist.main and (self.step % config.log_every == 0 or self.step == self.total_steps):
@@ -440,3 +445,12 @@ class Trainer:
             return None
         name = torch.cuda.get_device_name(self.device)
         return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def _resident_gib() -> float:
+    """This process's resident memory now (Linux /proc/self/statm; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
