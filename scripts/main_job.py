@@ -12,7 +12,7 @@ OUT/hops.md and OUT/compare.md. The benches and RL rollouts generate with vLLM w
 (--engine). Flags swap in another base model (--base-model FOLDER), a real teacher endpoint (--teacher
 endpoint --teacher-base-url URL --teacher-model M) and a GPU (--gpu: bf16 training).
 
-    python scripts/main_job.py --out runs/main            # about 2 hours on a 2-core CPU (README)
+    python scripts/main_job.py --out runs/main            # about 2 h 20 min on a 2-core CPU (README)
     python scripts/main_job.py --out runs/quick --quick   # the pipeline end to end in a few minutes
 """
 
@@ -206,8 +206,8 @@ def main() -> None:
     parser.add_argument("--tokens-per-step", type=int, default=8192)
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--rl-steps", type=int, default=None)
-    # at 5e-5 (temperature 1.0) the SmolLM2 SFT model's KL to itself went from 0.01 to 0.88 in one update
-    # and its reward fell from 0.47 to 0.28
+    # at 5e-5 (temperature 1.0) the SmolLM2 policy's KL to its SFT start went from 0.01 to 0.88 in one
+    # update, and its reward fell from 0.47 to 0.28
     parser.add_argument("--rl-lr", type=float, default=2e-5)
     parser.add_argument("--rl-tasks", type=int, default=None, help="Tasks per RL step (default 8 from a "
                         "pretrained model, 6 from scratch, 2 with --quick), each researched --rl-group "
