@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from dr_core.models import resolve as resolve_model
 from dr_core.proc import child_of_this_process, free_port
@@ -109,10 +110,12 @@ def served(model: Path, args: argparse.Namespace, log: Path):
                 proc.kill()
 
 
-def bench_settings(args: argparse.Namespace) -> dict[str, object]:
-    """What the main job passes `dr bench run` besides the model: a bench run with other settings is stale."""
-    return {"limit": args.bench_tasks, "max_steps": args.agent_steps, "max_tokens": args.agent_tokens,
-            "temperature": 0, "tool_mode": "text", "top_k": os.environ["DR_SEARCH_TOP_K"],
+def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What decides a bench's scores besides the model: the `dr bench run` flags that set the agent and the
+    questions, and the agent's environment. A bench run with other settings is stale."""
+    flags = ["--limit", str(args.bench_tasks), "--max-steps", str(args.agent_steps),
+             "--max-tokens", str(args.agent_tokens), "--temperature", "0", "--tool-mode", "text"]  # fmt: skip
+    return {"flags": flags, "top_k": os.environ["DR_SEARCH_TOP_K"],
             "max_output_tokens": os.environ["DR_AGENT_MAX_OUTPUT_TOKENS"]}  # fmt: skip
 
 
@@ -143,9 +146,7 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
         flags = [
             "--suite", out / "world" / "test.jsonl", "-o", folder,
             "--base-url", url, "--model", str(model), "--index", out / "index", "--no-web",
-            "--limit", str(args.bench_tasks), "--concurrency", str(concurrency(model, args)),
-            "--max-steps", str(args.agent_steps), "--max-tokens", str(args.agent_tokens),
-            "--temperature", "0", "--tool-mode", "text",
+            "--concurrency", str(concurrency(model, args)), *settings["flags"],
         ]  # fmt: skip
         # Text tool calls (dr_core.tool_text): the server renders exactly the tokens the model trained on.
         # Through the tools API, transformers serve drops the text of assistant turns that call tools and

@@ -15,15 +15,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def quick_main_job(out: Path, timeout: int) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "main_job.py"), "--out", str(out), "--quick"],
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, "DR_QUIET": "1"},
+    )
+
+
 @pytest.mark.slow
 def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     out = tmp_path / "main"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "main_job.py"), "--out", str(out), "--quick"],
-        capture_output=True,
-        timeout=1500,
-        env={**os.environ, "DR_QUIET": "1"},
-    )
+    result = quick_main_job(out, timeout=1500)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     table = result.stdout.decode()
     scores, chains, pairs, _elo = table.split("\n\n")
@@ -54,26 +58,19 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     sft = [json.loads(line) for line in (out / "models" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert sft[-1]["loss"] < sft[0]["loss"]
     # a second run finds every output in place and only prints the table again
-    again = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "main_job.py"), "--out", str(out), "--quick"],
-        capture_output=True,
-        timeout=600,
-    )
+    again = quick_main_job(out, timeout=600)
     assert again.returncode == 0 and again.stdout.decode() == table
     assert b"$ dr train" not in again.stderr
     # a bench run with other settings (an older main job's token budget) is set aside, not trusted
     record = out / "bench" / "untrained" / "main_job.json"
     settings = json.loads(record.read_text())
-    record.write_text(json.dumps({**settings, "max_tokens": 1000}))
-    third = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "main_job.py"), "--out", str(out), "--quick"],
-        capture_output=True,
-        timeout=600,
-        env={**os.environ, "DR_QUIET": "1"},
-    )
+    flags = settings["flags"]
+    older = [*flags[: flags.index("--max-tokens") + 1], "1000", *flags[flags.index("--max-tokens") + 2 :]]
+    record.write_text(json.dumps({**settings, "flags": older}))
+    third = quick_main_job(out, timeout=600)
     assert third.returncode == 0, third.stderr.decode()[-4000:]
     benches = [line for line in third.stderr.decode().splitlines() if line.startswith("$ dr bench run")]
     assert len(benches) == 1 and "bench/untrained " in benches[0]
     stale = out / "bench" / "untrained.stale-1"
-    assert json.loads((stale / "main_job.json").read_text())["max_tokens"] == 1000
+    assert json.loads((stale / "main_job.json").read_text())["flags"] == older != flags
     assert (stale / "summary.json").is_file() and json.loads(record.read_text()) == settings
