@@ -3,14 +3,15 @@
     python scripts/profile_train.py --model smollm2-135m                 # auto precision (bf16 here)
     python scripts/profile_train.py --model smollm2-135m --precision fp32 --markdown profile.md
 
-One training step as the trainer runs it (dr_kernels patched, gradient checkpointing, AdamW, the fused
-linear cross-entropy), on one packed row of --tokens tokens (real SFT examples with --data, else random
-ids), under torch.profiler after a warm-up step. Every op's own CPU time goes to one part: matmuls,
-attention, the loss (everything inside dr_kernels.linear_cross_entropy but its matmuls), RoPE, norms,
-SwiGLU and the other elementwise work, dtype casts, the optimizer, and the data path (the row made into
-tensors). The roofline: torch's own matmul throughput on this machine for each of the model's weight
-shapes at --tokens rows, fp32 and bf16, and the time a step's matmul FLOPs (forward, the recompute of
-checkpointing, and backward) would take at that speed.
+One training step as the trainer runs it on the CPU (dr_kernels patched, gradient checkpointing that
+keeps attention, freed memory kept, AdamW, the fused linear cross-entropy on the learnt tokens), on one
+packed row of --tokens tokens (real SFT examples with --data, else random ids), under torch.profiler
+after --warmup steps. Every op's own CPU time goes to one part: matmuls, attention, the loss (everything
+inside dr_kernels.linear_cross_entropy but its matmuls), RoPE, norms, SwiGLU and the other elementwise
+work, dtype casts, the optimizer, and the data path (the row made into tensors). The roofline: torch's own
+matmul throughput on this machine for each of the model's weight shapes at --tokens rows, fp32 and bf16,
+and the time a step's matmul FLOPs (forward, the recompute of checkpointing, and backward; the output
+layer on the learnt tokens) would take at that speed.
 """
 
 from __future__ import annotations
@@ -73,20 +74,25 @@ def row_from(args: argparse.Namespace, tokenizer: Any) -> Any:
     return row
 
 
-def roofline(model: Any, tokens: int, dtype: Any) -> tuple[float, float]:
-    """(seconds the step's matmuls take at this machine's measured speed, that speed in GFLOP/s)."""
+def roofline(model: Any, tokens: int, learnt: int, dtype: Any, recompute: bool) -> tuple[float, float]:
+    """(seconds the step's matmuls take at this machine's measured speed, that speed in GFLOP/s).
+
+    Each layer's matmuls run forward, again when checkpointing recomputes the layer, and twice backward
+    (inputs and weights); the output layer runs three times on the `learnt` tokens alone."""
     import torch
 
-    shapes: dict[tuple[int, int], int] = defaultdict(int)
-    for module in model.modules():
+    shapes: dict[tuple[int, int, int], int] = defaultdict(int)  # (rows, in, out): matmuls of that shape
+    layer_passes = 4 if recompute else 3
+    for module in model.model.modules():
         if isinstance(module, torch.nn.Linear):
-            shapes[(module.in_features, module.out_features)] += 1
+            shapes[(tokens, module.in_features, module.out_features)] += layer_passes
     head = model.get_output_embeddings().weight
-    shapes[(head.shape[1], head.shape[0])] += 1
+    if learnt:
+        shapes[(learnt, head.shape[1], head.shape[0])] += 3
     total_seconds = 0.0
     total_flops = 0.0
-    for (k, n), count in shapes.items():
-        a = torch.randn(tokens, k, dtype=dtype)
+    for (m, k, n), count in shapes.items():
+        a = torch.randn(m, k, dtype=dtype)
         b = torch.randn(k, n, dtype=dtype)
         torch.mm(a, b)
         runs = 3
@@ -94,9 +100,8 @@ def roofline(model: Any, tokens: int, dtype: Any) -> tuple[float, float]:
         for _ in range(runs):
             torch.mm(a, b)
         seconds = (time.perf_counter() - started) / runs
-        # forward, its recompute under checkpointing, and two backward matmuls (inputs and weights)
-        total_seconds += 4 * seconds * count
-        total_flops += 4 * 2 * tokens * k * n * count
+        total_seconds += seconds * count
+        total_flops += 2 * m * k * n * count
     return total_seconds, total_flops / total_seconds / 1e9
 
 
@@ -109,6 +114,7 @@ def main() -> None:
         "--data", default=None, help="SFT examples to fill the row with (default: random ids)."
     )
     parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--warmup", type=int, default=3, help="Steps run before the measured one.")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--no-kernels", action="store_true")
     parser.add_argument("--no-grad-ckpt", action="store_true")
@@ -120,6 +126,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dr_core.models import resolve
+    from dr_train.chat import IGNORE
+    from dr_train.cpu import checkpoint_kwargs, keep_freed_memory
     from dr_train.recipes.common import Precision, resolve_precision
     from dr_train.rows import row_tensors, token_losses
 
@@ -132,8 +140,11 @@ def main() -> None:
         from dr_kernels import patch
 
         patch(model)
+    keep_freed_memory()  # as the trainer does on the CPU
     if not args.no_grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=checkpoint_kwargs(torch.device("cpu"))
+        )
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -151,7 +162,8 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up
+    for _ in range(args.warmup):  # the heap settles over the first steps
+        step()
     started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -167,7 +179,9 @@ def main() -> None:
     marked = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key.startswith("dr.")}
     total = sum(own.values())
     dtype = torch.bfloat16 if bf16 else torch.float32
-    floor, gflops = roofline(model, len(row.input_ids), dtype)
+    # the kernels' loss runs the output layer on the learnt tokens alone, plain Hugging Face on every token
+    learnt = sum(1 for x in row.labels[1:] if x != IGNORE) if kernels else len(row.input_ids)
+    floor, gflops = roofline(model, len(row.input_ids), learnt, dtype, not args.no_grad_ckpt)
     threads = torch.get_num_threads()
     lines = [
         f"Device: {platform.machine()} CPU, {os.cpu_count()} cores ({threads} torch threads); {args.model}; "
@@ -186,8 +200,9 @@ def main() -> None:
         f"Marked ranges (inclusive): data path {marked.get('dr.data', 0):.3f} s, "
         f"optimizer (clip + AdamW) {marked.get('dr.optimizer', 0):.2f} s.",
         f"Roofline: torch.mm on this machine runs the model's weight shapes at {gflops:.0f} GFLOP/s in "
-        f"{str(dtype).removeprefix('torch.')}; the step's matmuls (forward, recompute, backward) would take "
-        f"{floor:.1f} s at that speed, {floor / plain:.0%} of the measured step.",
+        f"{str(dtype).removeprefix('torch.')}; the step's matmuls (forward, "
+        f"{'' if args.no_grad_ckpt else 'recompute, '}backward; the output layer on {learnt} tokens) would "
+        f"take {floor:.1f} s at that speed, {floor / plain:.0%} of the measured step.",
     ]
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

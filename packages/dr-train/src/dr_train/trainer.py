@@ -30,6 +30,7 @@ from dr_core.log import logger, progress
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
 from dr_train.copy_warmup import run_copy_warmup
+from dr_train.cpu import checkpoint_kwargs, keep_freed_memory
 from dr_train.data import Dataset
 from dr_train.distributed import Dist, barrier
 from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
@@ -187,13 +188,14 @@ class Trainer:
             from dr_kernels import patch
 
             patch(model)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         if config.grad_ckpt:
+            kwargs = checkpoint_kwargs(self.device)
             if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
-                model.activation_checkpointing_enable(
-                    activation_checkpointing_kwargs={"use_reentrant": False}
-                )
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
         model.train()
         self.params = sum(p.numel() for p in model.parameters())

@@ -1,0 +1,137 @@
+"""A training step on the CPU: the loss only on learnt tokens, attention kept through checkpointing, freed
+memory kept for the next step; each with the same gradients as the plain step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import dr_kernels
+from dr_core.records import Example, Message
+from dr_train.chat import IGNORE
+from dr_train.data import build_dataset, item_texts, read_items
+from dr_train.model import RopeSettings, build
+from dr_train.tiny import CHAT_TEMPLATE
+from dr_train.trainer import TrainConfig, Trainer
+
+FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
+def trainer_for(tmp_path: Path, **overrides) -> Trainer:
+    """A tiny model's trainer on rows that pack three chats each (the loss on the answers alone)."""
+    records = [
+        Example(
+            messages=[
+                Message(role="system", content="You research."),
+                Message(role="user", content=f"Question {i}: who founded the city of {city}?"),
+                Message(role="assistant", content=f"{city} was founded by its {i}th mayor."),
+            ]
+        ).model_dump(mode="json")
+        for i, city in enumerate(["Velmora", "Ostrand", "Quillby", "Harrowgate", "Tessaly", "Brindle"])
+    ]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    items = read_items([str(source)], "sft")
+    model, tokenizer = build(
+        "tiny:qwen2", None, lambda: item_texts(items, CHAT_TEMPLATE), RopeSettings(), seed=0, vocab_size=300
+    )
+    data = build_dataset(items, tokenizer, "sft", 256, "drop")
+    config = TrainConfig(stage="sft", out=tmp_path / "run", max_len=256, lr=1e-3, **overrides)
+    return Trainer(model, tokenizer, data, config)
+
+
+def gradients(trainer: Trainer) -> tuple[float, dict[str, torch.Tensor]]:
+    row = trainer.data.rows[0]
+    learnt = sum(1 for x in row.labels if x != IGNORE)
+    loss, _ = trainer.forward_backward([row], learnt)
+    grads = {n: p.grad.clone() for n, p in trainer.module.named_parameters() if p.grad is not None}
+    trainer.module.zero_grad(set_to_none=True)
+    return loss, grads
+
+
+class CountAttention(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is FLASH:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_output_layer_and_loss_run_on_the_learnt_tokens_alone(tmp_path, monkeypatch):
+    trainer = trainer_for(tmp_path)
+    row = trainer.data.rows[0]
+    learnt = sum(1 for x in row.labels[1:] if x != IGNORE)  # the labels a row's tokens predict
+    assert 0 < learnt < len(row) // 2
+    seen: list[int] = []
+    fused = dr_kernels.linear_cross_entropy
+
+    def recording(hidden, *args, **kwargs):
+        seen.append(hidden.shape[0])
+        return fused(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(dr_kernels, "linear_cross_entropy", recording)
+    loss, grads = gradients(trainer)
+    assert seen == [learnt]
+
+    # the same loss and gradients as the head over every token of the row
+    monkeypatch.setattr("dr_train.rows.learnt_only", lambda hidden, labels: (hidden, labels))
+    full_loss, full_grads = gradients(trainer)
+    assert seen == [learnt, len(row)]
+    assert loss == pytest.approx(full_loss, rel=1e-5)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpointing_on_the_cpu_keeps_attention_and_recomputes_the_rest(tmp_path):
+    plain = trainer_for(tmp_path / "plain", grad_ckpt=False)
+    docs = len(set(plain.data.rows[0].doc_ids))
+    layers = plain.module.config.num_hidden_layers
+    with CountAttention() as counted:
+        loss, grads = gradients(plain)
+    assert counted.calls == layers * docs
+
+    checkpointed = trainer_for(tmp_path / "ckpt", grad_ckpt=True)
+    with CountAttention() as counted:
+        ckpt_loss, ckpt_grads = gradients(checkpointed)
+    assert counted.calls == layers * docs  # not run again when a layer is recomputed
+    assert ckpt_loss == pytest.approx(loss, rel=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_trainer_on_the_cpu_keeps_freed_memory_for_the_next_step(tmp_path):
+    """A step's activations, allocated and freed step after step: once the heap has settled, a step
+    touches no fresh page. Without the setting each 64 MB block is handed back to the kernel when freed,
+    and every step faults its 16,384 pages in again."""
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        import torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_cpu_step import trainer_for
+        from pathlib import Path
+        trainer_for(Path({str(tmp_path)!r}))
+        for step in range(8):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            big, small = torch.ones(8 << 20, dtype=torch.float64), torch.ones(4 << 20)
+            del big, small
+            print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        """
+    )
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's allocator settings: Linux only")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    faults = int(done.stdout.split()[-1])
+    assert faults < 1000, faults
