@@ -229,3 +229,54 @@ def test_the_cpu_takes_larger_loss_chunks_than_the_gpu():
     assert _chunk_size(4096, 576, 49152) == 64
     assert _chunk_size(4096, 576, 49152, cpu=True) == 512
     assert _chunk_size(100, 576, 49152, cpu=True) == 100  # never more than the row
+
+
+def test_large_cpu_inputs_run_the_compiled_ops_with_the_reference_values(monkeypatch):
+    """On the CPU the PyTorch path compiles the elementwise ops (for inputs of MIN_ELEMENTS and up); each
+    gives the reference's values and gradients, and one that fails to compile falls back to the plain ops."""
+    from dr_kernels.ops import compiled
+
+    if not compiled._compiler_present():
+        pytest.skip("no C++ compiler for inductor")
+    monkeypatch.setattr(compiled, "MIN_ELEMENTS", 64)
+    monkeypatch.delenv("DR_COMPILE", raising=False)
+    used: list[str] = []
+    build = compiled._compiled
+
+    def recording(name):
+        used.append(name)
+        return build(name)
+
+    monkeypatch.setattr(compiled, "_compiled", recording)
+    torch.manual_seed(0)
+    x, residual = (torch.randn(4, 33, 48).requires_grad_() for _ in range(2))
+    weight = (torch.randn(48) + 1).requires_grad_()
+    gate, up = (torch.randn(4, 33, 96).requires_grad_() for _ in range(2))
+    cases = [
+        (lambda: rms_norm(x, weight, 1e-6, backend="torch"), lambda: reference.rms_norm(x, weight, 1e-6)),
+        (
+            lambda: add_rms_norm(x, residual, weight, 1e-6, backend="torch")[0],
+            lambda: reference.add_rms_norm(x, residual, weight, 1e-6)[0],
+        ),
+        (lambda: swiglu(gate, up, backend="torch"), lambda: reference.swiglu(gate, up)),
+    ]
+    inputs = (x, residual, weight, gate, up)
+    for fused, plain in cases:
+        out, expected = fused(), plain()
+        close(out, expected, torch.float32)
+        cotangent = torch.randn_like(out)
+        got = torch.autograd.grad(out, inputs, cotangent, allow_unused=True)
+        want = torch.autograd.grad(expected, inputs, cotangent, allow_unused=True)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None)
+            if g is not None:
+                close(g, w, torch.float32)
+    assert used == ["rms_norm", "add_rms_norm", "swiglu"]
+
+    def broken(name):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(compiled, "_compiled", broken)
+    monkeypatch.setattr(compiled, "_failed", set())
+    close(swiglu(gate, up, backend="torch"), reference.swiglu(gate, up), torch.float32)
+    assert compiled._failed == {"swiglu"}

@@ -9,7 +9,8 @@
   layers × tokens × hidden of bf16 (150 MB for SmolLM2-135M at 4,096 tokens). The policy is PyTorch's
   selective activation checkpointing.
 
-A GPU run keeps plain checkpointing and the CUDA caching allocator.
+A GPU run keeps plain checkpointing and the CUDA caching allocator. DeepSpeed ZeRO-3 keeps plain
+checkpointing on the CPU too (`checkpoint_kwargs`).
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ def _selective_context() -> Any:
     return create_selective_checkpoint_contexts(_save_attention)
 
 
-def checkpoint_kwargs(device: Any) -> dict[str, Any]:
-    """Keyword arguments for torch.utils.checkpoint.checkpoint on `device`."""
+def checkpoint_kwargs(device: Any, selective: bool = True) -> dict[str, Any]:
+    """Keyword arguments for torch.utils.checkpoint.checkpoint on `device`. `selective=False` where the
+    forward pass gathers parameters (DeepSpeed ZeRO-3): the recompute must run those collectives again,
+    and selective checkpointing would look for their results among the saved ones."""
     kwargs: dict[str, Any] = {"use_reentrant": False}
-    if getattr(device, "type", device) == "cpu":
+    if selective and getattr(device, "type", device) == "cpu":
         kwargs["context_fn"] = _selective_context
     return kwargs

@@ -146,8 +146,14 @@ class PlainEngine:
         self.bf16 = bf16
         self.optim = optim
         self.params = params
+        # PyTorch's fused AdamW on the CPU: one pass over each parameter rather than five (GPUs keep the
+        # default)
         self.optimizer = torch.optim.AdamW(
-            params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+            params,
+            lr=optim.lr,
+            betas=optim.betas,
+            weight_decay=optim.weight_decay,
+            fused=True if torch.device(device).type == "cpu" else None,
         )
 
     def autocast(self) -> AbstractContextManager[Any]:

@@ -191,7 +191,7 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         if config.grad_ckpt:
-            kwargs = checkpoint_kwargs(self.device)
+            kwargs = checkpoint_kwargs(self.device, selective=config.zero != 3)
             if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
