@@ -7,10 +7,11 @@ on the CPU, `dr train sft` in its configurations against TRL's SFTTrainer on a r
     python scripts/bench_train.py --device cpu --model smollm2-135m   # dr train sft vs TRL, this CPU
 
 The --model run: the oracle-trajectory SFT examples of a 300-entity world (made here with dr data unless
---data is given), every configuration in its own process, interleaved over --rounds; tokens/s over the
-steps after the first, peak RSS of the process. TRL (pip install trl==1.16.0; a benchmark-only extra, not
-a dependency of dr) trains on the very token ids and loss mask dr trains on (dr_train.chat), packed and
-padding-free, with the same rows per step, learning rate and precision.
+--data is given), every configuration in its own process (--only picks some), interleaved over --rounds;
+tokens/s over the steps after --warmup-steps (1 by default), peak RSS of the process. TRL (pip install
+trl==1.16.0; a benchmark-only extra, not a dependency of dr) trains on the very token ids and loss mask
+dr trains on (dr_train.chat), packed and padding-free, with the same rows per step, learning rate and
+precision.
 
 Every variant trains the same randomly initialized model (bf16 weights, AdamW, gradient checkpointing) on
 one row of T tokens, in its own process so an out-of-memory is a table entry. "dr" is exactly what
@@ -241,8 +242,8 @@ def run_dr(flags: list[str], args: argparse.Namespace, data: Any, out: Any) -> d
     if code != 0:
         return {"error": tail.strip().splitlines()[-1][:100] if tail.strip() else f"exit {code}"}
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    later = metrics[1:]  # the first step warms up
-    tokens = [b["tokens"] - a["tokens"] for a, b in itertools.pairwise(metrics)]
+    later = metrics[args.warmup_steps :]  # the first steps warm up (the heap settles)
+    tokens = [b["tokens"] - a["tokens"] for a, b in itertools.pairwise(metrics)][args.warmup_steps - 1 :]
     seconds = sum(t / m["tokens_per_s"] for t, m in zip(tokens, later, strict=True))
     return {"tokens_per_s": round(sum(tokens) / seconds, 1), "peak_gib": round(peak, 2)}
 
@@ -252,7 +253,8 @@ def run_trl(bf16: bool, ckpt: bool, args: argparse.Namespace, data: Any, out: An
 
     rows = max(1, args.tokens_per_step // args.max_len)
     spec = {"trl": True, "bf16": bf16, "ckpt": ckpt, "model": args.model, "data": str(data), "out": str(out),
-            "max_len": args.max_len, "rows": rows, "steps": args.steps}  # fmt: skip
+            "max_len": args.max_len, "rows": rows, "steps": args.steps,
+            "warmup": args.warmup_steps}  # fmt: skip
     env = dict(os.environ)
     if args.trl_path:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (args.trl_path, env.get("PYTHONPATH")) if p)
@@ -322,7 +324,7 @@ def measure_trl(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks=[Timer()],
     )  # fmt: skip
     trainer.train()
-    later = steps[1:]
+    later = steps[spec["warmup"] :]
     return {"tokens_per_s": round(sum(t for _, t in later) / sum(s for s, _ in later), 1)}
 
 
@@ -338,6 +340,8 @@ def run_models(args: argparse.Namespace) -> None:
     configs: list[tuple[str, Any]] = [(name, ("dr", flags)) for name, flags in DR_CONFIGS]
     if not args.no_trl:
         configs += [(name, ("trl", bf16, ckpt)) for name, bf16, ckpt in TRL_CONFIGS]
+    if args.only:
+        configs = [(name, how) for name, how in configs if any(part in name for part in args.only)]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in configs}
     for round_ in range(args.rounds):
         for index, (name, how) in enumerate(configs):
@@ -351,7 +355,7 @@ def run_models(args: argparse.Namespace) -> None:
             print(round_, name, result, file=sys.stderr, flush=True)
 
     def median(name: str, key: str) -> float | None:
-        values = [r[key] for r in results[name] if key in r]
+        values = [r[key] for r in results.get(name, []) if key in r]
         return statistics.median(values) if values else None
 
     trl = {True: median(TRL_CONFIGS[0][0], "tokens_per_s"), False: median(TRL_CONFIGS[1][0], "tokens_per_s")}
@@ -359,8 +363,8 @@ def run_models(args: argparse.Namespace) -> None:
         f"Device: {platform.machine()} CPU, {os.cpu_count()} cores; model {args.model}; {args.steps} steps "
         f"of "
         f"{args.tokens_per_step // args.max_len} row(s) of up to {args.max_len} tokens (one example per row: "
-        f"they do not pack two to a row); tokens/s over steps 2-{args.steps}, median of {args.rounds} "
-        "round(s); peak RSS of the whole process.",
+        f"they do not pack two to a row); tokens/s over steps {args.warmup_steps + 1}-{args.steps}, "
+        f"median of {args.rounds} round(s); peak RSS of the whole process.",
         "",
         "| configuration | tokens/s | peak RSS GiB | vs TRL, same precision |",
         "|---|---:|---:|---:|",
@@ -422,6 +426,12 @@ def main() -> None:
     parser.add_argument("--tokens-per-step", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=1, help="--model: steps left out of tokens/s (at least 1)."
+    )
+    parser.add_argument(
+        "--only", action="append", default=None, help="--model: the configurations naming this (repeatable)."
+    )
     parser.add_argument(
         "--trl-path", default=None, help="A folder to import TRL from (pip install --target)."
     )

@@ -4,7 +4,7 @@
     python scripts/profile_train.py --model smollm2-135m --precision fp32 --markdown profile.md
 
 One training step as the trainer runs it on the CPU (dr_kernels patched, gradient checkpointing that
-keeps attention, freed memory kept, AdamW, the fused linear cross-entropy on the learnt tokens), on one
+keeps attention, AdamW, the fused linear cross-entropy on the learnt tokens), on one
 packed row of --tokens tokens (real SFT examples with --data, else random ids), under torch.profiler
 after --warmup steps. Every op's own CPU time goes to one part: matmuls, attention, the loss (everything
 inside dr_kernels.linear_cross_entropy but its matmuls), RoPE, norms, SwiGLU and the other elementwise
@@ -127,7 +127,7 @@ def main() -> None:
 
     from dr_core.models import resolve
     from dr_train.chat import IGNORE
-    from dr_train.cpu import checkpoint_kwargs, keep_freed_memory
+    from dr_train.cpu import checkpoint_kwargs
     from dr_train.recipes.common import Precision, resolve_precision
     from dr_train.rows import row_tensors, token_losses
 
@@ -140,7 +140,6 @@ def main() -> None:
         from dr_kernels import patch
 
         patch(model)
-    keep_freed_memory()  # as the trainer does on the CPU
     if not args.no_grad_ckpt:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs=checkpoint_kwargs(torch.device("cpu"))
@@ -162,7 +161,7 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):  # the heap settles over the first steps
+    for _ in range(args.warmup):
         step()
     started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

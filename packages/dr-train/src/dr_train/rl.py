@@ -34,7 +34,6 @@ from dr_core.log import logger, progress
 from dr_core.records import Task, Trajectory
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
-from dr_train.cpu import keep_freed_memory
 from dr_train.distributed import Dist, barrier
 from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
 from dr_train.policy import LocalPolicy, Recording, record_turns
@@ -253,8 +252,6 @@ class RLTrainer:
         model.config.use_cache = True
         # rollouts and updates on one device per rank: its GPU when there is one
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.value_head = ValueHead.build(model.config.hidden_size) if config.algo == "ppo" else None
         if reference is not None:
             reference.to(self.device)

@@ -30,7 +30,7 @@ from dr_core.log import logger, progress
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
 from dr_train.copy_warmup import run_copy_warmup
-from dr_train.cpu import checkpoint_kwargs, keep_freed_memory
+from dr_train.cpu import checkpoint_kwargs
 from dr_train.data import Dataset
 from dr_train.distributed import Dist, barrier
 from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
@@ -188,8 +188,6 @@ class Trainer:
             from dr_kernels import patch
 
             patch(model)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         if config.grad_ckpt:
             kwargs = checkpoint_kwargs(self.device, selective=config.zero != 3)
             if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
