@@ -239,10 +239,12 @@ def run_dr(flags: list[str], args: argparse.Namespace, data: Any, out: Any) -> d
                "--max-steps", str(args.steps), "--lr", "1e-5", "--warmup", "0", "--seed", "0",
                *flags]  # fmt: skip
     code, peak, tail = timed_process(command)
+    metrics_file = out / "metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines()] if code == 0 else []
+    shutil.rmtree(out, ignore_errors=True)  # the trained model: 0.5 GB a run for SmolLM2
     if code != 0:
         return {"error": tail.strip().splitlines()[-1][:100] if tail.strip() else f"exit {code}"}
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    later = metrics[args.warmup_steps :]  # the first steps warm up (the heap settles)
+    later = metrics[args.warmup_steps :]  # the first steps warm up
     tokens = [b["tokens"] - a["tokens"] for a, b in itertools.pairwise(metrics)][args.warmup_steps - 1 :]
     seconds = sum(t / m["tokens_per_s"] for t, m in zip(tokens, later, strict=True))
     return {"tokens_per_s": round(sum(tokens) / seconds, 1), "peak_gib": round(peak, 2)}
