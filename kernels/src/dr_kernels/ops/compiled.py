@@ -6,7 +6,8 @@ op's passes into one loop; for SmolLM2-135M at 4,096 tokens that is ~4% of a tra
 (docs/benchmarks.md). Compiling costs seconds once per process, so only inputs of at least
 `MIN_ELEMENTS` go through it: a tiny model's step runs the plain ops. The compiled ops compute what
 `dr_kernels.reference` computes; `DR_COMPILE=0` turns them off, and they are off where no C++ compiler
-is found (inductor needs one) or after one failed to compile.
+is found (inductor needs one) or after an op failed to compile in its first forward call (a failure
+while compiling its backward is not caught: `DR_COMPILE=0` is the way round it).
 """
 
 from __future__ import annotations
