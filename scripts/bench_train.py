@@ -439,6 +439,8 @@ def main() -> None:
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model and not 1 <= args.warmup_steps < args.steps:
+        parser.error(f"--warmup-steps {args.warmup_steps}: at least 1 and fewer than --steps {args.steps}")
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return

@@ -12,19 +12,22 @@ saved the page faults of each step's activations, 2-3% of a step, but resident m
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 
-def _attention_ops() -> set[Any]:
+@functools.cache
+def _attention_op() -> Any:
     import torch
 
-    return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 
 
 def _save_attention(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    """The policy, asked for every op of a checkpointed layer's forward pass."""
     from torch.utils.checkpoint import CheckpointPolicy
 
-    return CheckpointPolicy.MUST_SAVE if op in _attention_ops() else CheckpointPolicy.PREFER_RECOMPUTE
+    return CheckpointPolicy.MUST_SAVE if op is _attention_op() else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def _selective_context() -> Any:

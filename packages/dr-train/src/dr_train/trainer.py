@@ -344,8 +344,8 @@ class Trainer:
                 "memory_gib": round(self._memory_gib(), 3),
             }
             if self.device.type == "cpu":
-                # what the process still holds between steps: growth here over a run, for rows of the
-                # same size, is memory kept by the allocator (memory_gib is the peak so far)
+                # what the process still holds between steps, which can show growth over a run
+                # (memory_gib is the peak so far)
                 record["rss_gib"] = round(_resident_gib(), 3)
             if self.eval_data is not None and config.eval_every and self.step % config.eval_every == 0:
                 eval_loss = record["eval_loss"] = round(self.evaluate(), 6)
