@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from dr_kernels import patch, unpatch
-from dr_kernels.attention import boundaries, choose_backend, cu_seqlens_of, packed_attention
+from dr_kernels.attention import (
+    CPU_SHAPE_MULTIPLE,
+    boundaries,
+    choose_backend,
+    cu_seqlens_of,
+    packed_attention,
+)
 from dr_kernels.patch import is_patched
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -15,10 +21,18 @@ BACKENDS = ["sdpa", "flex"] + (
 )
 
 
+@pytest.mark.parametrize("lengths", [[5, 11, 1, 16], [70, 5, 130]])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_packed_attention_equals_each_document_alone(backend):
+def test_packed_attention_equals_each_document_alone(backend, lengths, monkeypatch):
     torch.manual_seed(0)
-    lengths = [5, 11, 1, 16]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    seen: list[int] = []
+
+    def recording(q, *args, **kwargs):
+        seen.append(q.shape[2])
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
     total = sum(lengths)
     # PyTorch's flex attention has no backward on the CPU: there, its forward is what can be checked
     train = not (backend == "flex" and DEVICE == "cpu")
@@ -30,14 +44,13 @@ def test_packed_attention_equals_each_document_alone(backend):
     alone = []
     for n in lengths:
         piece = slice(start, start + n)
-        alone.append(
-            torch.nn.functional.scaled_dot_product_attention(
-                q[:, :, piece], k[:, :, piece], v[:, :, piece], is_causal=True, enable_gqa=True
-            )
-        )
+        alone.append(sdpa(q[:, :, piece], k[:, :, piece], v[:, :, piece], is_causal=True, enable_gqa=True))
         start += n
     expected = torch.cat(alone, dim=2)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
+    if backend == "sdpa" and DEVICE == "cpu":
+        # each document in a window rounded up to CPU_SHAPE_MULTIPLE: the CPU kernels are cached per shape
+        assert seen == [-(-n // CPU_SHAPE_MULTIPLE) * CPU_SHAPE_MULTIPLE for n in lengths]
     if not train:
         return
     dy = torch.randn_like(out)

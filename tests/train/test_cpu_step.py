@@ -1,5 +1,5 @@
-"""A training step on the CPU: the loss only on learnt tokens, attention kept through checkpointing; each
-with the same gradients as the plain step."""
+"""A training step on the CPU: the loss only on learnt tokens, attention kept through checkpointing, lengths
+rounded for the CPU's kernel caches; each with the same gradients as the plain step."""
 
 from __future__ import annotations
 
@@ -15,10 +15,17 @@ from dr_core.records import Example, Message
 from dr_train.chat import IGNORE
 from dr_train.data import build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build
+from dr_train.rows import document_lengths
 from dr_train.tiny import CHAT_TEMPLATE
 from dr_train.trainer import TrainConfig, Trainer
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+MULTIPLE = dr_kernels.attention.CPU_SHAPE_MULTIPLE
+
+
+def rounded(n: int) -> int:
+    return -(-n // MULTIPLE) * MULTIPLE
 
 
 def trainer_for(tmp_path: Path, **overrides) -> Trainer:
@@ -45,13 +52,31 @@ def trainer_for(tmp_path: Path, **overrides) -> Trainer:
     return Trainer(model, tokenizer, data, config)
 
 
-def gradients(trainer: Trainer) -> tuple[float, dict[str, torch.Tensor]]:
-    row = trainer.data.rows[0]
+def gradients(trainer: Trainer, index: int = 0) -> tuple[float, dict[str, torch.Tensor]]:
+    row = trainer.data.rows[index]
     learnt = sum(1 for x in row.labels if x != IGNORE)
     loss, _ = trainer.forward_backward([row], learnt)
     grads = {n: p.grad.clone() for n, p in trainer.module.named_parameters() if p.grad is not None}
     trainer.module.zero_grad(set_to_none=True)
     return loss, grads
+
+
+class RecordShapes(TorchDispatchMode):
+    """Every size the matmuls and the attention kernel are called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: set[int] = set()
+        self.attention: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in MATMULS or func is FLASH:
+            for arg in args:
+                if isinstance(arg, torch.Tensor):
+                    self.sizes.update(arg.shape)
+        if func is FLASH:
+            self.attention.append(args[0].shape[2])
+        return func(*args, **(kwargs or {}))
 
 
 class CountAttention(TorchDispatchMode):
@@ -67,9 +92,9 @@ class CountAttention(TorchDispatchMode):
 
 def test_the_output_layer_and_loss_run_on_the_learnt_tokens_alone(tmp_path, monkeypatch):
     trainer = trainer_for(tmp_path)
-    row = trainer.data.rows[0]
+    row = trainer.data.rows[1]
     learnt = sum(1 for x in row.labels[1:] if x != IGNORE)  # the labels a row's tokens predict
-    assert 0 < learnt < len(row) // 2
+    assert 0 < learnt < len(row) // 2 and learnt % MULTIPLE
     seen: list[int] = []
     fused = dr_kernels.linear_cross_entropy
 
@@ -78,13 +103,14 @@ def test_the_output_layer_and_loss_run_on_the_learnt_tokens_alone(tmp_path, monk
         return fused(hidden, *args, **kwargs)
 
     monkeypatch.setattr(dr_kernels, "linear_cross_entropy", recording)
-    loss, grads = gradients(trainer)
-    assert seen == [learnt]
+    loss, grads = gradients(trainer, 1)
+    # topped up with unlearnt tokens to the CPU's shape multiple
+    assert seen == [rounded(learnt)] and rounded(learnt) < len(row)
 
     # the same loss and gradients as the head over every token of the row
     monkeypatch.setattr("dr_train.rows.learnt_only", lambda hidden, labels: (hidden, labels))
-    full_loss, full_grads = gradients(trainer)
-    assert seen == [learnt, len(row)]
+    full_loss, full_grads = gradients(trainer, 1)
+    assert seen == [rounded(learnt), rounded(len(row))]
     assert loss == pytest.approx(full_loss, rel=1e-5)
     for name, grad in full_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
@@ -92,7 +118,8 @@ def test_the_output_layer_and_loss_run_on_the_learnt_tokens_alone(tmp_path, monk
 
 def test_checkpointing_on_the_cpu_keeps_attention_and_recomputes_the_rest(tmp_path):
     plain = trainer_for(tmp_path / "plain", grad_ckpt=False)
-    docs = len(set(plain.data.rows[0].doc_ids))
+    row = plain.data.rows[0]
+    docs = len(set(row.doc_ids)) + (len(row) % MULTIPLE != 0)  # the padding is a document of its own
     layers = plain.module.config.num_hidden_layers
     with CountAttention() as counted:
         loss, grads = gradients(plain)
@@ -105,3 +132,38 @@ def test_checkpointing_on_the_cpu_keeps_attention_and_recomputes_the_rest(tmp_pa
     assert ckpt_loss == pytest.approx(loss, rel=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_cpu_kernels_see_only_lengths_rounded_to_the_shape_multiple(tmp_path, monkeypatch):
+    """The CPU's matmul and attention kernels are compiled and cached per shape: a row or document of a new
+    length each step meant a compile each step and caches that grew without end."""
+    trainer = trainer_for(tmp_path)
+    row = trainer.data.rows[1]
+    lengths = set(document_lengths(row)) | {len(row)}
+    assert any(n % MULTIPLE for n in lengths)
+    config = trainer.module.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    model_sizes = {
+        1,
+        head_dim,
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.num_key_value_heads * head_dim,
+    }
+    with RecordShapes() as recorded:
+        loss, grads = gradients(trainer, 1)
+    assert recorded.attention and all(n % MULTIPLE == 0 for n in recorded.attention)
+    assert all(n % MULTIPLE == 0 for n in recorded.sizes - model_sizes), sorted(recorded.sizes - model_sizes)
+
+    # the same loss and gradients as the step on the lengths as they are
+    monkeypatch.setattr(dr_kernels.attention, "CPU_SHAPE_MULTIPLE", 1)
+    monkeypatch.setattr("dr_train.rows.CPU_SHAPE_MULTIPLE", 1)
+    with RecordShapes() as recorded:
+        exact_loss, exact_grads = gradients(trainer, 1)
+    assert lengths & recorded.sizes  # the comparison did run on the raw lengths
+    assert loss == pytest.approx(exact_loss, rel=1e-5)
+    for name, grad in exact_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)

@@ -20,6 +20,15 @@ import torch.nn.functional as F
 Backend = Literal["flash", "flex", "sdpa"]
 BACKENDS: tuple[Backend, ...] = ("flash", "flex", "sdpa")
 
+CPU_SHAPE_MULTIPLE = 64
+"""On the CPU, sequence lengths are rounded up to a multiple of this before they reach a matmul or attention.
+
+PyTorch's CPU kernels (oneDNN's bf16 matmuls, the bf16 flash attention's brgemm micro-kernels) compile and
+cache a kernel for every new shape. Packed rows and their documents have a new length nearly every step, so
+each step paid the compiles (a bf16 attention forward + backward on a new length takes 1.3x as long, a pair
+of bf16 linears 2x) and grew the process by ~30 MB that the caches never give back (attention's has no
+bound). Rounded lengths take at most 4096 / 64 shapes per row length and hit the caches after a few steps."""
+
 
 def boundaries(position_ids: torch.Tensor) -> torch.Tensor:
     """cu_seqlens (int32, [0, ..., T]) of a packed row whose positions restart at 0 for every document."""
@@ -62,16 +71,21 @@ def _sdpa_per_document(q, k, v, cu: list[int], scale: float | None) -> torch.Ten
         # 2,077 and 2,551 tokens)
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    cpu, total = q.device.type == "cpu", q.shape[2]
     out = torch.empty_like(q)
     for start, end in itertools.pairwise(cu):
+        stop = end
+        if cpu:
+            # the document's window rounded up to a multiple of CPU_SHAPE_MULTIPLE: what follows the document
+            # (the next document, or zeros past the row's end) comes after every one of its tokens, so the
+            # causal mask hides it from them; its outputs are dropped, so it gets no gradient from here either
+            stop = start + -(-(end - start) // CPU_SHAPE_MULTIPLE) * CPU_SHAPE_MULTIPLE
+        qd, kd, vd = (x[:, :, start : min(stop, total)] for x in (q, k, v))
+        if stop > total:
+            qd, kd, vd = (F.pad(x, (0, 0, 0, stop - total)) for x in (qd, kd, vd))
         out[:, :, start:end] = F.scaled_dot_product_attention(
-            q[:, :, start:end],
-            k[:, :, start:end],
-            v[:, :, start:end],
-            is_causal=True,
-            scale=scale,
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
+            qd, kd, vd, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )[:, :, : end - start]
     return out
 
 

@@ -240,10 +240,11 @@ class Trainer:
         )
 
     def _batch(self, row: Row) -> dict[str, Any]:
-        batch = row_tensors(row, self.device)
+        pad_id = self.module.config.pad_token_id or 0
+        batch = row_tensors(row, self.device, pad_id)
         if self.config.sp == 1:
             return batch
-        return shard(batch, self.config.sp, self.sp_rank, self.module.config.pad_token_id or 0)
+        return shard(batch, self.config.sp, self.sp_rank, pad_id)
 
     def _load(self, folder: Path) -> None:
         state = checkpoint.read_state(folder)
