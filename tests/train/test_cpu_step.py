@@ -79,6 +79,15 @@ class RecordShapes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def unrounded(sizes: set[int], trainer: Trainer) -> set[int]:
+    """The sizes that are neither the model's own nor a multiple of the CPU's shape multiple."""
+    config = trainer.module.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    model = {1, head_dim, config.hidden_size, config.intermediate_size, config.vocab_size}
+    model |= {config.num_attention_heads, config.num_key_value_heads, config.num_key_value_heads * head_dim}
+    return {n for n in sizes - model if n % MULTIPLE}
+
+
 class CountAttention(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -141,22 +150,10 @@ def test_the_cpu_kernels_see_only_lengths_rounded_to_the_shape_multiple(tmp_path
     row = trainer.data.rows[1]
     lengths = set(document_lengths(row)) | {len(row)}
     assert any(n % MULTIPLE for n in lengths)
-    config = trainer.module.config
-    head_dim = config.hidden_size // config.num_attention_heads
-    model_sizes = {
-        1,
-        head_dim,
-        config.hidden_size,
-        config.intermediate_size,
-        config.vocab_size,
-        config.num_attention_heads,
-        config.num_key_value_heads,
-        config.num_key_value_heads * head_dim,
-    }
     with RecordShapes() as recorded:
         loss, grads = gradients(trainer, 1)
     assert recorded.attention and all(n % MULTIPLE == 0 for n in recorded.attention)
-    assert all(n % MULTIPLE == 0 for n in recorded.sizes - model_sizes), sorted(recorded.sizes - model_sizes)
+    assert not unrounded(recorded.sizes, trainer), sorted(recorded.sizes)
 
     # the same loss and gradients as the step on the lengths as they are
     monkeypatch.setattr(dr_kernels.attention, "CPU_SHAPE_MULTIPLE", 1)
@@ -167,3 +164,30 @@ def test_the_cpu_kernels_see_only_lengths_rounded_to_the_shape_multiple(tmp_path
     assert loss == pytest.approx(exact_loss, rel=1e-5)
     for name, grad in exact_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_rl_log_probabilities_on_the_cpu_run_on_rounded_lengths_with_the_same_values(tmp_path, monkeypatch):
+    from dr_train.rl import Sequence, forward
+
+    trainer = trainer_for(tmp_path)
+    row = trainer.data.rows[1]
+    ids = row.input_ids
+    assert len(ids) % MULTIPLE
+    targets = [*ids[1:], IGNORE]
+    targets[: len(ids) // 2] = [IGNORE] * (len(ids) // 2)  # the prompt half was not sampled
+    seq = Sequence(0, ids, targets)
+    with RecordShapes() as recorded:
+        logprobs, _ = forward(trainer.module, seq, kernels=True)
+    assert recorded.attention and all(n % MULTIPLE == 0 for n in recorded.attention)
+    # the trunk runs on a rounded length; the output layer on the sampled tokens alone, as they are
+    assert not unrounded(recorded.sizes - {len(ids) - len(ids) // 2 - 1}, trainer), sorted(recorded.sizes)
+    assert logprobs.shape == (len(ids) - len(ids) // 2 - 1,)
+    grads = torch.autograd.grad(logprobs.sum(), list(trainer.module.parameters()), allow_unused=True)
+
+    monkeypatch.setattr("dr_train.rl.CPU_SHAPE_MULTIPLE", 1)
+    exact, _ = forward(trainer.module, seq, kernels=True)
+    torch.testing.assert_close(logprobs, exact, rtol=1e-5, atol=1e-6)
+    exact_grads = torch.autograd.grad(exact.sum(), list(trainer.module.parameters()), allow_unused=True)
+    for ours, theirs in zip(grads, exact_grads, strict=True):
+        if theirs is not None:
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)

@@ -32,6 +32,7 @@ from dr_core.errors import InputError
 from dr_core.llm import ChatModel
 from dr_core.log import logger, progress
 from dr_core.records import Task, Trajectory
+from dr_kernels.attention import CPU_SHAPE_MULTIPLE
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
 from dr_train.distributed import Dist, barrier
@@ -195,9 +196,15 @@ class ValueHead:
 def forward(model: Any, seq: Sequence, kernels: bool, value_head: Any = None) -> tuple[Any, Any]:
     """(log-probabilities, values) at the sampled tokens of `seq`, differentiable."""
     device = next(model.parameters()).device
-    ids = torch.tensor([seq.input_ids], device=device)
-    positions = torch.arange(len(seq.input_ids), device=device)[None]
-    hidden = model.model(input_ids=ids, position_ids=positions).last_hidden_state[0]
+    length = size = len(seq.input_ids)
+    if device.type == "cpu":
+        # rounded up for the CPU's per-shape kernel caches (dr_kernels.attention.CPU_SHAPE_MULTIPLE); the
+        # padding comes after every real token, so under the causal mask it changes none of them
+        size = -(-length // CPU_SHAPE_MULTIPLE) * CPU_SHAPE_MULTIPLE
+    pad = model.config.pad_token_id or 0
+    ids = torch.tensor([[*seq.input_ids, *[pad] * (size - length)]], device=device)
+    positions = torch.arange(size, device=device)[None]
+    hidden = model.model(input_ids=ids, position_ids=positions).last_hidden_state[0, :length]
     targets = torch.tensor(seq.targets, device=device)
     mask = targets != IGNORE
     head = model.lm_head
