@@ -27,7 +27,8 @@ PyTorch's CPU kernels (oneDNN's bf16 matmuls, the bf16 flash attention's brgemm 
 cache a kernel for every new shape. Packed rows and their documents have a new length nearly every step, so
 each step paid the compiles (a bf16 attention forward + backward on a new length takes 1.3x as long, a pair
 of bf16 linears 2x) and grew the process by ~30 MB that the caches never give back (attention's has no
-bound). Rounded lengths take at most 4096 / 64 shapes per row length and hit the caches after a few steps."""
+bound). Rounded, 4,096-token rows take at most 64 lengths, which hit the caches after a few steps
+(`python scripts/bench_cpu_shapes.py`)."""
 
 
 def boundaries(position_ids: torch.Tensor) -> torch.Tensor:
