@@ -314,7 +314,7 @@ def main() -> None:
     if not (sft_model / "trainer_state.json").exists():
         start = mid_model if args.midtrain_epochs else base
         # from scratch: the tiny model's measured setting; a 135M model: checkpointing (3 GiB smaller than
-        # without, a little slower: docs/benchmarks.md), and a fixed number of steps of --tokens-per-step
+        # without, 15% slower: docs/benchmarks.md), and a fixed number of steps of --tokens-per-step
         shape = ["--no-grad-ckpt"] if scratch else [
             "--tokens-per-step", str(args.tokens_per_step),
             *(["--max-steps", str(args.sft_steps)] if args.sft_steps else [])]  # fmt: skip

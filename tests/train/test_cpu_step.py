@@ -184,7 +184,7 @@ def test_rl_log_probabilities_on_the_cpu_run_on_rounded_lengths_with_the_same_va
     assert logprobs.shape == (len(ids) - len(ids) // 2 - 1,)
     grads = torch.autograd.grad(logprobs.sum(), list(trainer.module.parameters()), allow_unused=True)
 
-    monkeypatch.setattr("dr_train.rl.CPU_SHAPE_MULTIPLE", 1)
+    monkeypatch.setattr(dr_kernels.attention, "CPU_SHAPE_MULTIPLE", 1)
     exact, _ = forward(trainer.module, seq, kernels=True)
     torch.testing.assert_close(logprobs, exact, rtol=1e-5, atol=1e-6)
     exact_grads = torch.autograd.grad(exact.sum(), list(trainer.module.parameters()), allow_unused=True)

@@ -31,6 +31,11 @@ bound). Rounded, 4,096-token rows take at most 64 lengths, which hit the caches 
 (`python scripts/bench_cpu_shapes.py`)."""
 
 
+def cpu_length(n: int) -> int:
+    """`n` rounded up to a multiple of `CPU_SHAPE_MULTIPLE`."""
+    return -(-n // CPU_SHAPE_MULTIPLE) * CPU_SHAPE_MULTIPLE
+
+
 def boundaries(position_ids: torch.Tensor) -> torch.Tensor:
     """cu_seqlens (int32, [0, ..., T]) of a packed row whose positions restart at 0 for every document."""
     positions = position_ids.reshape(-1)
@@ -80,7 +85,7 @@ def _sdpa_per_document(q, k, v, cu: list[int], scale: float | None) -> torch.Ten
             # the document's window rounded up to a multiple of CPU_SHAPE_MULTIPLE: what follows the document
             # (the next document, or zeros past the row's end) comes after every one of its tokens, so the
             # causal mask hides it from them; its outputs are dropped, so it gets no gradient from here either
-            stop = start + -(-(end - start) // CPU_SHAPE_MULTIPLE) * CPU_SHAPE_MULTIPLE
+            stop = start + cpu_length(end - start)
         qd, kd, vd = (x[:, :, start : min(stop, total)] for x in (q, k, v))
         if stop > total:
             qd, kd, vd = (F.pad(x, (0, 0, 0, stop - total)) for x in (qd, kd, vd))

@@ -32,7 +32,7 @@ from dr_core.errors import InputError
 from dr_core.llm import ChatModel
 from dr_core.log import logger, progress
 from dr_core.records import Task, Trajectory
-from dr_kernels.attention import CPU_SHAPE_MULTIPLE
+from dr_kernels.attention import cpu_length
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
 from dr_train.distributed import Dist, barrier
@@ -200,7 +200,7 @@ def forward(model: Any, seq: Sequence, kernels: bool, value_head: Any = None) ->
     if device.type == "cpu":
         # rounded up for the CPU's per-shape kernel caches (dr_kernels.attention.CPU_SHAPE_MULTIPLE); the
         # padding comes after every real token, so under the causal mask it changes none of them
-        size = -(-length // CPU_SHAPE_MULTIPLE) * CPU_SHAPE_MULTIPLE
+        size = cpu_length(length)
     pad = model.config.pad_token_id or 0
     ids = torch.tensor([[*seq.input_ids, *[pad] * (size - length)]], device=device)
     positions = torch.arange(size, device=device)[None]
