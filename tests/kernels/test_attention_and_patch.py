@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dr_kernels import patch, unpatch
 from dr_kernels.attention import (
@@ -16,6 +19,26 @@ from dr_kernels.attention import (
 from dr_kernels.patch import is_patched
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
+class RecordOps(TorchDispatchMode):
+    """The query length of every CPU flash attention call, and every op with the shape it made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention: list[int] = []
+        self.made: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is CPU_FLASH:
+            self.attention.append(args[0].shape[2])
+        if isinstance(out, torch.Tensor):
+            self.made.append((func.overloadpacket.__name__, tuple(out.shape)))
+        return out
+
+
 BACKENDS = ["sdpa", "flex"] + (
     ["flash"] if DEVICE == "cuda" and choose_backend(torch.device("cuda")) == "flash" else []
 )
@@ -23,23 +46,20 @@ BACKENDS = ["sdpa", "flex"] + (
 
 @pytest.mark.parametrize("lengths", [[5, 11, 1, 16], [70, 5, 130]])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_packed_attention_equals_each_document_alone(backend, lengths, monkeypatch):
+def test_packed_attention_equals_each_document_alone(backend, lengths):
     torch.manual_seed(0)
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    seen: list[int] = []
-
-    def recording(q, *args, **kwargs):
-        seen.append(q.shape[2])
-        return sdpa(q, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
     total = sum(lengths)
     # PyTorch's flex attention has no backward on the CPU: there, its forward is what can be checked
     train = not (backend == "flex" and DEVICE == "cpu")
     q = torch.randn(1, 4, total, 16, device=DEVICE, requires_grad=train)
     k = torch.randn(1, 2, total, 16, device=DEVICE, requires_grad=train)  # grouped-query: 2 kv heads
     v = torch.randn(1, 2, total, 16, device=DEVICE, requires_grad=train)
-    out = packed_attention(q, k, v, cu_seqlens_of(lengths, DEVICE), backend=backend)
+    # the CPU path records what it runs (flex attention's higher-order op passes no dispatch mode)
+    cpu_sdpa = backend == "sdpa" and DEVICE == "cpu"
+    forward, backward = RecordOps(), RecordOps()
+    with forward if cpu_sdpa else nullcontext():
+        out = packed_attention(q, k, v, cu_seqlens_of(lengths, DEVICE), backend=backend)
     start = 0
     alone = []
     for n in lengths:
@@ -48,13 +68,21 @@ def test_packed_attention_equals_each_document_alone(backend, lengths, monkeypat
         start += n
     expected = torch.cat(alone, dim=2)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
-    if backend == "sdpa" and DEVICE == "cpu":
+    if cpu_sdpa:
         # each document in a window rounded up to CPU_SHAPE_MULTIPLE: the CPU kernels are cached per shape
-        assert seen == [-(-n // CPU_SHAPE_MULTIPLE) * CPU_SHAPE_MULTIPLE for n in lengths]
+        assert forward.attention == [-(-n // CPU_SHAPE_MULTIPLE) * CPU_SHAPE_MULTIPLE for n in lengths]
     if not train:
         return
     dy = torch.randn_like(out)
-    ours = torch.autograd.grad(out, (q, k, v), dy)
+    with backward if cpu_sdpa else nullcontext():
+        ours = torch.autograd.grad(out, (q, k, v), dy)
+    if cpu_sdpa:
+        # each document's gradients are written into the row's, not zero-padded to a whole row per document
+        # and summed up, as autograd's backward of the slices does
+        summed = [
+            (op, shape) for op, shape in backward.made if op in ("slice_backward", "add") and total in shape
+        ]
+        assert not summed
     theirs = torch.autograd.grad(expected, (q, k, v), dy)
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)

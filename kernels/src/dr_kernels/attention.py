@@ -70,28 +70,94 @@ def choose_backend(device: torch.device, backend: Backend | None = None) -> Back
     return "sdpa"
 
 
-def _sdpa_per_document(q, k, v, cu: list[int], scale: float | None) -> torch.Tensor:
-    if q.device.type == "cpu" and q.shape[1] != k.shape[1]:
-        # PyTorch's CPU flash attention runs grouped-query attention 6-9% slower (forward + backward) than
-        # plain attention on the key/value heads repeated for each query head (SmolLM2's 9 / 3 heads, bf16,
-        # 2,077 and 2,551 tokens)
+def _cpu_windows(cu: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(start, end, stop) of each document: its tokens [start, end) in a window [start, stop) rounded up to
+    a multiple of CPU_SHAPE_MULTIPLE. What follows the document in its window (the next document, or zeros
+    past the row's end) comes after every one of its tokens, so the causal mask hides it from them."""
+    return [(start, end, start + cpu_length(end - start)) for start, end in itertools.pairwise(cu)]
+
+
+def _window(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of x (1, heads, T, dim), zeros past T."""
+    total = x.shape[2]
+    piece = x[:, :, start : min(stop, total)]
+    return F.pad(piece, (0, 0, 0, stop - total)) if stop > total else piece
+
+
+class _CpuDocumentAttention(torch.autograd.Function):
+    """Causal attention of each document in its window, with PyTorch's CPU flash attention, as one
+    autograd node. Each window's backward writes its document's rows of the row's gradients directly:
+    autograd's own backward of the slices and the GQA repeat would zero-fill a whole-row gradient per
+    document and add them up (3% of a step on two cores, docs/benchmarks.md)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: tuple[int, ...], scale: float | None
+    ) -> torch.Tensor:
         group = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    cpu, total = q.device.type == "cpu", q.shape[2]
+        if group > 1:
+            # PyTorch's CPU flash attention runs grouped-query attention 6-9% slower (forward + backward)
+            # than plain attention on the key/value heads repeated for each query head (SmolLM2's 9 / 3
+            # heads, bf16, 2,077 and 2,551 tokens)
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        out = torch.empty_like(q)
+        saved = []
+        for start, end, stop in _cpu_windows(cu):
+            o, lse = _flash_cpu()[0](
+                _window(q, start, stop),
+                _window(k, start, stop),
+                _window(v, start, stop),
+                0.0,
+                True,
+                scale=scale,
+            )
+            out[:, :, start:end] = o[:, :, : end - start]
+            saved += [o, lse]  # the window's own output and log-sum-exp, as its backward needs them
+        ctx.save_for_backward(q, k, v, *saved)
+        ctx.cu, ctx.scale, ctx.group = cu, scale, group
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, *saved = ctx.saved_tensors
+        # every row belongs to one document, so each is written below
+        dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype) for _ in range(3))
+        for i, (start, end, stop) in enumerate(_cpu_windows(ctx.cu)):
+            # the window's rows past its document have no gradient: their outputs were dropped
+            g = grad[:, :, start:end]
+            g = F.pad(g, (0, 0, 0, stop - end)) if stop > end else g
+            window = (_window(x, start, stop) for x in (q, k, v))
+            grads = _flash_cpu()[1](g, *window, saved[2 * i], saved[2 * i + 1], 0.0, True, scale=ctx.scale)
+            for full, part in zip((dq, dk, dv), grads, strict=True):
+                full[:, :, start:end] = part[:, :, : end - start]
+        if ctx.group > 1:
+            batch, heads, total, dim = dk.shape
+            dk = dk.view(batch, heads // ctx.group, ctx.group, total, dim).sum(2)
+            dv = dv.view(batch, heads // ctx.group, ctx.group, total, dim).sum(2)
+        return dq, dk, dv, None, None
+
+
+@functools.cache
+def _flash_cpu() -> tuple[Any, Any]:
+    """PyTorch's CPU flash attention, forward and backward (the ops F.scaled_dot_product_attention runs)."""
+    return (
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
+    )
+
+
+def _sdpa_per_document(q, k, v, cu: list[int], scale: float | None) -> torch.Tensor:
+    if q.device.type == "cpu":
+        if cu[0] != 0 or cu[-1] != q.shape[2]:
+            raise ValueError(f"cu_seqlens {cu[0]}..{cu[-1]} must cover the row's {q.shape[2]} tokens")
+        return _CpuDocumentAttention.apply(q, k, v, tuple(cu), scale)
     out = torch.empty_like(q)
     for start, end in itertools.pairwise(cu):
-        stop = end
-        if cpu:
-            # the document's window rounded up to a multiple of CPU_SHAPE_MULTIPLE: what follows the document
-            # (the next document, or zeros past the row's end) comes after every one of its tokens, so the
-            # causal mask hides it from them; its outputs are dropped, so it gets no gradient from here either
-            stop = start + cpu_length(end - start)
-        qd, kd, vd = (x[:, :, start : min(stop, total)] for x in (q, k, v))
-        if stop > total:
-            qd, kd, vd = (F.pad(x, (0, 0, 0, stop - total)) for x in (qd, kd, vd))
-        out[:, :, start:end] = F.scaled_dot_product_attention(
-            qd, kd, vd, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )[:, :, : end - start]
+        piece = slice(start, end)
+        out[:, :, piece] = F.scaled_dot_product_attention(
+            q[:, :, piece], k[:, :, piece], v[:, :, piece], is_causal=True, scale=scale,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )  # fmt: skip
     return out
 
 
