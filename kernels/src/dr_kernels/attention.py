@@ -87,8 +87,9 @@ def _window(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
 class _CpuDocumentAttention(torch.autograd.Function):
     """Causal attention of each document in its window, with PyTorch's CPU flash attention, as one
     autograd node. Each window's backward writes its document's rows of the row's gradients directly:
-    autograd's own backward of the slices and the GQA repeat would zero-fill a whole-row gradient per
-    document and add them up (3% of a step on two cores, docs/benchmarks.md)."""
+    autograd's own backward of the slices would zero-pad a whole-row gradient per document and add them up
+    (3-15% of the attention's time with two or three documents a row, about 3% of such a step, on two
+    cores: `python scripts/bench_cpu_attention.py`, docs/benchmarks.md)."""
 
     @staticmethod
     def forward(
