@@ -88,6 +88,20 @@ def test_packed_attention_equals_each_document_alone(backend, lengths):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
 
 
+def test_cpu_packed_attention_runs_in_autocasts_dtype_as_sdpa_does():
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 20, 16)  # float32, as a model whose rotary embedding promotes hands it over
+    k, v = torch.randn(1, 2, 20, 16), torch.randn(1, 2, 20, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = packed_attention(q, k, v, cu_seqlens_of([8, 12]), backend="sdpa")
+        alone = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, :8], k[:, :, :8], v[:, :, :8], is_causal=True, enable_gqa=True
+        )
+    assert out.dtype == alone.dtype == torch.bfloat16
+    # bf16 sums in another order over the rounded window: within one bf16 step at these magnitudes (< 4)
+    torch.testing.assert_close(out[:, :, :8], alone, atol=1.6e-2, rtol=0)
+
+
 def test_document_boundaries_come_from_positions_restarting_at_zero():
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     assert boundaries(positions).tolist() == [0, 3, 5, 9]

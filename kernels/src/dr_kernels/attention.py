@@ -151,6 +151,11 @@ def _sdpa_per_document(q, k, v, cu: list[int], scale: float | None) -> torch.Ten
     if q.device.type == "cpu":
         if cu[0] != 0 or cu[-1] != q.shape[2]:
             raise ValueError(f"cu_seqlens {cu[0]}..{cu[-1]} must cover the row's {q.shape[2]} tokens")
+        if torch.is_autocast_enabled("cpu"):
+            # F.scaled_dot_product_attention is on autocast's lower-precision list; its ops called directly
+            # are not, so the inputs are cast here as autocast would
+            low = torch.get_autocast_dtype("cpu")
+            q, k, v = (x.to(low) for x in (q, k, v))
         return _CpuDocumentAttention.apply(q, k, v, tuple(cu), scale)
     out = torch.empty_like(q)
     for start, end in itertools.pairwise(cu):
