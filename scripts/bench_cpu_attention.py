@@ -14,7 +14,6 @@ run interleaved in one process, fp32 and bf16; medians of --repeats. Markdown on
 from __future__ import annotations
 
 import argparse
-import itertools
 import platform
 import statistics
 import time
@@ -28,21 +27,17 @@ ROWS = {
 
 
 def through_autograd(q: Any, k: Any, v: Any, cu: list[int]) -> Any:
-    """The same windows and flash attention calls, with autograd's backward of the slices and repeat."""
+    """dr_kernels' windows and flash attention calls, with autograd's backward of the slices and repeat."""
     import torch.nn.functional as F
 
-    from dr_kernels.attention import cpu_length
+    from dr_kernels.attention import _cpu_windows, _window
 
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    total = q.shape[2]
     out = q.new_empty(q.shape)
-    for start, end in itertools.pairwise(cu):
-        stop = start + cpu_length(end - start)
-        qd, kd, vd = (x[:, :, start : min(stop, total)] for x in (q, k, v))
-        if stop > total:
-            qd, kd, vd = (F.pad(x, (0, 0, 0, stop - total)) for x in (qd, kd, vd))
-        out[:, :, start:end] = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)[:, :, : end - start]
+    for start, end, stop in _cpu_windows(tuple(cu)):
+        window = (_window(x, start, stop) for x in (q, k, v))
+        out[:, :, start:end] = F.scaled_dot_product_attention(*window, is_causal=True)[:, :, : end - start]
     return out
 
 

@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dr_kernels import patch, unpatch
 from dr_kernels.attention import (
+    CPU_FLASH,
     CPU_SHAPE_MULTIPLE,
     boundaries,
     choose_backend,
@@ -19,7 +20,6 @@ from dr_kernels.attention import (
 from dr_kernels.patch import is_patched
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 
 
 class RecordOps(TorchDispatchMode):

@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dr_kernels
 from dr_core.records import Example, Message
+from dr_kernels.attention import CPU_FLASH as FLASH
 from dr_train.chat import IGNORE
 from dr_train.data import build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build
@@ -19,7 +20,6 @@ from dr_train.rows import document_lengths
 from dr_train.tiny import CHAT_TEMPLATE
 from dr_train.trainer import TrainConfig, Trainer
 
-FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
 MULTIPLE = dr_kernels.attention.CPU_SHAPE_MULTIPLE
 

@@ -30,6 +30,10 @@ of bf16 linears 2x) and grew the process by ~30 MB that the caches never give ba
 bound). Rounded, 4,096-token rows take at most 64 lengths, which hit the caches after a few steps
 (`python scripts/bench_cpu_shapes.py`)."""
 
+# PyTorch's CPU flash attention, the op F.scaled_dot_product_attention runs on the CPU, and its backward
+CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+CPU_FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
 
 def cpu_length(n: int) -> int:
     """`n` rounded up to a multiple of `CPU_SHAPE_MULTIPLE`."""
@@ -104,7 +108,7 @@ class _CpuDocumentAttention(torch.autograd.Function):
         out = torch.empty_like(q)
         saved = []
         for start, end, stop in _cpu_windows(cu):
-            o, lse = _flash_cpu()[0](
+            o, lse = CPU_FLASH(
                 _window(q, start, stop),
                 _window(k, start, stop),
                 _window(v, start, stop),
@@ -128,7 +132,7 @@ class _CpuDocumentAttention(torch.autograd.Function):
             g = grad[:, :, start:end]
             g = F.pad(g, (0, 0, 0, stop - end)) if stop > end else g
             window = (_window(x, start, stop) for x in (q, k, v))
-            grads = _flash_cpu()[1](g, *window, saved[2 * i], saved[2 * i + 1], 0.0, True, scale=ctx.scale)
+            grads = CPU_FLASH_BACKWARD(g, *window, saved[2 * i], saved[2 * i + 1], 0.0, True, scale=ctx.scale)
             for full, part in zip((dq, dk, dv), grads, strict=True):
                 full[:, :, start:end] = part[:, :, : end - start]
         if ctx.group > 1:
@@ -136,15 +140,6 @@ class _CpuDocumentAttention(torch.autograd.Function):
             dk = dk.view(batch, heads // ctx.group, ctx.group, total, dim).sum(2)
             dv = dv.view(batch, heads // ctx.group, ctx.group, total, dim).sum(2)
         return dq, dk, dv, None, None
-
-
-@functools.cache
-def _flash_cpu() -> tuple[Any, Any]:
-    """PyTorch's CPU flash attention, forward and backward (the ops F.scaled_dot_product_attention runs)."""
-    return (
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
-    )
 
 
 def _sdpa_per_document(q, k, v, cu: list[int], scale: float | None) -> torch.Tensor:

@@ -18,9 +18,9 @@ from typing import Any
 
 @functools.cache
 def _attention_op() -> Any:
-    import torch
+    from dr_kernels.attention import CPU_FLASH
 
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    return CPU_FLASH
 
 
 def _save_attention(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
