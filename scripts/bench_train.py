@@ -183,18 +183,25 @@ def checkpointing(model: Any, offload: bool = False) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-# (name, dr train sft flags); TRL's rows: (name, bf16, gradient checkpointing)
-DR_CONFIGS = (
-    ("dr, auto (bf16 here), kernels, checkpointing", []),
-    ("dr, bf16, --no-kernels", ["--precision", "bf16", "--no-kernels"]),
-    ("dr, bf16, --no-grad-ckpt", ["--precision", "bf16", "--no-grad-ckpt"]),
-    ("dr, fp32, kernels, checkpointing", ["--precision", "fp32"]),
-    ("dr, fp32, --no-kernels", ["--precision", "fp32", "--no-kernels"]),
-)
+# TRL's rows: (name, bf16, gradient checkpointing)
 TRL_CONFIGS = (
     ("TRL SFTTrainer, bf16, checkpointing", True, True),
     ("TRL SFTTrainer, fp32, checkpointing", False, True),
 )
+
+
+def dr_configs() -> list[tuple[str, list[str], bool]]:
+    """(name, dr train sft flags, bf16) of each dr configuration; auto is named for what it is here."""
+    from dr_train.recipes.common import Precision, resolve_precision
+
+    auto = resolve_precision(Precision.auto)
+    return [
+        (f"dr, auto ({auto} here), kernels, checkpointing", [], auto == Precision.bf16),
+        ("dr, bf16, --no-kernels", ["--precision", "bf16", "--no-kernels"], True),
+        ("dr, bf16, --no-grad-ckpt", ["--precision", "bf16", "--no-grad-ckpt"], True),
+        ("dr, fp32, kernels, checkpointing", ["--precision", "fp32"], False),
+        ("dr, fp32, --no-kernels", ["--precision", "fp32", "--no-kernels"], False),
+    ]
 
 
 def sft_data(folder: Any) -> Any:
@@ -339,7 +346,7 @@ def run_models(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = Path(args.data) if args.data else sft_data(work / "data")
-    configs: list[tuple[str, Any]] = [(name, ("dr", flags)) for name, flags in DR_CONFIGS]
+    configs: list[tuple[str, Any]] = [(name, ("dr", flags, bf16)) for name, flags, bf16 in dr_configs()]
     if not args.no_trl:
         configs += [(name, ("trl", bf16, ckpt)) for name, bf16, ckpt in TRL_CONFIGS]
     if args.only:
@@ -377,7 +384,7 @@ def run_models(args: argparse.Namespace) -> None:
         if speed is None:
             lines.append(f"| {name} | {errors[0] if errors else '-'} | | |")
             continue
-        bf16 = how[1] if how[0] == "trl" else ("fp32" not in name)
+        bf16 = how[1] if how[0] == "trl" else how[2]
         base = trl[bf16]
         ratio = f"{speed / base:.2f}×" if base and how[0] == "dr" else ""
         lines.append(f"| {name} | {speed:.0f} | {peak:.2f} | {ratio} |")

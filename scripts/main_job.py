@@ -285,7 +285,7 @@ def main() -> None:
         # construction, and its questions share templates, which n-gram decontamination flags as leaks
         run("data", "sft", trajectories, "-o", sft_data)
 
-    # auto is bf16 on a GPU or a CPU with AVX-512 BF16 / AMX; the from-scratch model stays in fp32 on the
+    # auto is bf16 on a GPU or a CPU with AMX; the from-scratch model stays in fp32 on the
     # CPU, as the README's figures for it were measured
     precision = ["--precision", "bf16"] if args.gpu else (["--precision", "fp32"] if scratch else [])
     # Agentic mid-training text: the encyclopedia of another world (other names, other facts, so nothing

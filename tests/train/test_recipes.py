@@ -135,12 +135,14 @@ def test_nothing_below_the_cli_runs_the_top_level_command():
     assert offenders == []
 
 
-def test_auto_precision_is_bf16_exactly_where_the_cpu_multiplies_bf16_natively(monkeypatch):
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_amx(monkeypatch):
+    """AVX-512 BF16 without AMX multiplies bf16 slower than fp32 (docs/benchmarks.md): fp32 there."""
     from dr_train.recipes import common
     from dr_train.recipes.common import Precision, resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for avx512_bf16, amx, expected in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]:
+    cases = [(True, False, "fp32"), (False, True, "bf16"), (True, True, "bf16"), (False, False, "fp32")]
+    for avx512_bf16, amx, expected in cases:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
         assert common.native_bf16() is (expected == "bf16")

@@ -379,7 +379,7 @@ def test_ulysses_sequence_parallel_on_two_processes_trains_as_one_process_does(t
     sequence for half of the heads; the losses and the trained weights are those of one process."""
     pytest.importorskip("deepspeed")
     source = write_jsonl(tmp_path / "data.jsonl", examples() * 2)
-    # fp32: the comparison is to fp32 rounding (auto is bf16 on a CPU with AVX-512 BF16, where one process
+    # fp32: the comparison is to fp32 rounding (auto is bf16 on a CPU with AMX, where one process
     # autocasts and DeepSpeed's bf16 casts the weights)
     common = ["--max-len", "1001", "--max-steps", "3", "--vocab-size", "300", "--lr", "3e-3", "--seed", "1",
               "--precision", "fp32"]  # fmt: skip

@@ -120,8 +120,8 @@ PrecisionOpt = Annotated[
     PrecisionChoice | None,
     _opt(
         "--precision",
-        help="bf16 (autocast over fp32 weights) or fp32; auto: bf16 on a GPU or a CPU with AVX-512 BF16 "
-        "or AMX, else fp32 (default: auto).",
+        help="bf16 (autocast over fp32 weights) or fp32; auto: bf16 on a GPU or a CPU with AMX, else fp32 "
+        "(default: auto).",
     ),
 ]
 KernelsOpt = Annotated[
