@@ -346,7 +346,8 @@ def run_models(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = Path(args.data) if args.data else sft_data(work / "data")
-    configs: list[tuple[str, Any]] = [(name, ("dr", flags, bf16)) for name, flags, bf16 in dr_configs()]
+    # how each runs: ("dr", bf16, flags) or ("trl", bf16, checkpointing)
+    configs: list[tuple[str, Any]] = [(name, ("dr", bf16, flags)) for name, flags, bf16 in dr_configs()]
     if not args.no_trl:
         configs += [(name, ("trl", bf16, ckpt)) for name, bf16, ckpt in TRL_CONFIGS]
     if args.only:
@@ -356,7 +357,7 @@ def run_models(args: argparse.Namespace) -> None:
         for index, (name, how) in enumerate(configs):
             out = work / f"run-{round_}-{index}"
             result = (
-                run_dr(how[1], args, data, out)
+                run_dr(how[2], args, data, out)
                 if how[0] == "dr"
                 else run_trl(how[1], how[2], args, data, out)
             )
@@ -384,8 +385,7 @@ def run_models(args: argparse.Namespace) -> None:
         if speed is None:
             lines.append(f"| {name} | {errors[0] if errors else '-'} | | |")
             continue
-        bf16 = how[1] if how[0] == "trl" else how[2]
-        base = trl[bf16]
+        base = trl[how[1]]
         ratio = f"{speed / base:.2f}×" if base and how[0] == "dr" else ""
         lines.append(f"| {name} | {speed:.0f} | {peak:.2f} | {ratio} |")
     text = "\n".join(lines) + "\n"
