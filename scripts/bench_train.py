@@ -201,6 +201,7 @@ def dr_configs() -> list[tuple[str, list[str], bool]]:
         ("dr, bf16, --no-grad-ckpt", ["--precision", "bf16", "--no-grad-ckpt"], True),
         ("dr, fp32, kernels, checkpointing", ["--precision", "fp32"], False),
         ("dr, fp32, --no-kernels", ["--precision", "fp32", "--no-kernels"], False),
+        ("dr, fp32, --no-grad-ckpt", ["--precision", "fp32", "--no-grad-ckpt"], False),
     ]
 
 

@@ -1,10 +1,11 @@
 """Where a `dr train sft` step's time goes on this machine, beside what its matmuls could do at best.
 
-    python scripts/profile_train.py --model smollm2-135m                 # auto precision (bf16 here)
+    python scripts/profile_train.py --model smollm2-135m        # auto: bf16 on a CPU with AMX, else fp32
     python scripts/profile_train.py --model smollm2-135m --precision fp32 --markdown profile.md
+    python scripts/profile_train.py --model smollm2-135m --top 20   # also the 20 ops of most own time
 
 One training step as the trainer runs it on the CPU (dr_kernels patched, gradient checkpointing that
-keeps attention, AdamW, the fused linear cross-entropy on the learnt tokens), on one
+keeps attention, fused AdamW, the fused linear cross-entropy on the learnt tokens), on one
 packed row of --tokens tokens (real SFT examples with --data, else random ids), under torch.profiler
 after --warmup steps. Every op's own CPU time goes to one part: matmuls, attention, the loss (everything
 inside dr_kernels.linear_cross_entropy but its matmuls), RoPE, norms, SwiGLU and the other elementwise
@@ -29,7 +30,8 @@ PARTS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn", "aten::_mm"),
     "attention": ("scaled_dot_product", "flash_attention", "_efficient_attention", "aten::_softmax"),
     "cast": ("aten::to", "aten::_to_copy", "aten::copy_"),
-    "optimizer": ("Optimizer.step", "aten::_foreach", "aten::addcdiv", "aten::lerp", "aten::sqrt"),
+    "optimizer": ("Optimizer.step", "aten::_fused_adam", "aten::_foreach", "aten::addcdiv", "aten::lerp",
+                  "aten::sqrt"),
     "elementwise": ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::neg", "aten::cat", "aten::pow",
                     "aten::rsqrt", "aten::mean", "aten::silu", "aten::sigmoid", "aten::cos", "aten::sin",
                     "aten::exp", "aten::sum", "aten::fill_", "aten::zero_", "aten::empty", "aten::where",
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--no-kernels", action="store_true")
     parser.add_argument("--no-grad-ckpt", action="store_true")
     parser.add_argument("--markdown", default=None)
+    parser.add_argument("--top", type=int, default=0, help="Also list the N ops of most own CPU time.")
     args = parser.parse_args()
 
     import torch
@@ -146,7 +149,7 @@ def main() -> None:
         )
     model.config.use_cache = False
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # the trainer's, on the CPU
     row = row_from(args, tokenizer)
     bf16 = precision == Precision.bf16
 
@@ -203,6 +206,12 @@ def main() -> None:
         f"{'' if args.no_grad_ckpt else 'recompute, '}backward; the output layer on {learnt} tokens) would "
         f"take {floor:.1f} s at that speed, {floor / plain:.0%} of the measured step.",
     ]
+    if args.top:
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.top]
+        lines += ["", "| op | part | calls | own CPU s |", "|---|---|---:|---:|"]
+        lines += [
+            f"| {e.key} | {part_of(e.key)} | {e.count} | {e.self_cpu_time_total / 1e6:.2f} |" for e in events
+        ]
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     if args.markdown:
