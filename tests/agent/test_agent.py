@@ -249,10 +249,19 @@ def test_a_model_that_repeats_itself_without_tools_stops_with_no_progress(drb_in
 
 
 def test_a_400_that_is_not_about_tools_is_an_error_not_a_switch_to_text(drb_index):
+    refusal = '{"error": {"message": "temperature must be at most 2, got 7 (tools included)"}}'
+    with scripted_server([Reply(status=400, error_body=refusal)]) as srv:
+        trajectory = agent_for(srv.url, drb_index).run("q")
+    assert trajectory.stop_reason == "error" and "temperature must be" in trajectory.meta["error"]
+    assert trajectory.meta["tool_mode"] == "api" and len(srv.requests) == 1
+
+
+def test_a_context_overflow_compacts_and_then_ends_on_its_own_stop_reason_never_as_an_error(drb_index):
     overflow = (
         '{"error": {"message": "maximum context length is 8192 tokens; you requested 9000 (tools included)"}}'
     )
     with scripted_server([Reply(status=400, error_body=overflow)]) as srv:
         trajectory = agent_for(srv.url, drb_index).run("q")
-    assert trajectory.stop_reason == "error" and "maximum context length" in trajectory.meta["error"]
-    assert trajectory.meta["tool_mode"] == "api" and len(srv.requests) == 1
+    assert trajectory.stop_reason == "context_limit" and "error" not in trajectory.meta
+    # asked again with a smaller managed window each time (0.7, 0.49, 0.343, 0.24 of it), then stopped
+    assert trajectory.meta["tool_mode"] == "api" and len(srv.requests) == 5

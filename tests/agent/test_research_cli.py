@@ -120,7 +120,7 @@ def test_failed_tasks_are_kept_aside_with_skip_and_rerun_on_resume(drb_index, tm
 
     def policy(body):
         if body["messages"][1]["content"] == "boom":
-            return Reply(status=400, error_body='{"error": "context too long"}')
+            return Reply(status=400, error_body='{"error": "the model crashed"}')
         return Reply(content=None, tool_calls=[call("answer", text="fine")])
 
     with scripted_server(policy) as srv:

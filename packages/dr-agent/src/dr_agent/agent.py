@@ -17,7 +17,7 @@ from dr_agent.fetch import Fetcher
 from dr_agent.parse import parse_text_tool_calls
 from dr_agent.search import SearchBackend
 from dr_agent.tools import Toolbox, tool_schemas
-from dr_core.errors import LLMError
+from dr_core.errors import DeadlineExceeded, LLMError
 from dr_core.llm import ChatModel
 from dr_core.records import Message, ToolIds, Trajectory, Usage
 from dr_core.tool_text import as_text_conversation
@@ -70,6 +70,24 @@ def refuses_tools(error: LLMError) -> bool:
     """Whether `error` is a server refusing the tools API (HTTP 400 about tool choice or parsing)."""
     text = str(error).lower()
     return error.status == 400 and any(marker in text for marker in TOOL_REFUSALS)
+
+
+# Ways servers say a request does not fit the model's context (vLLM, OpenAI, transformers serve).
+CONTEXT_OVERFLOW = (
+    "maximum context length",
+    "context length",
+    "max_model_len",
+    "too many tokens",
+    "too long",
+)
+SHRINK_STEP = 0.7  # the managed window after each such refusal ...
+MIN_SHRINK = 0.3  # ... down to this share of it
+
+
+def context_overflow(error: LLMError) -> bool:
+    """Whether `error` is a server refusing a request for not fitting the model's context."""
+    text = str(error).lower()
+    return error.status == 400 and any(marker in text for marker in CONTEXT_OVERFLOW)
 
 
 NO_PROGRESS_REPEATS = 3  # the same reply without a tool call this many times in a row ends the run
@@ -132,6 +150,15 @@ class ResearchAgent:
         self.config = config or AgentConfig()
         self.system_prompt = system_prompt
         self.tools = tool_schemas()
+
+    def context_window(self) -> int:
+        """The window runs manage their context against: `context_window`, or the served model's own
+        context length where the endpoint says it is smaller (vLLM's `max_model_len`)."""
+        served = getattr(self.llm, "served_context", None)
+        length = served() if callable(served) else None
+        if isinstance(length, int) and 0 < length < self.config.context_window:
+            return length
+        return self.config.context_window
 
     @property
     def endpoint(self) -> tuple[str, str | None]:
@@ -222,6 +249,10 @@ class _Run:
         self.tool_errors = 0
         self.idle: list[str] = []  # the replies without a tool call since the last one with a call
         self.mode = agent.tool_mode()  # how the tools were offered on the last request
+        self.window = agent.context_window()
+        # a reply may take at most a quarter of a small window, so the conversation keeps room
+        self.output_cap = min(self.cfg.max_output_tokens, max(16, self.window // 4))
+        self.shrink = 1.0  # lowered each time the server finds the context too long for it
 
     def _replay(self, history: list[Message]) -> None:
         """Rebuild the toolbox state (sources, opened pages, plan) by re-running the earlier tool calls."""
@@ -261,7 +292,7 @@ class _Run:
 
     def _room(self) -> int:
         """Tokens of context the next call may fill before output: the window less the output reserve."""
-        return self.cfg.context_window - self.cfg.max_output_tokens
+        return int(self.window * self.shrink) - self.output_cap
 
     def _compact(self) -> None:
         """Replace old tool results, oldest first, by a one-line note, until the context fits again."""
@@ -314,7 +345,19 @@ class _Run:
                     self.messages.append(Message(role="user", content=CONCLUDE.format(what=near)))
             try:
                 final = self._step()
+            except DeadlineExceeded:
+                stop = "time_budget"  # the model call ran into the run's --max-time
+                break
             except LLMError as exc:
+                if context_overflow(exc):
+                    # the estimate of the context was short of the server's count: compact further,
+                    # and past the last shrink end the run on its own stop reason, never as a failure
+                    if self.shrink > MIN_SHRINK:
+                        self.shrink *= SHRINK_STEP
+                        self.known_tokens, self.known_upto = 0, 0
+                        continue
+                    stop = "context_limit"
+                    break
                 stop, error = "error", str(exc)
                 if self.agent.config.tool_mode == "api" and refuses_tools(exc):
                     error += (
@@ -328,7 +371,7 @@ class _Run:
 
     def _step(self) -> str | None:
         cfg = self.cfg
-        max_tokens = cfg.max_output_tokens
+        max_tokens = self.output_cap
         if cfg.max_tokens is not None:
             max_tokens = max(16, min(max_tokens, cfg.max_tokens - self.usage.total_tokens))
         result = self._chat(max_tokens)
@@ -394,10 +437,13 @@ class _Run:
     def _chat(self, max_tokens: int) -> Any:
         """One model call, with the tools offered as the endpoint takes them (see AgentConfig.tool_mode)."""
         agent = self.agent
+        limit: dict[str, Any] = {}
+        if self.cfg.max_time_s is not None:  # every call bounded by what the run has left
+            limit["timeout_s"] = max(0.001, self.cfg.max_time_s - self._elapsed())
         if agent.tool_mode() == "api":
             try:
                 result = agent.llm.chat(
-                    self.messages, tools=agent.tools, max_tokens=max_tokens, **self.sampling
+                    self.messages, tools=agent.tools, max_tokens=max_tokens, **self.sampling, **limit
                 )
                 self.mode = "api"
                 return result
@@ -406,7 +452,7 @@ class _Run:
                     raise
         self.mode = "text"
         return agent.llm.chat(
-            as_text_conversation(self.messages, agent.tools), max_tokens=max_tokens, **self.sampling
+            as_text_conversation(self.messages, agent.tools), max_tokens=max_tokens, **self.sampling, **limit
         )
 
     def _no_progress(self) -> bool:

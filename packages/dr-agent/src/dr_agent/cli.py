@@ -117,19 +117,23 @@ def research(
 def _one(agent: Any, question: str, trajectory_path: Path | None, events: str | None) -> None:
     import orjson
 
-    from dr_core.errors import DrError
+    from dr_core.errors import DrError, LLMError
     from dr_core.log import logger
 
     with EventSink(events) as sink:
         result = agent.run(question, on_event=sink)
     if trajectory_path is not None:
-        tmp = trajectory_path.with_name(trajectory_path.name + ".partial")
-        tmp.write_bytes(orjson.dumps(result.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
-        tmp.replace(trajectory_path)
+        from dr_core.files import write_atomic
+
+        write_atomic(
+            trajectory_path, orjson.dumps(result.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
+        )
     if result.stop_reason == "error":
-        raise DrError(f"the run failed: {result.meta.get('error')}")
+        raise LLMError(f"the run failed: {result.meta.get('error')}")
     if result.final is None:
         logger.warning("no answer: the run stopped on %s after %d steps", result.stop_reason, result.steps)
+        if result.stop_reason == "time_budget":  # a deadline is a model-server failure's exit code, 3
+            raise LLMError(f"no answer within --max-time (stopped on time_budget after {result.wall_s:.1f}s)")
         raise DrError(f"no answer (stopped on {result.stop_reason})")
     if events != "-":
         sys.stdout.write(result.final.rstrip() + "\n")

@@ -9,7 +9,7 @@ from typing import Any
 
 from dr_core.errors import InputError
 from dr_core.jsonl import OnError, RejectWriter, read_records
-from dr_core.records import Document, drb_report
+from dr_core.records import Document, drb_report, is_drb_report
 
 TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html", ".htm": "html"}
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json")
@@ -35,7 +35,7 @@ def _markdown_title(text: str) -> str | None:
 
 def from_record(obj: dict[str, Any]) -> Document:
     """A Document from a JSONL object: a Document itself, or a report as DeepResearch Bench ships it."""
-    if "article" in obj and "text" not in obj:
+    if is_drb_report(obj):
         # {id, prompt, article}: the report is the document, the prompt its title
         ident, prompt, article = drb_report(obj)
         return Document(id=ident, title=(prompt or "")[:300] or None, text=article)

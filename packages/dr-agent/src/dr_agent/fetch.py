@@ -4,10 +4,13 @@ extraction, and an SSRF guard that checks every address, redirects included, bef
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -71,6 +74,55 @@ def _blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not address.is_global or address.is_multicast
 
 
+class _Expired(Exception):
+    """The fetch's deadline passed between two reads."""
+
+
+class _Watchdog:
+    """One wall-clock deadline over a fetch. httpx's timeouts bound each read, so a server that sends a
+    byte just inside each one keeps a fetch going for ever; at the deadline this shuts down the sockets
+    the fetch opened (seen through httpcore's trace hook), which ends any read in progress at once."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0 or self.expired:
+            raise _Expired
+        return left
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event.endswith(("connect_tcp.complete", "start_tls.complete")):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with self._lock:
+                    self._sockets.append(sock)
+                    if self.expired:
+                        self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class Fetcher:
     """Fetches pages for the agent. Thread-safe; share one per process."""
 
@@ -86,6 +138,8 @@ class Fetcher:
         self._http = httpx.Client(
             timeout=self.config.timeout_s,
             follow_redirects=False,  # each hop is checked by the guard first
+            # a new connection per fetch: the deadline's watchdog sees every socket a fetch reads from
+            limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": self.config.user_agent, "Accept": "text/html,text/plain;q=0.9,*/*;q=0.5"},
         )
 
@@ -134,46 +188,61 @@ class Fetcher:
         )
 
     def fetch(self, url: str) -> Page:
-        """The page at `url` as text, following redirects that pass the guard. `timeout_s` bounds the
-        whole fetch, redirects and a slow body included, not each read."""
-        deadline = time.monotonic() + self.config.timeout_s
+        """The page at `url` as text, following redirects that pass the guard. `timeout_s` is one
+        wall-clock deadline over the whole fetch: connecting, headers (however slowly they trickle), the
+        body and every redirect. At the deadline the connection is shut down, and the error gives the time
+        that really passed."""
+        start = time.monotonic()
+        watchdog = _Watchdog(start + self.config.timeout_s)
+        try:
+            return self._fetch(url, watchdog)
+        except (httpx.TimeoutException, _Expired):
+            elapsed = time.monotonic() - start
+            raise FetchError(
+                f"{url}: timed out after {elapsed:.1f}s (the limit is {self.config.timeout_s:g}s)"
+            ) from None
+        except httpx.HTTPError as exc:
+            if watchdog.expired:
+                elapsed = time.monotonic() - start
+                raise FetchError(
+                    f"{url}: timed out after {elapsed:.1f}s (the limit is {self.config.timeout_s:g}s)"
+                ) from None
+            raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+        finally:
+            watchdog.cancel()
+
+    def _fetch(self, url: str, watchdog: _Watchdog) -> Page:
         current = url
         for _ in range(self.config.max_redirects + 1):
             address = self.check_url(current)
+            remaining = watchdog.remaining()
+            request = self._request(current, address, remaining)
+            request.extensions["trace"] = watchdog.trace
+            response = self._http.send(request, stream=True)
             try:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise httpx.TimeoutException("deadline")
-                response = self._http.send(self._request(current, address, remaining), stream=True)
-                try:
-                    if response.is_redirect:
-                        location = response.headers.get("location")
-                        if not location:
-                            raise FetchError(f"{current}: redirect without a location")
-                        current = urljoin(current, location)
-                        continue
-                    if response.status_code >= 400:
-                        raise FetchError(f"{current}: HTTP {response.status_code}")
-                    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-                    if content_type and content_type not in HTML_TYPES + TEXT_TYPES:
-                        raise FetchError(f"{current}: cannot read content of type {content_type}")
-                    declared = response.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+                if response.is_redirect:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise FetchError(f"{current}: redirect without a location")
+                    current = urljoin(current, location)
+                    continue
+                if response.status_code >= 400:
+                    raise FetchError(f"{current}: HTTP {response.status_code}")
+                content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                if content_type and content_type not in HTML_TYPES + TEXT_TYPES:
+                    raise FetchError(f"{current}: cannot read content of type {content_type}")
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+                    raise FetchError(f"{current}: page is larger than {self.config.max_bytes} bytes")
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body.extend(chunk)
+                    if len(body) > self.config.max_bytes:
                         raise FetchError(f"{current}: page is larger than {self.config.max_bytes} bytes")
-                    body = bytearray()
-                    for chunk in response.iter_bytes():
-                        body.extend(chunk)
-                        if len(body) > self.config.max_bytes:
-                            raise FetchError(f"{current}: page is larger than {self.config.max_bytes} bytes")
-                        if time.monotonic() > deadline:
-                            raise httpx.TimeoutException("deadline")
-                    encoding = response.encoding or "utf-8"
-                finally:
-                    response.close()
-            except httpx.TimeoutException:
-                raise FetchError(f"{current}: timed out after {self.config.timeout_s}s") from None
-            except httpx.HTTPError as exc:
-                raise FetchError(f"{current}: {type(exc).__name__}: {exc}") from None
+                    watchdog.remaining()
+                encoding = response.encoding or "utf-8"
+            finally:
+                response.close()
             raw = bytes(body).decode(encoding, errors="replace")
             if content_type in HTML_TYPES or (not content_type and "<html" in raw[:2000].lower()):
                 from dr_agent.documents import html_to_text

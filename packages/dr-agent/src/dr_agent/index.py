@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ TITLE_BOOST = 2.0
 RRF_K = 60
 # MiniLM reads at most 256 word pieces; the start of a document is what it can embed.
 DENSE_CHARS = 1200
+# What an index folder may hold; a folder with anything else in it is not replaced.
+INDEX_FILES = {"tantivy", "docs.sqlite", "docs.sqlite-journal", "dense.npy", "dense_ids.json", "index.json"}
 
 
 @dataclass
@@ -62,15 +65,74 @@ def _embedder() -> Any:
 
 
 def build_index(docs: Iterable[Document], directory: str | Path, *, hybrid: bool = False) -> dict[str, Any]:
-    """Index `docs` into `directory` (replaced atomically: built beside it, then renamed)."""
+    """Index `docs` into `directory`: built in a fresh folder beside it, then swapped in. `directory` must
+    be missing, empty, or an index this function made; anything else is refused, never deleted."""
     from dr_core.engines import require
 
     require("tantivy", "the local search index")
+    final = Path(directory)
+    check_replaceable(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
+    try:
+        info = _build(docs, work, hybrid=hybrid)
+        _swap_in(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+def check_replaceable(folder: Path) -> None:
+    """Refuse to build into `folder` unless it is missing, empty, or a dr index (which is replaced)."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder; give a new or empty folder for the index")
+    if not any(folder.iterdir()):
+        return
+    if not _is_index(folder):
+        raise InputError(
+            f"{folder}: holds files that are not a dr search index; refusing to replace them "
+            "(give a new or empty folder)"
+        )
+
+
+def _is_index(folder: Path) -> bool:
+    """A folder `build_index` made: index.json naming the format, and nothing but the index's own files."""
+    try:
+        info = json.loads((folder / "index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict) or "format" not in info:
+        return False
+    return {p.name for p in folder.iterdir()} <= INDEX_FILES
+
+
+def _swap_in(work: Path, final: Path) -> None:
+    """Move the finished index into place; an index already there is renamed aside first and removed
+    only once the new one stands, so a failure leaves one whole index at `final`."""
+    if not final.exists():
+        work.rename(final)
+        return
+    if not any(final.iterdir()):
+        final.rmdir()
+        work.rename(final)
+        return
+    check_replaceable(final)  # checked again: the folder may have changed while the index was built
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    old.rmdir()
+    final.rename(old)
+    try:
+        work.rename(final)
+    except BaseException:
+        old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(docs: Iterable[Document], work: Path, *, hybrid: bool) -> dict[str, Any]:
     import tantivy
 
-    final = Path(directory)
-    work = final.with_name(final.name + ".building")
-    shutil.rmtree(work, ignore_errors=True)
     (work / "tantivy").mkdir(parents=True)
     schema = _schema()
     index = tantivy.Index(schema, path=str(work / "tantivy"))
@@ -111,9 +173,6 @@ def build_index(docs: Iterable[Document], directory: str | Path, *, hybrid: bool
     (work / "index.json").write_text(json.dumps(info))
     if duplicates:
         logger.warning("%d documents with an id already indexed were skipped", duplicates)
-    if final.exists():
-        shutil.rmtree(final)
-    work.rename(final)
     return info
 
 

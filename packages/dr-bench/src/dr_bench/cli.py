@@ -19,6 +19,7 @@ from dr_agent.options import (
     ToolMode,
     Window,
 )
+from dr_core.files import write_atomic
 from dr_core.options import ApiKey, BaseUrl, Model, Output, Resume
 from dr_judge.options import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
 
@@ -71,7 +72,7 @@ def run(
 
     from dr_agent.build import agent_from_flags
     from dr_bench.report import print_table
-    from dr_bench.runner import run_suite
+    from dr_bench.runner import COMMAND, resume_command, run_suite
     from dr_bench.suites import load_suite, parse_world
     from dr_core.errors import ConfigError
     from dr_judge.build import make_judge
@@ -103,6 +104,8 @@ def run(
         tool_mode=tool_mode,
         runs_at_once=concurrency,
     )
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / COMMAND, resume_command(sys.argv) + "\n")  # what `dr bench report` names to resume
     summary = run_suite(tasks, agent, judge, out, concurrency=concurrency, resume=resume)
     print_table([summary])
     sys.stdout.buffer.write(orjson.dumps(summary) + b"\n")
@@ -138,7 +141,7 @@ def report(
         reports.warn_if_setups_differ(runs)
     reports.print_table(summaries)
     if markdown is not None:
-        markdown.write_text(reports.markdown(summaries))
+        write_atomic(markdown, reports.markdown(summaries))
     if plot is not None:
         reports.plot(summaries, plot)
     for summary in summaries:
@@ -227,7 +230,7 @@ def compare(
         lines.append(f"| {r['run']} | {text[0]} | {text[1]} |")
         console().print(f"{r['run']}: Elo {text[0]} ({text[1]}, {r['games']} games)")
     if markdown is not None:
-        markdown.write_text("\n".join(lines) + "\n")
+        write_atomic(markdown, "\n".join(lines) + "\n")
     if plot is not None:
         from dr_bench.report import plot_ratings
 
@@ -262,7 +265,7 @@ def hops(
         table.add_row(*row)
     console().print(table)
     if markdown is not None:
-        markdown.write_text(chains.markdown(results))
+        write_atomic(markdown, chains.markdown(results))
     for result in results:
         sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
 

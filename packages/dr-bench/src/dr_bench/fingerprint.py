@@ -16,6 +16,8 @@ from typing import Any
 
 # Entries that differ between the runs a comparison is about (one model against another).
 COMPARED = ("model", "chat_template")
+# Digest entries recorded with their settings in full too, so a difference can name the setting.
+READABLE = {"agent": "agent_settings", "judge_settings": "judge_config"}
 
 
 def _digest(value: Any) -> str:
@@ -75,6 +77,10 @@ def fingerprint(agent: Any, judge: Any) -> dict[str, Any]:
         "web": agent.fetcher is not None,
         "judge": getattr(getattr(judge_llm, "config", None), "model", None) or "deterministic",
         "judge_settings": _digest(judge_config.model_dump() if judge_config is not None else None),
+        "agent_settings": json.loads(json.dumps(settings, default=str)),
+        "judge_config": json.loads(json.dumps(judge_config.model_dump(), default=str))
+        if judge_config is not None
+        else None,
         "judge_prompts": _digest([judging.SYSTEM, judging.EXACT_SYSTEM]),
     }
     entries["digest"] = _digest({k: v for k, v in entries.items() if k not in COMPARED})
@@ -87,9 +93,25 @@ def differences(fingerprints: dict[str, dict[str, Any] | None]) -> list[str]:
     missing = [run for run, f in fingerprints.items() if not f]
     known = {run: f for run, f in fingerprints.items() if f}
     out = [f"no fingerprint (run with an older dr): {', '.join(missing)}"] if missing and known else []
-    keys = sorted({k for f in known.values() for k in f} - {*COMPARED, "digest"})
+    keys = sorted({k for f in known.values() for k in f} - {*COMPARED, "digest", *READABLE.values()})
     for key in keys:
         values = {run: f.get(key) for run, f in known.items()}
-        if len({json.dumps(v, default=str) for v in values.values()}) > 1:
+        if len({json.dumps(v, default=str) for v in values.values()}) == 1:
+            continue
+        readable = {run: f.get(READABLE.get(key, "")) for run, f in known.items()}
+        if key in READABLE and all(isinstance(v, dict) for v in readable.values()):
+            out.extend(_setting_lines(key, {run: dict(v or {}) for run, v in readable.items()}))
+        else:
             out.append(f"{key}: " + ", ".join(f"{run}={value}" for run, value in values.items()))
     return out
+
+
+def _setting_lines(entry: str, settings: dict[str, dict[str, Any]]) -> list[str]:
+    """'agent: max_tokens 12000 (run a) vs 20000 (run b)', one line per setting that differs."""
+    lines = []
+    for name in sorted({k for values in settings.values() for k in values}):
+        values = {run: values.get(name) for run, values in settings.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            shown = " vs ".join(f"{json.dumps(v, default=str)} ({run})" for run, v in values.items())
+            lines.append(f"{entry}: {name} {shown}")
+    return lines

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_core.errors import InputError
+from dr_core.files import save_figure
 from dr_core.jsonl import read_records
 from dr_core.records import Judgment
 from dr_judge.stats import mean_ci
@@ -16,8 +17,20 @@ from dr_judge.stats import mean_ci
 def load_judgments(run: Path) -> list[Judgment]:
     path = run / "judgments.jsonl" if run.is_dir() else run
     if not path.exists():
+        if run.is_dir() and any((run / name).exists() for name in STARTED):
+            command = run / "command.txt"
+            how = (
+                f"resume it with: {command.read_text().strip()}"
+                if command.is_file()
+                else "run the same `dr bench run` command again with --resume"
+            )
+            raise InputError(f"{run}: the bench run was interrupted before it finished; {how}")
         raise InputError(f"{run}: no judgments.jsonl (is it a `dr bench run` folder?)")
     return list(read_records(str(path), Judgment))
+
+
+# What a `dr bench run` that was stopped before its first commit leaves in its folder.
+STARTED = ("judgments.jsonl.partial", "trajectories.jsonl.partial", "command.txt")
 
 
 def load_fingerprint(run: Path) -> dict[str, Any] | None:
@@ -153,8 +166,7 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     axes[1].set_title("by category")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -176,6 +188,5 @@ def plot_ratings(ratings: list[dict[str, Any]], path: Path) -> None:
     axis.axhline(1000, color="grey", linewidth=0.8, linestyle="--")
     axis.set_ylabel("Elo (Bradley-Terry, 95% CI)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

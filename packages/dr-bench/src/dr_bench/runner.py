@@ -15,6 +15,7 @@ import orjson
 
 from dr_core.concurrency import completed_map
 from dr_core.errors import LLMError
+from dr_core.files import write_atomic
 from dr_core.jsonl import RecordWriter, read_records
 from dr_core.log import logger, progress
 from dr_core.records import Judgment, Task, Trajectory
@@ -22,6 +23,37 @@ from dr_core.records import Judgment, Task, Trajectory
 TRAJECTORIES = "trajectories.jsonl"
 JUDGMENTS = "judgments.jsonl"
 SUMMARY = "summary.json"
+COMMAND = "command.txt"  # the `dr bench run` command that resumes the run, secrets left out
+
+# Flags whose value is a secret: never written into the run folder.
+SECRET_FLAGS = ("--api-key", "--judge-api-key")
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line of this `dr bench run` with --resume (added when missing), secret values
+    replaced by their variable's name, quoted for a shell."""
+    import shlex
+
+    words = ["dr", *argv[1:]]
+    shown: list[str] = []
+    hide = False
+    for word in words:
+        if hide:
+            shown.append('"$KEY"')
+            hide = False
+            continue
+        flag, _, value = word.partition("=")
+        if flag in SECRET_FLAGS:
+            if value:
+                shown.append(f'{flag}="$KEY"')
+            else:
+                shown.append(flag)
+                hide = True
+            continue
+        shown.append(shlex.quote(word))
+    if "--resume" not in words:
+        shown.append("--resume")
+    return " ".join(shown)
 
 
 def run_suite(
@@ -80,7 +112,7 @@ def run_suite(
     summary = summarize(out)
     summary["failed"] = len(failures)
     summary["fingerprint"] = now
-    (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    write_atomic(out / SUMMARY, orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     if failures:
         shown = "; ".join(failures[:3])
         raise LLMError(f"{len(failures)} of {len(todo)} tasks failed (rerun with --resume): {shown}")

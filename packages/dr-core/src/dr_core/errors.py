@@ -35,6 +35,10 @@ class LLMError(DrError):
         self.status = status
 
 
+class DeadlineExceeded(LLMError):
+    """A model call that found no reply within the time its caller had left (an agent run's --max-time)."""
+
+
 class MissingDependency(DrError):
     """An optional engine (vllm, flash-attn, deepspeed, ...) a command needs is not installed."""
 

@@ -39,8 +39,9 @@ def display_name(path: str | Path) -> str:
 
 
 def partial_path(path: str | Path) -> Path:
-    """Where a writer for `path` writes before it renames; also what `--resume` recovers from."""
-    path = Path(path)
+    """Where a writer for `path` writes before it renames; also what `--resume` recovers from. Beside the
+    file a symbolic link points to, since that file is what is written."""
+    path = Path(os.path.realpath(path))
     return path.with_name(path.name + ".partial")
 
 
@@ -221,7 +222,7 @@ class RejectWriter:
 
     def add(self, name: str, lineno: int, error: str, body: bytes) -> None:
         if self._writer is None:
-            self._writer = RecordWriter(self.path).__enter__()
+            self._writer = RecordWriter(self.path, resumable=False).__enter__()
         entry: dict[str, Any] = {"file": name, "line": lineno, "error": error}
         try:
             entry["raw"] = body.decode("utf-8")
@@ -230,19 +231,22 @@ class RejectWriter:
         self._writer.write(entry)
         self.count += 1
 
-    def close(self) -> None:
+    def close(self, commit: bool = True) -> None:
+        """Commit the side file as a writer commits its output: only when the run finished (`commit`);
+        otherwise a complete file from an earlier run stays as it was."""
         if self._writer is not None:
-            self._writer.close()
+            self._writer.close(commit=commit)
             self._writer = None
-            from dr_core.log import logger
+            if commit:
+                from dr_core.log import logger
 
-            logger.warning("%d records rejected; kept with their errors in %s", self.count, self.path)
+                logger.warning("%d records rejected; kept with their errors in %s", self.count, self.path)
 
     def __enter__(self) -> RejectWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(commit=exc_type is None)
 
 
 @overload
@@ -282,6 +286,22 @@ def read_records(
     """
     for record, _ in read_located(sources, kind, on_error=on_error, rejects=rejects, adapt=adapt):
         yield record
+
+
+def valid_records(sources: Iterable[str | Path], kind: type[R], *, fail: bool = True) -> list[R]:
+    """The records of `sources` that validate as `kind`, for a first pass over inputs that a Pipe reads
+    again: with `fail` a bad line raises as usual; without it, bad lines are passed over here, since the
+    Pipe's own reading sends them to the rejects file."""
+    found: list[R] = []
+    for path in sources:
+        name = display_name(path)
+        for lineno, body, ended in iter_lines(path):
+            try:
+                found.append(parse_line(body, kind, ended, name, lineno))
+            except InputError:
+                if fail:
+                    raise
+    return found
 
 
 @dataclass(frozen=True)
@@ -338,11 +358,17 @@ class RecordWriter:
 
     With `resume=True` the records already in `<path>` and in a `<path>.partial` left by a failed run are
     carried over: every whole line of `<path>`, and every whole line of the partial file that is not one of
-    those (a resumed run's partial file starts with a copy of `<path>`), so records that share a key or are
-    identical all survive. `counts` holds how many records each key has and `done` the keys whose work is
-    complete, so the caller can skip it. With `group_size`, a key is complete once it has as many records
-    as `group_size(record)` says (one task's several samples); the records of an incomplete key are not
-    carried, since its work is done again.
+    those (a resumed run's partial file starts with a copy of `<path>`). Each key's records come from one
+    run: from `<path>` when it holds the key's work complete, else from the partial file. So records of
+    one run that share a key or are identical all survive, and a re-run that was interrupted after
+    redoing keys `<path>` already held adds no second copy of them. `counts` holds how many records each
+    key has and `done` the keys whose work is complete, so the caller can skip it. With `group_size`, a
+    key is complete once it has as many records as `group_size(record)` says (one task's several
+    samples); the records of an incomplete key are not carried, since its work is done again.
+
+    `<path>` may be a symbolic link (its target is written, atomically) or a character device or FIFO
+    (written through, as `/dev/null` is; such an output cannot be resumed). `resumable` says whether the
+    command has a `--resume` that continues from a failed run's partial file (for the message it leaves).
     """
 
     def __init__(
@@ -353,8 +379,11 @@ class RecordWriter:
         key: Callable[[dict[str, Any]], Any] = default_key,
         group_size: Callable[[dict[str, Any]], int] | None = None,
         flush_interval_s: float = FILE_FLUSH_INTERVAL_S,
+        resumable: bool = True,
     ) -> None:
         self.path = path
+        self.resumable = resumable
+        self._stream = False
         self.flush_interval_s = flush_interval_s
         self.resume = resume
         self.key = key
@@ -383,7 +412,20 @@ class RecordWriter:
         if self.to_stdout:
             self._fh = sys.stdout.buffer
             return
-        final = Path(self.path)
+        from dr_core.files import output_target
+
+        target = output_target(self.path)
+        final = target.path
+        if target.stream:
+            if self.resume:
+                raise InputError(f"{self.path}: --resume needs a regular output file, not a device or FIFO")
+            self._stream = True
+            try:
+                self._raw = open(final, "wb")  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise InputError(f"{self.path}: cannot write ({exc.strerror})") from None
+            self._fh = self._compressor(self._raw, final)
+            return
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = partial_path(final)
         if self.resume:
@@ -391,7 +433,7 @@ class RecordWriter:
         try:
             self._raw = open(tmp, "ab" if self.resume else "wb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
-            raise InputError(f"{final}: cannot write ({exc.strerror})") from None
+            raise InputError(f"{self.path}: cannot write ({exc.strerror})") from None
         self._fh = self._compressor(self._raw, final)
 
     @staticmethod
@@ -415,22 +457,30 @@ class RecordWriter:
         sources = [p for p in (final, tmp) if p.exists()]
         if not sources:
             return
-        # First pass: how many records each key has; second pass: write those of complete keys.
+        # First pass: how many records each key has in each file; second pass: write, for each key, the
+        # records of the one file that holds its work complete (the output first).
+        per_source: dict[Path, Counter[Any]] = {path: Counter() for path in sources}
         wanted: dict[Any, int] = {}
-        for _, obj in self._carried_lines(sources, final):
+        for path, _, obj in self._carried_lines(sources, final):
             k = self.key(obj)
-            self.counts[k] += 1
+            per_source[path][k] += 1
             if self.group_size is not None and k is not None:
                 wanted[k] = max(wanted.get(k, 0), self.group_size(obj))
-        complete = {k for k, n in self.counts.items() if k is not None and n >= wanted.get(k, 1)}
+        owner: dict[Any, Path] = {}
+        for path in sources:
+            for k, n in per_source[path].items():
+                if k is not None and k not in owner and n >= wanted.get(k, 1):
+                    owner[k] = path
+        complete = set(owner)
         merge = final.with_name(final.name + ".merge")
         with open(merge, "wb") as raw:
             fh = self._compressor(raw, final)
-            for body, obj in self._carried_lines(sources, final):
+            for path, body, obj in self._carried_lines(sources, final):
                 k = self.key(obj)
-                if k is not None and k not in complete:
+                if k is not None and owner.get(k) != path:
                     self.dropped += 1
                     continue
+                self.counts[k] += 1
                 fh.write(body + b"\n")
                 self.carried += 1
             if fh is not raw:
@@ -438,15 +488,19 @@ class RecordWriter:
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(merge, tmp)
-        for k in [k for k in self.counts if k is not None and k not in complete]:
-            del self.counts[k]
         self.done = complete
         if self.dropped:
             from dr_core.log import logger
 
-            logger.info("resuming: %d records of unfinished work dropped; it is done again", self.dropped)
+            logger.info(
+                "resuming: %d records dropped (unfinished work, done again, or a second copy of finished "
+                "work from an interrupted re-run)",
+                self.dropped,
+            )
 
-    def _carried_lines(self, sources: list[Path], final: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    def _carried_lines(
+        self, sources: list[Path], final: Path
+    ) -> Iterator[tuple[Path, bytes, dict[str, Any]]]:
         """Every whole line of `final`, then those of the partial file that are not copies of them."""
         in_final: Counter[bytes] = Counter()
         for path in sources:
@@ -457,7 +511,7 @@ class RecordWriter:
                 elif in_final[digest] > 0:
                     in_final[digest] -= 1
                     continue
-                yield body, obj
+                yield path, body, obj
 
     def _whole_lines(self, path: Path, final: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
         lines = iter_lines(path, named=final)
@@ -517,20 +571,27 @@ class RecordWriter:
         assert self._raw is not None
         if self._fh is not self._raw:
             self._fh.close()
+        if self._stream:
+            try:
+                self._raw.close()
+            except BrokenPipeError:
+                raise PipeClosed(f"{self.path}: closed by the reader") from None
+            return
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
         tmp = partial_path(self.path)
         if commit:
-            os.replace(tmp, self.path)
+            os.replace(tmp, os.path.realpath(self.path))
         elif self.written or self.carried:
             from dr_core.log import logger
 
             logger.warning(
-                "%s left as it was; the %d records of this run are in %s (--resume continues from them)",
+                "%s left as it was; the %d records of this run are in %s%s",
                 display_name(self.path),
                 self.written + self.carried,
                 tmp,
+                " (--resume continues from them)" if self.resumable else "",
             )
         else:
             tmp.unlink(missing_ok=True)

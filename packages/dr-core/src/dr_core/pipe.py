@@ -51,11 +51,14 @@ class Pipe:
         resume: bool = False,
         output_key: Callable[[dict[str, Any]], Any] = default_key,
         group_size: Callable[[dict[str, Any]], int] | None = None,
+        resumable: bool = True,
     ) -> None:
         self.inputs = list(inputs) or [STDIO]
         self.output = output
         self.on_error = on_error
-        self.writer = RecordWriter(output, resume=resume, key=output_key, group_size=group_size)
+        self.writer = RecordWriter(
+            output, resume=resume, key=output_key, group_size=group_size, resumable=resumable
+        )
         self.rejects = RejectWriter(rejects or default_rejects_path(self.inputs, output))
         self.skipped_done = 0
 
@@ -103,7 +106,7 @@ class Pipe:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
-            self.rejects.close()
+            self.rejects.close(commit=exc_type is None)
         finally:
             self.writer.__exit__(exc_type, exc, tb)
         if self.skipped_done:

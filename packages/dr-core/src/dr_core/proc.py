@@ -39,3 +39,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a server already listens on `host:port`: binding it fails. SO_REUSEADDR is set, as servers
+    set it, so connections of a server that stopped (TIME_WAIT) do not count; a host that is no address
+    of this machine cannot be checked, and counts as free (the server's own bind then says why)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                import errno
+
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False

@@ -92,6 +92,12 @@ class Report(Record):
     language: str | None = None
 
 
+def is_drb_report(obj: dict[str, Any]) -> bool:
+    """Whether a JSONL object is meant as a DeepResearch Bench report line: it has `article` or `prompt`
+    and no `text` (the field a Document or Report has instead)."""
+    return ("article" in obj or "prompt" in obj) and "text" not in obj
+
+
 def drb_report(obj: dict[str, Any]) -> tuple[str, str | None, str]:
     """(id, prompt, article) of a report line as DeepResearch Bench ships it: {id, prompt, article}.
 
@@ -99,6 +105,11 @@ def drb_report(obj: dict[str, Any]) -> tuple[str, str | None, str]:
     the prompt neither text nor null, or the id neither text nor a whole number.
     """
     article, prompt, ident = obj.get("article"), obj.get("prompt"), obj.get("id", "")
+    if "article" not in obj:
+        raise ValueError(
+            "field 'article' is missing: a DeepResearch Bench report line is {id, prompt, article} "
+            "(or give a Document or Report with 'text')"
+        )
     if not isinstance(article, str):
         raise ValueError(f"field 'article': expected the report's text, got {_json_type(article)}")
     if prompt is not None and not isinstance(prompt, str):

@@ -289,7 +289,7 @@ def trajectories(
     any model."""
     from dr_agent.build import build_agent
     from dr_core.errors import InputError
-    from dr_core.jsonl import read_records
+    from dr_core.jsonl import valid_records
     from dr_core.log import logger
     from dr_core.pipe import Pipe
     from dr_core.records import Task
@@ -309,7 +309,7 @@ def trajectories(
 
         if "-" in sources:
             raise InputError("the oracle reads its tasks twice: give task files, not stdin")
-        agent.llm = OracleTeacher(list(read_records(sources, Task)))
+        agent.llm = OracleTeacher(valid_records(sources, Task, fail=on_error == OnErrorChoice.fail))
     judge = make_judge(judge_base_url, judge_model)
     with Pipe(
         sources,
@@ -400,8 +400,10 @@ def sft(
         check_language=not no_language,
     )
     with ExitStack() as stack:
-        pipe = stack.enter_context(Pipe(sources, output, on_error=on_error.value, rejects=rejects))
-        report = stack.enter_context(RecordWriter(removed)) if removed else None
+        pipe = stack.enter_context(
+            Pipe(sources, output, on_error=on_error.value, rejects=rejects, resumable=False)
+        )
+        report = stack.enter_context(RecordWriter(removed, resumable=False)) if removed else None
         written = run_sft(pipe, chain, shares, report)
     logger.info("sft: %d examples written; removed: %s", written, dict(chain.removed) or "none")
 

@@ -12,7 +12,16 @@ import re
 from typing import Any
 
 from dr_core.llm import LLMClient, chat_json, json_reply
-from dr_core.records import ChecklistItem, Example, Message, Plan, PlanStep, Report, drb_report
+from dr_core.records import (
+    ChecklistItem,
+    Example,
+    Message,
+    Plan,
+    PlanStep,
+    Report,
+    drb_report,
+    is_drb_report,
+)
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 NUMBERING = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[一二三四五六七八九十]+[、.])\s*")
@@ -234,7 +243,7 @@ def planning_example(plan: Plan) -> Example:
 def as_report(obj: dict[str, Any]) -> Report:
     """A Report from a JSONL object: a Report itself, or DeepResearch Bench's {id, prompt, article}
     (the true prompt kept in meta, to score reconstructed queries against)."""
-    if "article" in obj and "text" not in obj:
+    if is_drb_report(obj):
         ident, prompt, article = drb_report(obj)
         return Report(id=ident, task_id=ident, text=article, meta={"true_prompt": prompt})
     return Report.model_validate(obj)

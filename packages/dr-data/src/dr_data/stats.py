@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from dr_core.files import save_figure
 from dr_data.sft import kind_of
 
 # Without a tokenizer, tokens are estimated at this many characters each (agent context estimates agree).
@@ -97,5 +98,5 @@ def plot(stats: dict[str, Any], path: Any) -> None:
     axes[1].bar(names, [stats["tool_calls"][n] for n in names], color="#55a868")
     axes[1].set_title("tool calls")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

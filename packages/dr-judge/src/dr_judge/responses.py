@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dr_core.records import Citation, Report, Trajectory, drb_report
+from dr_core.records import Citation, Report, Trajectory, drb_report, is_drb_report
 
 
 @dataclass
@@ -22,7 +22,7 @@ def as_response(obj: dict[str, Any]) -> Response:
     if "messages" in obj:
         trajectory = Trajectory.model_validate(obj)
         return Response(trajectory.id, trajectory.task_id, trajectory.final, trajectory.citations)
-    if "article" in obj and "text" not in obj:
+    if is_drb_report(obj):
         ident, _, article = drb_report(obj)
         return Response(ident, ident, article)
     report = Report.model_validate(obj)

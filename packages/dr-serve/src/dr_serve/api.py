@@ -109,8 +109,9 @@ class RunStore:
 
 
 class _BodyLimit:
-    """ASGI middleware: a request whose body is over `limit` bytes (declared, or as it streams in) gets
-    413 before the app has read it whole."""
+    """ASGI middleware: the whole request body is read (up to `limit` bytes) before the app sees any of
+    it; a body over `limit`, declared or as it streams in, gets 413 and the app is never called, so
+    nothing runs for a refused request."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app = app
@@ -122,27 +123,34 @@ class _BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             return await self._too_large(scope, receive, send)
+        chunks: list[bytes] = []
         seen = 0
-        over = False
-
-        async def counted() -> dict[str, Any]:
-            # past the limit the app is told the body ended, and its answer is replaced by the 413
-            nonlocal seen, over
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    over = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return message
+            if message["type"] == "http.disconnect":
+                return  # the client went away before its body was whole: nothing to run
+            if message["type"] != "http.request":
+                continue
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                return await self._too_large(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        async def guarded(message: dict[str, Any]) -> None:
-            if not over:
-                await send(message)
+        async def replay() -> dict[str, Any]:
+            # the body once, whole; after it, the client's own messages (a disconnect, for streaming)
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            message = await receive()
+            return dict(message)
 
-        await self.app(scope, counted, guarded)
-        if over:
-            await self._too_large(scope, receive, send)
+        await self.app(scope, replay, send)
 
     async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await JSONResponse({"error": f"request body over {self.limit} bytes"}, status_code=413)(

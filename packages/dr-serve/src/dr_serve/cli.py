@@ -41,6 +41,9 @@ class Supervisor:
         return child
 
     def wait_healthy(self, url: str, child: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
+        """Wait until `url` answers 200 while `child` runs. The port was free when the child started
+        (`require_free_port`), and the child must still be running once it answers, so the answer is the
+        child's, not another server's."""
         import httpx
 
         from dr_core.errors import DrError
@@ -52,7 +55,10 @@ class Supervisor:
                 raise DrError(f"{what} exited with code {child.returncode} before it was ready")
             try:
                 if httpx.get(url, timeout=2.0).status_code == 200:
-                    return
+                    time.sleep(HEALTH_POLL_S)  # a child that fails to bind exits at once: give it the time
+                    if child.poll() is None:
+                        return
+                    continue
             except httpx.HTTPError:
                 pass
             time.sleep(HEALTH_POLL_S)
@@ -80,6 +86,17 @@ class Supervisor:
         return next((code for code in codes if code), 0)
 
 
+def require_free_port(host: str, port: int, flag: str) -> None:
+    """InputError when something already listens on `host:port`, before a server is started there."""
+    from dr_core.errors import InputError
+    from dr_core.proc import port_in_use
+
+    if port_in_use(host, port):
+        raise InputError(
+            f"{flag} {port}: {host}:{port} is already in use; stop what listens there or pick another"
+        )
+
+
 def serve(
     model: Annotated[
         str | None,
@@ -89,13 +106,18 @@ def serve(
         str, typer.Option(help="auto (vLLM if installed), vllm, transformers, or none (API only).")
     ] = "auto",
     host: Annotated[str, typer.Option(help="Address the engine listens on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the engine's OpenAI-compatible API.")] = 8000,
+    port: Annotated[
+        int, typer.Option(help="Port of the engine's OpenAI-compatible API.", min=1, max=65535)
+    ] = 8000,
     tp: Annotated[
-        int, typer.Option("--tp", "--tensor-parallel-size", help="Tensor-parallel GPUs (vLLM).")
+        int, typer.Option("--tp", "--tensor-parallel-size", help="Tensor-parallel GPUs (vLLM).", min=1)
     ] = 1,
-    pp: Annotated[int, typer.Option("--pp", "--pipeline-parallel-size", help="Pipeline stages (vLLM).")] = 1,
+    pp: Annotated[
+        int, typer.Option("--pp", "--pipeline-parallel-size", help="Pipeline stages (vLLM).", min=1)
+    ] = 1,
     max_model_len: Annotated[
-        int | None, typer.Option(help="Context length (default: from the checkpoint, rope scaling included).")
+        int | None,
+        typer.Option(help="Context length (default: from the checkpoint, rope scaling included).", min=1),
     ] = None,
     served_model_name: Annotated[
         str | None, typer.Option(help="Model name clients use (default: folder name).")
@@ -109,14 +131,18 @@ def serve(
         typer.Option(help='Rope scaling JSON the checkpoint lacks, e.g. {"rope_type":"yarn","factor":4}.'),
     ] = None,
     dtype: Annotated[str, typer.Option(help="Weights dtype.")] = "auto",
-    gpu_memory_utilization: Annotated[float | None, typer.Option(help="vLLM's GPU memory fraction.")] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="vLLM's GPU memory fraction.", min=0.01, max=1.0)
+    ] = None,
     device: Annotated[str, typer.Option(help="transformers serve's device (auto, cpu, cuda:0).")] = "auto",
     kv_cache_gib: Annotated[
-        int, typer.Option("--kv-cache-gib", help="vLLM on the CPU: KV-cache space in GiB.")
+        int, typer.Option("--kv-cache-gib", help="vLLM on the CPU: KV-cache space in GiB.", min=1)
     ] = 2,
     cpu_threads: Annotated[
         int | None,
-        typer.Option("--cpu-threads", help="vLLM on the CPU: cores to compute on (default: vLLM's choice)."),
+        typer.Option(
+            "--cpu-threads", help="vLLM on the CPU: cores to compute on (default: vLLM's choice).", min=1
+        ),
     ] = None,
     eager: Annotated[
         bool | None,
@@ -127,7 +153,8 @@ def serve(
         ),
     ] = None,
     api_port: Annotated[
-        int | None, typer.Option(help="Also serve the research API on this port.", show_default=False)
+        int | None,
+        typer.Option(help="Also serve the research API on this port.", show_default=False, min=1, max=65535),
     ] = None,
     api_host: Annotated[str, typer.Option(help="Address the research API listens on.")] = "127.0.0.1",
     api_key: Annotated[
@@ -145,7 +172,8 @@ def serve(
         ),
     ] = None,
     max_concurrent: Annotated[
-        int | None, typer.Option(help="Research runs at once; more get 429 (default: 4).", show_default=False)
+        int | None,
+        typer.Option(help="Research runs at once; more get 429 (default: 4).", show_default=False, min=1),
     ] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Keep finished research runs here.")] = None,
     base_url: BaseUrl = None,
@@ -154,7 +182,7 @@ def serve(
         str | None, typer.Option("--search", help="Search backend for the research API.")
     ] = None,
     health_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for the engine to be ready.")
+        float, typer.Option(help="Seconds to wait for the engine to be ready.", min=1.0)
     ] = 900.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the engine command and exit.")] = False,
     extra: Annotated[
@@ -182,6 +210,7 @@ def serve(
     if engine == "none":
         if api_port is None:
             raise InputError("--engine none serves only the research API: give --api-port")
+        require_free_port(api_host, api_port, "--api-port")
         run_api(api_host, api_port, api_key, max_concurrent, runs_dir, base_url, None, index, search)
         return
     if model is None:
@@ -219,6 +248,9 @@ def serve(
 
         sys.stdout.write(shlex.join([*(f"{k}={v}" for k, v in env.items()), *argv]) + "\n")
         return
+    require_free_port(host, port, "--port")
+    if api_port is not None:
+        require_free_port(api_host, api_port, "--api-port")
     if engine == "auto" and chosen != "vllm":
         logger.info("serving with transformers serve: %s", fallback_reason(model_config(model)))
     logger.info("starting %s: %s", chosen, " ".join(argv))

@@ -13,8 +13,11 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 STATE = "trainer_state.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -130,6 +133,22 @@ def trim_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def settings_of(config: BaseModel, free: Collection[str]) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues: every field of `config` but the
+    `free` ones, which change neither the model nor the optimisation (where outputs go, how often to
+    save, how many processes). Derived from the model's fields, so a new field is compared unless it is
+    declared free."""
+    return {k: v for k, v in config.model_dump(mode="json").items() if k not in free}
+
+
+def refuse_changed_finished(out: Path, now: dict[str, Any]) -> None:
+    """A finished run in `out` asked for again with settings that differ from those it was trained with:
+    refused, as a resume of an unfinished one is (the output would not be what the flags say)."""
+    saved = read_state(out).get("settings")
+    if isinstance(saved, dict):
+        check_settings(out, saved, now)
 
 
 def check_settings(

@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as torch_dist
@@ -99,11 +99,15 @@ class RLConfig(BaseModel):
     seed: int = 0
     kernels: bool = True
 
+    # Fields that change neither the policy nor the optimisation (--steps may grow: the learning rate
+    # does not depend on it); every other field of the config (a recipe's too) must be the same on resume.
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset(
+        {"out", "steps", "concurrency", "save_every", "keep", "kernels"}
+    )
+
     def resume_keys(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the one it continues: those that change its result
-        (--steps may grow: the learning rate does not depend on it)."""
-        skip = {"out", "steps", "concurrency", "save_every", "keep", "kernels"}
-        return {k: getattr(self, k) for k in RLConfig.model_fields if k not in skip}
+        """Settings a resumed run must share with the one it continues: every field but RESUME_FREE."""
+        return checkpoint.settings_of(self, self.RESUME_FREE)
 
 
 # what a dr that did not yet record a setting in its checkpoints did, for resuming their runs
@@ -238,8 +242,11 @@ class RLTrainer:
         deepspeed: DeepSpeedSettings | None = None,
         engines: Engines | None = None,
         sync_tolerance: float = 0.1,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
+        # what a resume must match: the recipe's settings where it gives them, else the trainer's own
+        self.settings = settings if settings is not None else config.resume_keys()
         self.tokenizer = tokenizer
         self.reference = reference
         self.agent = agent
@@ -607,7 +614,7 @@ class RLTrainer:
                     "reference": self.reference_path,
                     "world": self.dist.world,
                     "deepspeed": self.engine.sharded,
-                    "settings": self.config.resume_keys(),
+                    "settings": self.settings,
                     "done": name is None,
                 },
             )
@@ -621,9 +628,7 @@ class RLTrainer:
             ran = f"DeepSpeed on {state.get('world', 1)} ranks" if sharded else "without DeepSpeed"
             now = f"DeepSpeed on {self.dist.world} ranks" if self.engine.sharded else "without DeepSpeed"
             raise InputError(f"--resume: {folder} was trained {ran}; this run asks for {now}")
-        checkpoint.check_settings(
-            folder, state.get("settings", {}), self.config.resume_keys(), before=UNRECORDED
-        )
+        checkpoint.check_settings(folder, state.get("settings", {}), self.settings, before=UNRECORDED)
         self.step = state["step"]
         self.engine.load(folder)
         if self.value_head is not None and not self.engine.sharded:

@@ -45,13 +45,30 @@ class EngineError(DrError):
 PROBE_TOKENS = 48  # tokens of the sync probe
 
 
+def server_root(url: str) -> str:
+    """A vLLM server's root URL from `url` as a user gives it: `http://host:port`, or the `.../v1` form
+    that `dr serve` prints (the trailing `/v1` is dropped). ValueError for anything that is not an http(s)
+    URL with a host and a valid port."""
+    text = url.strip().rstrip("/")
+    try:
+        parsed = httpx.URL(text)
+        parsed.port  # noqa: B018 - parsing the port is the check
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ValueError(f"{url!r} is not a valid URL ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{url!r}: give an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
+    if text.endswith("/v1"):
+        text = text[: -len("/v1")]
+    return text
+
+
 class Engines:
     """vLLM servers at `urls` that serve the policy under the name `model`."""
 
     def __init__(self, urls: list[str], timeout: float = 600.0) -> None:
         if not urls:
             raise ValueError("Engines needs at least one URL")
-        self.urls = [url.rstrip("/") for url in urls]
+        self.urls = [server_root(url) for url in urls]
         self.http = httpx.Client(timeout=timeout)
         self.model = ""
         self.version: str | None = None

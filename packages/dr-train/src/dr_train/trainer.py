@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as torch_dist
@@ -86,23 +86,28 @@ class TrainConfig(BaseModel):
     def optim(self) -> OptimSettings:
         return OptimSettings(self.lr, self.betas, self.weight_decay, self.clip)
 
-    def resume_keys(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the one it continues: those that change its result."""
-        keys = {
-            "max_len": self.max_len,
-            "tokens_per_step": self.tokens_per_step,
-            "seed": self.seed,
-            "lr": self.lr,
-            "min_lr_ratio": self.min_lr_ratio,
-            "warmup_steps": self.warmup_steps,
-            "weight_decay": self.weight_decay,
-            "betas": list(self.betas),
-            "clip": self.clip,
-            "epochs": self.epochs,
-            "max_steps": self.max_steps,
-            "bf16": self.bf16,
+    # Fields that change neither the model nor the optimisation; every other field of the config (a
+    # recipe's too) must be the same when a run is resumed.
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset(
+        {
+            "out",
+            "save_every",
+            "keep",
+            "eval_every",
+            "log_every",
+            "kernels",
+            "grad_ckpt",
+            "offload_activations",
+            "zero",
+            "offload",
+            "deepspeed",
+            "copy_warmup",
         }
-        return {**keys, "sp": self.sp} if self.sp > 1 else keys
+    )
+
+    def resume_keys(self) -> dict[str, Any]:
+        """Settings a resumed run must share with the one it continues: every field but RESUME_FREE."""
+        return checkpoint.settings_of(self, self.RESUME_FREE)
 
 
 class Summary(BaseModel):

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +58,9 @@ class RunSettings(BaseModel):
     resume: bool = False
     on_error: OnErrorChoice = OnErrorChoice.fail
     rejects: str | None = None
+
+    # none of these changes a run's result (the data and the ranks are compared on resume apart)
+    RUN_FREE: ClassVar[frozenset[str]] = frozenset({"inputs", "nproc", "resume", "on_error", "rejects"})
 
 
 def read_config(cls: type[C], recipe: str, flags: Mapping[str, Any]) -> C:

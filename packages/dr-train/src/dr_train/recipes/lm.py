@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -40,6 +41,11 @@ class LMConfig(RunSettings, TrainConfig):
     rope_scaling: str | None = None
     max_positions: int | None = None
 
+    # `precision` is compared as what it resolved to (`bf16`); evaluation data does not change training
+    RESUME_FREE: ClassVar[frozenset[str]] = (
+        TrainConfig.RESUME_FREE | RunSettings.RUN_FREE | {"precision", "eval"}
+    )
+
 
 def run(config: LMConfig) -> Summary | None:
     """Train as this process's rank; the summary (None when the run in `out` had already finished)."""
@@ -47,9 +53,6 @@ def run(config: LMConfig) -> Summary | None:
     dist = distributed.current()
     out = Path(config.out)
     finished, resume_from = checkpoint.resume_point(out, config.resume)
-    if finished:
-        logger.info("%s already holds a finished run; nothing to resume", out)
-        return None
     precision = resolve_precision(config.precision)
     if config.sp < 1 or dist.world % config.sp:
         raise InputError(f"--sp {config.sp} must divide the number of processes ({dist.world})")
@@ -63,6 +66,10 @@ def run(config: LMConfig) -> Summary | None:
             "tokens_per_step": config.tokens_per_step or config.max_len * (dist.world // config.sp),
         }
     )
+    if finished:
+        checkpoint.refuse_changed_finished(out, settings.resume_keys())
+        logger.info("%s already holds a finished run with these settings; nothing to resume", out)
+        return None
     device = distributed.init(dist, settings.uses_deepspeed)
     on_error: OnError = "skip" if config.on_error == OnErrorChoice.skip else "fail"
     rejects_path = config.rejects or (

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dr_agent.build import build_agent
 from dr_core.errors import InputError
@@ -27,7 +27,7 @@ from dr_train.engine import DeepSpeedSettings
 from dr_train.model import RopeSettings, build, is_checkpoint
 from dr_train.recipes.common import RunSettings, rank_rejects
 from dr_train.rl import RLConfig, RLTrainer, engine_folder, frozen_copy
-from dr_train.rollout import Engines, write_engine_weights
+from dr_train.rollout import Engines, server_root, write_engine_weights
 
 
 class RLRecipeConfig(RunSettings, RLConfig):
@@ -50,6 +50,25 @@ class RLRecipeConfig(RunSettings, RLConfig):
     rollout_url: list[str] = Field(default_factory=list)  # vLLM servers; none: one is started here
     sync_tolerance: float = 0.1  # largest probe |Δ logp| between engine and trainer after a sync
 
+    # where the engines and the judge are, and how closely a sync must match, change no result
+    RESUME_FREE: ClassVar[frozenset[str]] = (
+        RLConfig.RESUME_FREE
+        | RunSettings.RUN_FREE
+        | {
+            "engine",
+            "rollout_url",
+            "sync_tolerance",
+            "judge_base_url",
+            "zero",
+            "deepspeed",
+        }
+    )
+
+    @field_validator("rollout_url")
+    @classmethod
+    def _server_roots(cls, urls: list[str]) -> list[str]:
+        return [server_root(url) for url in urls]
+
 
 def run(config: RLRecipeConfig) -> dict[str, Any] | None:
     """Train as this process's rank; the summary (None when the run in `out` had already finished)."""
@@ -69,7 +88,8 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
     dist = distributed.current()
     finished, resume_from = checkpoint.resume_point(out, config.resume)
     if finished:
-        logger.info("%s already holds a finished run; nothing to resume", out)
+        checkpoint.refuse_changed_finished(out, config.resume_keys())
+        logger.info("%s already holds a finished run with these settings; nothing to resume", out)
         return None
     rejects_path = config.rejects or (
         default_rejects_path(sources, str(out / "tasks.jsonl")) if config.on_error.value == "skip" else None
@@ -133,6 +153,7 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
             deepspeed=deepspeed,
             engines=engines,
             sync_tolerance=config.sync_tolerance,
+            settings=config.resume_keys(),
         )
         return trainer.run()
     finally:
