@@ -41,8 +41,9 @@ def silence_stdout() -> None:
 
 
 class DrGroup(TyperGroup):
-    """The root group: package errors become one plain line on stderr and an exit code, in `dr` and in
-    `dr repl` alike (a plain line, unwrapped, so scripts can grep for file:line)."""
+    """The root group: package errors, and a command's flags that do not parse or validate, become one
+    plain line on stderr and an exit code, in `dr` and in `dr repl` alike (a plain line, unwrapped, so
+    scripts can grep for file:line)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -52,6 +53,12 @@ class DrGroup(TyperGroup):
             ctx.exit(0)
         except DrError as error:
             click.echo(f"error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a group called bare: click shows its help
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx is not None else "dr"
+            click.echo(f"error: {error.format_message()} (see {where} --help)", err=True)
             ctx.exit(error.exit_code)
 
 

@@ -41,6 +41,7 @@ class ScriptedServer:
     headers: list[dict[str, str]] = field(default_factory=list)
     max_in_flight: int = 0
     url: str = ""
+    max_model_len: int | None = None  # given: GET /v1/models lists the model with it, as vLLM does
     _in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,6 +91,13 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: Any) -> None:
             pass
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/v1/models" or server.max_model_len is None:
+                self._send(404, b'{"error": "not found"}')
+                return
+            entry = {"id": "m", "object": "model", "max_model_len": server.max_model_len}
+            self._send(200, json.dumps({"object": "list", "data": [entry]}).encode())
 
         def do_POST(self) -> None:
             if self.path.rstrip("/") != "/v1/chat/completions":
@@ -194,9 +202,11 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def scripted_server(script: list[Reply] | Callable[[dict[str, Any]], Reply]) -> Iterator[ScriptedServer]:
+def scripted_server(
+    script: list[Reply] | Callable[[dict[str, Any]], Reply], max_model_len: int | None = None
+) -> Iterator[ScriptedServer]:
     """Run a ScriptedServer on 127.0.0.1 (a free port) for the duration of the block."""
-    state = ScriptedServer(script=script)
+    state = ScriptedServer(script=script, max_model_len=max_model_len)
     with loopback(_handler(state)) as url:
         state.url = f"{url}/v1"
         yield state

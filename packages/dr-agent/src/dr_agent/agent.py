@@ -295,19 +295,21 @@ class _Run:
         return int(self.window * self.shrink) - self.output_cap
 
     def _compact(self) -> None:
-        """Replace old tool results, oldest first, by a one-line note, until the context fits again."""
+        """Replace old tool results, oldest first, by a one-line note, until the context fits again. The
+        `keep_recent` newest are spared while that is enough; in a window too small for them (a server
+        with a short context), only the newest one is."""
         limit = self.cfg.compact_at * self._room()
         if self._context_tokens() <= limit:
             return
         tool_positions = [i for i, m in enumerate(self.messages) if m.role == "tool"]
-        keep = set(tool_positions[-self.cfg.keep_recent :]) if self.cfg.keep_recent else set()
         names = {call.id: call.name for m in self.messages for call in m.tool_calls}
         removed = 0
-        for i in tool_positions:
+        passes = [self.cfg.keep_recent, 1] if self.cfg.keep_recent > 1 else [self.cfg.keep_recent]
+        for i in [i for spared in passes for i in tool_positions[: len(tool_positions) - spared]]:
             if self._context_tokens() <= limit:
                 break
             message = self.messages[i]
-            if i in keep or (message.content or "").startswith("[compacted"):
+            if (message.content or "").startswith("[compacted"):
                 continue
             name = names.get(message.tool_call_id or "", "tool")
             note = COMPACTED.format(name=name, chars=len(message.content or ""))

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel, Field
@@ -54,23 +54,77 @@ class Page:
     content_type: str
 
 
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NAT64 = ipaddress.ip_network(
+    "64:ff9b::/96"
+)  # RFC 6052's well-known prefix: the IPv4 address in the low 32 bits
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215's local-use prefix (RFC 6052's /48 layout)
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible addresses, ::a.b.c.d
+SIIT = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated addresses (RFC 2765), ::ffff:0:a.b.c.d
+
+
+# IANA's special-purpose networks that are not globally reachable, listed here as well as asked of
+# `ipaddress` (whose `is_global` differs between Python versions): the guard holds the same on each.
+SPECIAL_PURPOSE = [
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "100::/64",
+        "2001:db8::/32",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+    )
+]
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: mapped, IPv4-compatible, SIIT, 6to4, Teredo (server
+    and client) and NAT64 (the well-known /96 and the local-use /48)."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in IPV4_COMPATIBLE or address in SIIT or address in NAT64:
+        return [low32]
+    if address in NAT64_LOCAL:
+        # a /48 prefix: the address's first 16 bits in bits 48-63, then the u octet, then the last 16 bits
+        value = int(address)
+        return [ipaddress.IPv4Address((((value >> 64) & 0xFFFF) << 16) | ((value >> 40) & 0xFFFF))]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    return []
 
 
 def _blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether `address` is anything but a globally routable unicast address, including IPv4 addresses
-    carried inside IPv6 ones (mapped, 6to4, Teredo, NAT64) and deprecated site-local IPv6."""
+    carried inside IPv6 ones (see embedded_ipv4: each is held to the rules of a literal IPv4 address) and
+    deprecated site-local IPv6."""
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return _blocked(address.ipv4_mapped)
-        if address.sixtofour is not None:
-            return _blocked(address.sixtofour)
-        if address.teredo is not None:
-            return any(_blocked(part) for part in address.teredo)
-        if address in NAT64:
-            return _blocked(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-        if address.is_site_local:
-            return True
+        if address.scope_id is not None:
+            return True  # a zone names an interface: only link-local and the like carry one
+        carried = embedded_ipv4(address)
+        if carried:  # it leads where the IPv4 address does; a local-use NAT64 prefix stays local
+            return address in NAT64_LOCAL or any(_blocked(part) for part in carried)
+    if any(address in network for network in SPECIAL_PURPOSE if network.version == address.version):
+        return True
     return not address.is_global or address.is_multicast
 
 
@@ -147,16 +201,20 @@ class Fetcher:
         """Refuse non-http(s) URLs and hosts that resolve to an address that is not globally routable
         (unless allowed); return the checked address to connect to (None where the host is allowed by name
         or private addresses are allowed, and the host is resolved as usual)."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise FetchError(f"refused {url}: not a valid URL ({exc})") from None
         if parts.scheme not in ("http", "https"):
             raise FetchError(f"refused {url}: only http and https URLs can be opened")
-        host = parts.hostname
+        host = unquote(parts.hostname or "")  # a percent-encoded address is checked as the address
         if not host:
             raise FetchError(f"refused {url}: no host")
         if self.config.allow_private or host.lower() in self._hosts:
             return None
         try:
-            infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+            infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
         except socket.gaierror as exc:
             raise FetchError(f"could not resolve {host}: {exc.strerror}") from None
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]

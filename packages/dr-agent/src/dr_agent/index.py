@@ -142,21 +142,28 @@ def _build(docs: Iterable[Document], work: Path, *, hybrid: bool) -> dict[str, A
     dense_ids: list[str] = []
     dense_texts: list[str] = []
     count = duplicates = 0
-    for doc in docs:
-        try:
-            db.execute("INSERT INTO docs VALUES (?, ?, ?, ?)", (doc.id, doc.title, doc.url, doc.text))
-        except sqlite3.IntegrityError:
-            duplicates += 1
-            continue
-        writer.add_document(
-            tantivy.Document(
-                id=doc.id, terms=" ".join(terms(doc.text)), title_terms=" ".join(terms(doc.title or ""))
+    try:
+        for doc in docs:
+            try:
+                db.execute("INSERT INTO docs VALUES (?, ?, ?, ?)", (doc.id, doc.title, doc.url, doc.text))
+            except sqlite3.IntegrityError:
+                duplicates += 1
+                continue
+            writer.add_document(
+                tantivy.Document(
+                    id=doc.id, terms=" ".join(terms(doc.text)), title_terms=" ".join(terms(doc.title or ""))
+                )
             )
-        )
-        if hybrid:
-            dense_ids.append(doc.id)
-            dense_texts.append(f"{doc.title or ''}\n{doc.text[:DENSE_CHARS]}")
-        count += 1
+            if hybrid:
+                dense_ids.append(doc.id)
+                dense_texts.append(f"{doc.title or ''}\n{doc.text[:DENSE_CHARS]}")
+            count += 1
+    except BaseException:
+        # stop the writer's threads before the work folder is removed, or they write into it again
+        writer.rollback()
+        writer.wait_merging_threads()
+        db.close()
+        raise
     writer.commit()
     writer.wait_merging_threads()
     db.commit()
