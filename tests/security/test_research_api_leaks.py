@@ -4,6 +4,7 @@ to its clients."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -35,12 +36,15 @@ def test_a_request_refused_with_413_runs_nothing(agent_factory, tmp_path):
         app = create_app(agent_factory(llm.url), ApiConfig(runs_dir=runs, max_request_bytes=1_000_000))
 
         def body():
-            yield json.dumps({"question": "q", "stream": False}).encode()
+            yield json.dumps({"question": "q"}).encode()
+            time.sleep(0.5)  # the server has the first chunk, whole JSON, on its own
             for _ in range(12):
                 yield b" " * 100_000
+                time.sleep(0.02)
 
         with serving(app) as url:
-            refused = httpx.post(f"{url}/v1/research", content=body(), timeout=30)
+            json_type = {"content-type": "application/json"}
+            refused = httpx.post(f"{url}/v1/research", content=body(), headers=json_type, timeout=30)
             assert refused.status_code == 413
             # a whole body under the limit still runs
             ok = httpx.post(f"{url}/v1/research", json={"question": "q", "stream": False}, timeout=30)
