@@ -181,14 +181,14 @@ class ResearchAgent:
             first = self.endpoint not in _text_endpoints
             _text_endpoints.add(self.endpoint)
         if first:
-            from dr_core.log import logger
+            from dr_core.log import logger, strip_userinfo
 
             logger.warning(
                 "%s refuses the tools API (%s); the agent writes <tool_call> text to it instead from now "
                 "on (this process). To use the API, start vLLM with --enable-auto-tool-choice "
                 "--tool-call-parser hermes (or the parser of the model family); --tool-mode text skips "
                 "this request.",
-                self.endpoint[0],
+                strip_userinfo(self.endpoint[0]),
                 str(error)[-200:],
             )
         return True

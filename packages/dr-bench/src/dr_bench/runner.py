@@ -30,9 +30,12 @@ SECRET_FLAGS = ("--api-key", "--judge-api-key")
 
 
 def resume_command(argv: list[str]) -> str:
-    """The command line of this `dr bench run` with --resume (added when missing), secret values
-    replaced by their variable's name, quoted for a shell."""
+    """The command line of this `dr bench run` with --resume (added when missing), quoted for a shell;
+    secret values are replaced by a variable, and passwords in URLs and anything that looks like a key by
+    `***` (dr_core.log.scrub)."""
     import shlex
+
+    from dr_core.log import scrub
 
     words = ["dr", *argv[1:]]
     shown: list[str] = []
@@ -50,7 +53,7 @@ def resume_command(argv: list[str]) -> str:
                 shown.append(flag)
                 hide = True
             continue
-        shown.append(shlex.quote(word))
+        shown.append(shlex.quote(scrub(word)))
     if "--resume" not in words:
         shown.append("--resume")
     return " ".join(shown)
