@@ -229,8 +229,12 @@ def test_sft_through_the_cli_writes_a_checkpoint_transformers_loads_with_its_rop
     assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] > ids["input_ids"].shape[1]
     again = dr("train", "sft", str(source), "-o", str(out))
     assert again.returncode == 2 and b"already holds a run" in again.stderr
-    done = dr("train", "sft", str(source), "-o", str(out), "--resume")
+    same = ["--max-len", "512", "--max-steps", "2", "--vocab-size", "300", "--rope-scaling", "yarn:4"]
+    done = dr("train", "sft", str(source), "-o", str(out), *same, "--resume")
     assert done.returncode == 0 and b"finished run" in done.stderr
+    # asked for with other settings, the finished run is refused, not passed off as what was asked
+    changed = dr("train", "sft", str(source), "-o", str(out), "--resume")
+    assert changed.returncode == 2 and b"max_len 512 then, 32768 now" in changed.stderr
 
 
 def test_sft_reads_stdin_and_midtrain_splits_long_documents(tmp_path):

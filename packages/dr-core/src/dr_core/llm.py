@@ -257,6 +257,7 @@ class LLMClient:
         self._cache = ResponseCache(self.config.cache_dir) if self.config.cache_dir else None
         self._served_context: int | None = None
         self._served_context_asked = False
+        self.takes_response_format = True  # until the server refuses it (chat_json)
 
     @classmethod
     def from_settings(cls, section: str = "llm", **flags: Any) -> LLMClient:
@@ -453,6 +454,17 @@ class LLMClient:
         flat = " ".join(scrub(text, [self.config.api_key]).split())
         return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
+    def refuses_response_format(self, why: str) -> None:
+        """Remember that this endpoint refuses `response_format`; said once on stderr."""
+        with self._lock:
+            first, self.takes_response_format = self.takes_response_format, False
+        if first:
+            logger.warning(
+                "%s refuses response_format (%s); its replies are checked and sent back instead",
+                self.where,
+                why[-200:],
+            )
+
     def served_context(self) -> int | None:
         """The context length the endpoint serves this model with, as vLLM's `/v1/models` gives it
         (`max_model_len`); None where the server does not say. Asked once per client."""
@@ -506,22 +518,51 @@ def json_reply(content: str | None) -> dict[str, Any]:
     return obj
 
 
+# How servers refuse a response_format they do not support (vLLM without a guided-decoding backend,
+# servers that predate structured outputs): the reply's schema is then left out, and the send-back loop
+# alone keeps replies usable.
+FORMAT_REFUSALS = ("response_format", "json_schema", "guided", "structured output")
+
+
+def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The `response_format` that asks an OpenAI-compatible server to constrain a reply to `schema`."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
 def chat_json(
     client: LLMClient,
     messages: list[Message],
     validate: Callable[[str | None], T],
     *,
     retries: int = 2,
+    schema: tuple[str, dict[str, Any]] | None = None,
     **params: Any,
 ) -> T:
     """Ask for structured output; a reply `validate` rejects (ValueError) is sent back with the reason, up to
-    `retries` times; then LLMError. `validate` turns the reply text into the caller's value."""
+    `retries` times; then LLMError. `validate` turns the reply text into the caller's value.
+
+    With `schema` (a name and a JSON schema) the request carries it as `response_format`, so a server
+    that enforces it (vLLM's guided decoding, OpenAI's structured outputs) can only reply in that shape.
+    A server that refuses the field is remembered for the client, said once on stderr, and asked without
+    it; `validate` and the send-backs hold either way."""
     from dr_core.log import logger
 
     conversation = list(messages)
     problem = ""
     for attempt in range(retries + 1):
-        reply = client.chat(conversation, **params).message
+        request = dict(params)
+        if schema is not None and client.takes_response_format:
+            request["response_format"] = json_schema_format(*schema)
+        try:
+            reply = client.chat(conversation, **request).message
+        except LLMError as exc:
+            text = str(exc).lower()
+            if "response_format" not in request or exc.status != 400:
+                raise
+            if not any(marker in text for marker in FORMAT_REFUSALS):
+                raise
+            client.refuses_response_format(str(exc))
+            reply = client.chat(conversation, **params).message
         try:
             return validate(reply.content)
         except ValueError as exc:

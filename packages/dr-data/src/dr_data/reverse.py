@@ -152,6 +152,50 @@ Reply with JSON only:
  "checklist": [{"text": "...", "weight": 3, "polarity": "positive"}]}"""
 
 
+# The shape of TEACHER_SYSTEM's reply, sent as response_format (a server that enforces it replies in it).
+PLAN_SCHEMA: tuple[str, dict[str, Any]] = (
+    "research_plan",
+    {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "minLength": 1},
+            "plan": {
+                "type": "array",
+                "minItems": 2,
+                "maxItems": 12,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "title": {"type": "string", "minLength": 1},
+                        "description": {"type": "string"},
+                        "queries": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+                    },
+                    "required": ["title", "description", "queries"],
+                    "additionalProperties": False,
+                },
+            },
+            "checklist": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 20,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string", "minLength": 1},
+                        "weight": {"type": "integer", "minimum": 1, "maximum": 5},
+                        "polarity": {"type": "string", "enum": ["positive", "negative"]},
+                    },
+                    "required": ["text", "weight", "polarity"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["query", "plan", "checklist"],
+        "additionalProperties": False,
+    },
+)
+
+
 def parse_teacher_plan(content: str | None, lang: str) -> dict[str, Any]:
     """The teacher's JSON, validated: a query, two or more steps, a checklist, in the report's language."""
     obj = json_reply(content)
@@ -195,7 +239,7 @@ def reverse_with_teacher(
 
     # a cap on each reply: a weak teacher may write until its context is full, which on a CPU takes minutes
     limit = {"max_tokens": max_tokens} if max_tokens is not None else {}
-    obj = chat_json(teacher, messages, validate, retries=retries, temperature=0, **limit)
+    obj = chat_json(teacher, messages, validate, retries=retries, schema=PLAN_SCHEMA, temperature=0, **limit)
     steps = [
         PlanStep(
             title=str(s["title"]),
