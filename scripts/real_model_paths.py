@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--judge-batch", type=int, default=8, help="Checklist items per judge call.")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
+    parser.add_argument(
+        "--paths", default="both", choices=["both", "teacher", "judge"], help="Which paths to run."
+    )
     args = parser.parse_args()
     args.gpu = False  # served() reads it: transformers serve on the CPU where vLLM cannot serve the model
     out: Path = args.out
@@ -63,15 +66,16 @@ def main() -> None:
     plans, judgments = out / "plans.jsonl", out / "judgments.jsonl"
     os.environ["DR_JUDGE_MAX_RESPONSE_CHARS"] = str(args.judge_chars)
     os.environ["DR_JUDGE_MAX_OUTPUT_TOKENS"] = str(args.judge_tokens)
-    if not plans.exists() or not judgments.exists():
+    teach, judge = args.paths in ("both", "teacher"), args.paths in ("both", "judge")
+    if (teach and not plans.exists()) or (judge and not judgments.exists()):
         with served(model, args, out / "serve.log") as url:
             endpoint = ["--base-url", url, "--model", str(model)]
-            if not plans.exists():
+            if teach and not plans.exists():
                 run("data", "reverse", reports, "--teacher", "endpoint", *endpoint, "-o", plans,
                     "--concurrency", str(args.concurrency),
                     "--max-report-chars", str(args.report_chars),
                     "--max-tokens", str(args.max_tokens))  # fmt: skip
-            if not judgments.exists():
+            if judge and not judgments.exists():
                 run("judge", "score", reports, "--tasks", tasks, "--judge-base-url", url,
                     "--judge-model", str(model), "-o", judgments, "--on-error", "skip",
                     "--rejects", out / "judge-rejects.jsonl", "--batch", str(args.judge_batch),
@@ -95,7 +99,10 @@ def main() -> None:
         },
         "judge": {"judged": len(judged), "refused": len(lines(out / "judge-rejects.jsonl"))},
     }
-    if len(judged) >= 3:
+    for path, ran in (("teacher", teach), ("judge", judge)):
+        if not ran:
+            del results[path]
+    if judge and len(judged) >= 3:
         agree = run("judge", "agree", judgments, DRB / "race_scores_claude-3-7-sonnet.jsonl",
                     "--label-field", "overall_score")  # fmt: skip
         results["judge"]["agreement"] = json.loads(agree)
@@ -106,12 +113,16 @@ def main() -> None:
         "",
         "| path | result |",
         "|---|---|",
-        f"| reverse teacher: plans that passed validation | {len(passed)} of {n} "
-        f"({results['teacher']['after_send_back']} after a send-back) |",
-        f"| reverse teacher: reports refused after the send-backs | {len(refused)} of {n} |",
-        f"| judge: reports scored | {len(judged)} of {n} |",
     ]
-    agreement = results["judge"].get("agreement")
+    if teach:
+        table += [
+            f"| reverse teacher: plans that passed validation | {len(passed)} of {n} "
+            f"({results['teacher']['after_send_back']} after a send-back) |",
+            f"| reverse teacher: reports refused after the send-backs | {len(refused)} of {n} |",
+        ]
+    if judge:
+        table.append(f"| judge: reports scored | {len(judged)} of {n} |")
+    agreement = results["judge"].get("agreement") if judge else None
     if agreement:
         rho = agreement["spearman"]
         shown = "undefined" if rho["value"] is None else f"{rho['value']:.3f}"

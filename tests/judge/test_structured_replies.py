@@ -34,9 +34,10 @@ def test_judge_requests_carry_the_verdicts_schema_for_exactly_their_items():
     assert sent["type"] == "json_schema" and sent["json_schema"]["strict"] is True
     schema = sent["json_schema"]["schema"]
     entry = schema["properties"]["verdicts"]
-    assert entry["minItems"] == entry["maxItems"] == 2
-    assert entry["items"]["properties"]["id"]["enum"] == ["a", "b"]
-    assert entry["items"]["properties"]["verdict"]["enum"] == list(VERDICTS)
+    assert entry["minItems"] == entry["maxItems"] == 2 and entry["items"] is False
+    # each position's id is fixed, so no item can be judged twice and none left out
+    assert [e["properties"]["id"]["const"] for e in entry["prefixItems"]] == ["a", "b"]
+    assert all(e["properties"]["verdict"]["enum"] == list(VERDICTS) for e in entry["prefixItems"])
     assert verdicts_schema(["a", "b"])[1] == schema
 
 

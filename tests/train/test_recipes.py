@@ -172,3 +172,10 @@ def test_bf16_training_on_the_cpu_follows_fp32_losses_within_one_percent(tmp_pat
     for fp32, bf16 in zip(losses["fp32"], losses["bf16"], strict=True):
         assert abs(bf16 - fp32) <= 0.01 * fp32, losses
     assert losses["bf16"] != losses["fp32"], losses  # bf16 did run: the low bits differ
+
+
+def test_python_m_dr_train_help_exits_0_and_a_wrong_call_exits_2():
+    helped = subprocess.run([sys.executable, "-m", "dr_train", "--help"], capture_output=True, timeout=120)
+    assert helped.returncode == 0 and b"usage: python -m dr_train" in helped.stdout
+    wrong = subprocess.run([sys.executable, "-m", "dr_train", "sft"], capture_output=True, timeout=120)
+    assert wrong.returncode == 2 and b"usage: python -m dr_train" in wrong.stderr

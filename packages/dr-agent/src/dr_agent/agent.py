@@ -151,11 +151,12 @@ class ResearchAgent:
         self.system_prompt = system_prompt
         self.tools = tool_schemas()
 
-    def context_window(self) -> int:
+    def context_window(self, timeout_s: float = 10.0) -> int:
         """The window runs manage their context against: `context_window`, or the served model's own
-        context length where the endpoint says it is smaller (vLLM's `max_model_len`)."""
+        context length where the endpoint says it is smaller (vLLM's `max_model_len`), asked within
+        `timeout_s`."""
         served = getattr(self.llm, "served_context", None)
-        length = served() if callable(served) else None
+        length = served(timeout_s) if callable(served) else None
         if isinstance(length, int) and 0 < length < self.config.context_window:
             return length
         return self.config.context_window
@@ -249,7 +250,8 @@ class _Run:
         self.tool_errors = 0
         self.idle: list[str] = []  # the replies without a tool call since the last one with a call
         self.mode = agent.tool_mode()  # how the tools were offered on the last request
-        self.window = agent.context_window()
+        # asked of the server once per client, within the time the run has
+        self.window = agent.context_window(min(10.0, self.cfg.max_time_s or 10.0))
         # a reply may take at most a quarter of a small window, so the conversation keeps room
         self.output_cap = min(self.cfg.max_output_tokens, max(16, self.window // 4))
         self.shrink = 1.0  # lowered each time the server finds the context too long for it

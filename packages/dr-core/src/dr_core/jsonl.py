@@ -537,11 +537,14 @@ class RecordWriter:
             now = time.monotonic()
             if self.to_stdout:
                 self._fh.flush()
+            elif self._stream:  # a FIFO or device streams, as stdout does
+                self._flush_file()
             elif now - self._last_flush >= self.flush_interval_s:
                 self._flush_file()
                 self._last_flush = now
         except BrokenPipeError:
-            raise PipeClosed("stdout closed by the reader") from None
+            where = "stdout" if self.to_stdout else str(self.path)
+            raise PipeClosed(f"{where} closed by the reader") from None
         self.written += 1
 
     def _flush_file(self) -> None:

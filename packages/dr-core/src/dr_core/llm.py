@@ -465,15 +465,16 @@ class LLMClient:
                 why[-200:],
             )
 
-    def served_context(self) -> int | None:
+    def served_context(self, timeout_s: float = 10.0) -> int | None:
         """The context length the endpoint serves this model with, as vLLM's `/v1/models` gives it
-        (`max_model_len`); None where the server does not say. Asked once per client."""
+        (`max_model_len`); None where the server does not say within `timeout_s`. Asked once per
+        client."""
         with self._lock:
             if self._served_context_asked:
                 return self._served_context
             self._served_context_asked = True
             try:
-                response = self._http.get("models", timeout=httpx.Timeout(10.0))
+                response = self._http.get("models", timeout=httpx.Timeout(max(0.01, timeout_s)))
                 entries = response.json().get("data") if response.status_code == 200 else None
             except (httpx.HTTPError, ValueError, AttributeError):
                 entries = None

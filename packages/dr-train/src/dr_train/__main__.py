@@ -19,8 +19,12 @@ def main(argv: list[str]) -> int:
     from dr_train.recipes import recipe
     from dr_train.recipes.common import launch
 
+    usage = "usage: python -m dr_train {midtrain,sft,rl} CONFIG.json"
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{usage}\n\n{(__doc__ or '').strip()}")
+        return 0
     if len(argv) != 2:
-        print("usage: python -m dr_train {midtrain,sft,rl} CONFIG.json", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     name, path = argv
     log.setup()
