@@ -69,6 +69,15 @@ def test_user_flags_override_and_extra_flags_pass_through(checkpoint, with_vllm)
     assert argv[-3:] == ["--enforce-eager", "--seed", "7"] and served == "dr-32b"
 
 
+def test_vllm_constrains_json_replies_without_free_whitespace_unless_told_otherwise(checkpoint, with_vllm):
+    _, argv, _ = engine_command(EngineSpec(model=str(checkpoint)))
+    config = json.loads(argv[argv.index("--structured-outputs-config") + 1])
+    assert config == {"backend": "xgrammar", "disable_any_whitespace": True}
+    own = ["--structured-outputs-config", '{"backend": "guidance"}']
+    _, argv, _ = engine_command(EngineSpec(model=str(checkpoint), extra=own))
+    assert argv.count("--structured-outputs-config") == 1 and argv[-2:] == own
+
+
 def test_on_the_cpu_build_vllm_gets_its_kv_cache_threads_and_eager_mode(checkpoint, monkeypatch):
     monkeypatch.setattr(engines, "available", lambda name: name in ("vllm", "transformers"))
     monkeypatch.setattr(engines, "vllm_build", lambda: "cpu")
