@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from dr_agent.fetch import Fetcher, FetchError
 
+# Written out here again on purpose (dr_agent.fetch.SPECIAL_PURPOSE lists them too): a property test that
+# took the guard's own list could not catch a network missing from it.
 BLOCKED_V4 = [
     "0.0.0.0/8",
     "10.0.0.0/8",
