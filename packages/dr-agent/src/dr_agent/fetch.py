@@ -54,9 +54,8 @@ class Page:
     content_type: str
 
 
-NAT64 = ipaddress.ip_network(
-    "64:ff9b::/96"
-)  # RFC 6052's well-known prefix: the IPv4 address in the low 32 bits
+# RFC 6052's well-known NAT64 prefix: the IPv4 address in the low 32 bits
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215's local-use prefix (RFC 6052's /48 layout)
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible addresses, ::a.b.c.d
 SIIT = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated addresses (RFC 2765), ::ffff:0:a.b.c.d
