@@ -123,3 +123,16 @@ def test_a_model_call_is_bounded_by_the_time_it_is_given():
         with pytest.raises(DeadlineExceeded, match="no reply within"):
             client.chat([{"role": "user", "content": "hi"}], timeout_s=1.5)
         assert time.monotonic() - started < 3.0
+
+
+def test_waiting_for_a_request_slot_is_bounded_by_the_time_given_too():
+    from dr_core.errors import DeadlineExceeded
+    from dr_core.llm import LLMClient, LLMConfig
+
+    client = LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1", concurrency=1))
+    client._slots.acquire()  # another call holds the only slot
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="no request slot came free"):
+        client.chat([{"role": "user", "content": "hi"}], timeout_s=0.5)
+    assert time.monotonic() - started < 2.0
+    client._slots.release()

@@ -385,9 +385,18 @@ class LLMClient:
         for attempt in range(attempts):
             wait: float | None = None
             try:
-                limit = timeout()
-                with self._slots:
-                    return self._post(body, stream, tracking, limit)
+                timeout()  # raises once the deadline has passed
+                # a slot is waited for only as long as the caller has (other calls may hold them all)
+                if not self._slots.acquire(
+                    timeout=None if deadline is None else max(0.0, deadline - time.monotonic())
+                ):
+                    raise DeadlineExceeded(
+                        f"{self.where}: no request slot came free within the time the run had left"
+                    )
+                try:
+                    return self._post(body, stream, tracking, timeout())
+                finally:
+                    self._slots.release()
             except _Retryable as exc:
                 last, wait = str(exc), exc.retry_after
             except httpx.TransportError as exc:
