@@ -126,8 +126,8 @@ def test_agree_reports_kappa_over_item_verdicts(tmp_path):
         "task_id",
     ]
     out = json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)
-    assert out["kappa"]["items"] == 6
-    assert out["kappa"]["value"] == pytest.approx(
+    assert out["verdicts"]["items"] == 6 and out["verdicts"]["accuracy"]["value"] == pytest.approx(5 / 6)
+    assert out["verdicts"]["kappa"]["value"] == pytest.approx(
         stats.cohen_kappa(
             ["met", "not_met", "met", "met", "not_met", "met"], ["met", "not_met", "met", "met", "met", "met"]
         )

@@ -32,6 +32,7 @@ class Reply:
     completion_tokens: int = 5
     chunks: int = 3  # pieces the content is streamed in
     break_stream_after: int | None = None  # drop the connection after this many content chunks
+    finish_reason: str | None = None  # given: the reply's finish_reason ("length": cut at max_tokens)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ScriptedServer:
     max_in_flight: int = 0
     url: str = ""
     max_model_len: int | None = None  # given: GET /v1/models lists the model with it, as vLLM does
+    root: str | None = None  # given: GET /v1/models names this folder as the model's root, as vLLM does
     _in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -93,10 +95,16 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
-            if self.path.rstrip("/") != "/v1/models" or server.max_model_len is None:
+            if self.path.rstrip("/") != "/v1/models" or (
+                server.max_model_len is None and server.root is None
+            ):
                 self._send(404, b'{"error": "not found"}')
                 return
-            entry = {"id": "m", "object": "model", "max_model_len": server.max_model_len}
+            entry: dict[str, Any] = {"id": "m", "object": "model"}
+            if server.max_model_len is not None:
+                entry["max_model_len"] = server.max_model_len
+            if server.root is not None:
+                entry["root"] = server.root
             self._send(200, json.dumps({"object": "list", "data": [entry]}).encode())
 
         def do_POST(self) -> None:
@@ -133,7 +141,8 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                     {
                         "index": 0,
                         "message": message,
-                        "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                        "finish_reason": reply.finish_reason
+                        or ("tool_calls" if reply.tool_calls else "stop"),
                     }
                 ],
                 "usage": {
@@ -203,10 +212,12 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def scripted_server(
-    script: list[Reply] | Callable[[dict[str, Any]], Reply], max_model_len: int | None = None
+    script: list[Reply] | Callable[[dict[str, Any]], Reply],
+    max_model_len: int | None = None,
+    root: str | None = None,
 ) -> Iterator[ScriptedServer]:
     """Run a ScriptedServer on 127.0.0.1 (a free port) for the duration of the block."""
-    state = ScriptedServer(script=script, max_model_len=max_model_len)
+    state = ScriptedServer(script=script, max_model_len=max_model_len, root=root)
     with loopback(_handler(state)) as url:
         state.url = f"{url}/v1"
         yield state

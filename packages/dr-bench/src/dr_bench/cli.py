@@ -173,7 +173,10 @@ def compare(
     from dr_bench.report import warn_if_setups_differ
 
     warnings = warn_if_setups_differ(runs)
-    scores = [{j.task_id or j.target_id: j.score for j in load_judgments(run)} for run in runs]
+    scores = [
+        {j.task_id or j.target_id: j.score for j in load_judgments(run) if j.score is not None}
+        for run in runs
+    ]
     names = [str(run) for run in runs]
     pairs = []
     for i in range(len(runs)):

@@ -66,12 +66,15 @@ def summarize(run: Path, seed: int = 0) -> dict[str, Any]:
         summary["fingerprint"] = fingerprint
     if not judgments:
         return summary
-    scores = [j.score for j in judgments]
-    mean, low, high = mean_ci(scores, seed=seed)
-    summary["score"] = {"mean": mean, "ci95": [low, high]}
+    scores = [j.score for j in judgments if j.score is not None]
+    summary["abstained"] = len(judgments) - len(scores)  # no score: the judge abstained on an item
+    if scores:
+        mean, low, high = mean_ci(scores, seed=seed)
+        summary["score"] = {"mean": mean, "ci95": [low, high]}
     groups: dict[str, list[float]] = defaultdict(list)
     for j in judgments:
-        groups[str(j.meta.get("category") or "uncategorized")].append(j.score)
+        if j.score is not None:
+            groups[str(j.meta.get("category") or "uncategorized")].append(j.score)
     summary["categories"] = {
         name: {"n": len(values), "mean": sum(values) / len(values)} for name, values in sorted(groups.items())
     }

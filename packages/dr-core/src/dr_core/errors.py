@@ -39,6 +39,11 @@ class DeadlineExceeded(LLMError):
     """A model call that found no reply within the time its caller had left (an agent run's --max-time)."""
 
 
+class ReplyCutOff(LLMError):
+    """A structured reply that stopped at the token limit (finish_reason "length") before it was usable:
+    sending it back would be cut off again, so a caller records that it got no answer."""
+
+
 class MissingDependency(DrError):
     """An optional engine (vllm, flash-attn, deepspeed, ...) a command needs is not installed."""
 

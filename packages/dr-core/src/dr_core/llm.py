@@ -23,7 +23,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from dr_core.config import origin, resolve
-from dr_core.errors import DeadlineExceeded, LLMError
+from dr_core.errors import DeadlineExceeded, LLMError, ReplyCutOff
 from dr_core.log import logger, strip_userinfo
 from dr_core.records import Message, ToolCall, Usage
 
@@ -255,8 +255,7 @@ class LLMClient:
         self._lock = threading.Lock()
         self._usage = Usage()
         self._cache = ResponseCache(self.config.cache_dir) if self.config.cache_dir else None
-        self._served_context: int | None = None
-        self._served_context_asked = False
+        self._served_entry: dict[str, Any] | None = None
         self.takes_response_format = True  # until the server refuses it (chat_json)
 
     @classmethod
@@ -474,26 +473,29 @@ class LLMClient:
                 why[-200:],
             )
 
+    def served_model(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The endpoint's `/v1/models` entry for this model (the first entry when none has its id; {} where
+        the server does not say within `timeout_s`). vLLM's gives `max_model_len` and `root`, the folder
+        it loaded. Asked once per client."""
+        with self._lock:
+            if self._served_entry is None:
+                self._served_entry = {}
+                try:
+                    response = self._http.get("models", timeout=httpx.Timeout(max(0.01, timeout_s)))
+                    entries = response.json().get("data") if response.status_code == 200 else None
+                except (httpx.HTTPError, ValueError, AttributeError):
+                    entries = None
+                if isinstance(entries, list):
+                    listed = [e for e in entries if isinstance(e, dict)]
+                    mine = [e for e in listed if e.get("id") == self.config.model]
+                    self._served_entry = (mine or listed[:1] or [{}])[0]
+            return self._served_entry
+
     def served_context(self, timeout_s: float = 10.0) -> int | None:
         """The context length the endpoint serves this model with, as vLLM's `/v1/models` gives it
-        (`max_model_len`); None where the server does not say within `timeout_s`. Asked once per
-        client."""
-        with self._lock:
-            if self._served_context_asked:
-                return self._served_context
-            self._served_context_asked = True
-            try:
-                response = self._http.get("models", timeout=httpx.Timeout(max(0.01, timeout_s)))
-                entries = response.json().get("data") if response.status_code == 200 else None
-            except (httpx.HTTPError, ValueError, AttributeError):
-                entries = None
-            if isinstance(entries, list):
-                mine = [e for e in entries if isinstance(e, dict) and e.get("id") == self.config.model]
-                for entry in mine or [e for e in entries if isinstance(e, dict)][:1]:
-                    length = entry.get("max_model_len")
-                    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
-                        self._served_context = length
-            return self._served_context
+        (`max_model_len`); None where the server does not say."""
+        length = self.served_model(timeout_s).get("max_model_len")
+        return length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None
 
     def chat_many(self, requests: Iterable[Mapping[str, Any]]) -> Iterator[ChatResult]:
         """Run `chat(**request)` for each request, `concurrency` at a time; results come in input order."""
@@ -564,7 +566,7 @@ def chat_json(
         if schema is not None and client.takes_response_format:
             request["response_format"] = json_schema_format(*schema)
         try:
-            reply = client.chat(conversation, **request).message
+            result = client.chat(conversation, **request)
         except LLMError as exc:
             text = str(exc).lower()
             if "response_format" not in request or exc.status != 400:
@@ -572,11 +574,18 @@ def chat_json(
             if not any(marker in text for marker in FORMAT_REFUSALS):
                 raise
             client.refuses_response_format(str(exc))
-            reply = client.chat(conversation, **params).message
+            result = client.chat(conversation, **params)
+        reply = result.message
         try:
             return validate(reply.content)
         except ValueError as exc:
             problem = str(exc)
+            if result.finish_reason == "length":
+                limit = params.get("max_tokens")
+                raise ReplyCutOff(
+                    f"{client.config.model}: the reply stopped at the token limit"
+                    f"{f' (max_tokens {limit})' if limit else ''} before it was usable: {problem}"
+                ) from None
             if attempt < retries:
                 logger.info(
                     "%s: reply not usable (%s); sent back for correction (%d of %d)",

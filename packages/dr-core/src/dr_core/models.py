@@ -187,3 +187,18 @@ def _convert(name: str, named: Named, folder: Path) -> None:
         work.rename(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# A model trained for one prompt (a judge on the checklist prompt) records that prompt's digest here, in
+# its folder; whoever asks it with another prompt can then say so.
+PROMPT_FILE = "dr-prompt.json"
+
+
+def trained_prompts(folder: Path) -> list[str]:
+    """The prompt digests the model in `folder` was trained for; [] when it records none."""
+    try:
+        recorded = json.loads((folder / PROMPT_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    digests = recorded.get("prompt_digests") if isinstance(recorded, dict) else None
+    return [d for d in digests if isinstance(d, str)] if isinstance(digests, list) else []

@@ -130,9 +130,10 @@ def _json_type(value: Any) -> str:
 class Check(Strict):
     """A deterministic test of a report or answer, decided without any model."""
 
-    type: Literal["contains", "regex", "exact", "cites"] = Field(
+    type: Literal["contains", "regex", "exact", "cites", "cites_outside"] = Field(
         description="contains: substring; regex: re.search; exact: normalized equality with the answer; "
-        "cites: the report cites the source with this id or URL."
+        "cites: the report cites the source with this id or URL; cites_outside: the report cites a source "
+        "that is not one of the comma-separated ids or URLs in value."
     )
     value: str
     ignore_case: bool = True
@@ -317,7 +318,10 @@ class Verdict(Strict):
     """The judge's decision on one checklist item."""
 
     item_id: str
-    verdict: Literal["met", "partially_met", "not_met"]
+    verdict: Literal["met", "partially_met", "not_met", "abstain"] = Field(
+        description="abstain: the judge could not rule (its reply was cut off, or the evidence may lie in "
+        "a part of the response it was not shown); an abstention is never scored as met or not met."
+    )
     rationale: str = ""
     votes: list[str] = Field(default_factory=list, description="Individual votes under self-consistency.")
     deterministic: bool = False
@@ -331,7 +335,9 @@ class Judgment(Record):
     task_id: str | None = None
     target_id: str = Field(description="The id of the judged trajectory or report.")
     verdicts: list[Verdict] = Field(default_factory=list)
-    score: float = Field(ge=0.0, le=1.0)
+    score: float | None = Field(
+        ge=0.0, le=1.0, description="None when the judge abstained on an item: no score, rather than a guess."
+    )
     mode: Literal["strict", "graded", "exact"] = "strict"
     fatal: bool = False
     judge: str | None = Field(None, description="The judge model, or 'deterministic'.")

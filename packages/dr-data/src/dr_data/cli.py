@@ -19,7 +19,13 @@ from dr_core.options import (
     Rejects,
     Resume,
 )
-from dr_data.world_defaults import DEFAULT_ENTITIES, DEFAULT_MAX_HOPS, DEFAULT_TASKS, DEFAULT_TEST_SHARE
+from dr_data.world_defaults import (
+    DEFAULT_ENTITIES,
+    DEFAULT_MAX_HOPS,
+    DEFAULT_REPORT_TASKS,
+    DEFAULT_TASKS,
+    DEFAULT_TEST_SHARE,
+)
 
 app = typer.Typer(
     help="Make and check deep-research training data (JSONL in, JSONL out).", no_args_is_help=True
@@ -125,26 +131,37 @@ def world(
     test_share: Annotated[
         float, typer.Option(help="Share of entities whose tasks go to the test split.")
     ] = DEFAULT_TEST_SHARE,
+    report_tasks: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Report tasks to sample (train and test together), into reports-{train,test}.jsonl."
+        ),
+    ] = DEFAULT_REPORT_TASKS,
 ) -> None:
-    """A synthetic encyclopedia (corpus.jsonl, for `dr data index`) and multi-hop tasks over it, split by
-    entity into train.jsonl and test.jsonl so no test answer is taught in training."""
+    """A synthetic encyclopedia (corpus.jsonl, for `dr data index`) and tasks over it, split by entity so
+    no test answer is taught in training: multi-hop questions (train.jsonl, test.jsonl) and cited-report
+    tasks whose checklist items each carry a rule that decides their true verdict (reports-train.jsonl,
+    reports-test.jsonl)."""
     from pathlib import Path
 
     from dr_core.errors import InputError
     from dr_core.jsonl import RecordWriter
     from dr_core.log import logger
+    from dr_data.report_tasks import sample_report_tasks
     from dr_data.world import build_world, sample_tasks
 
     if not 1 <= max_hops <= 4:
         raise InputError("--max-hops must be between 1 and 4")
     folder = Path(out)
     built = build_world(seed, entities)
-    counts = {"train": 0, "test": 0}
-    # The three files are renamed into place together once all are written (test.jsonl last): a failed
-    # or killed run leaves the previous world whole, never one seed's corpus beside another's tasks.
+    counts = {"train": 0, "test": 0, "reports-train": 0, "reports-test": 0}
+    # The files are renamed into place together once all are written (test.jsonl last): a failed or
+    # killed run leaves the previous world whole, never one seed's corpus beside another's tasks.
     with (
         RecordWriter(folder / "test.jsonl") as test,
         RecordWriter(folder / "train.jsonl") as train,
+        RecordWriter(folder / "reports-test.jsonl") as reports_test,
+        RecordWriter(folder / "reports-train.jsonl") as reports_train,
         RecordWriter(folder / "corpus.jsonl") as corpus,
     ):
         for doc in built.documents:
@@ -152,14 +169,111 @@ def world(
         for task in sample_tasks(built, tasks, max_hops=max_hops, test_share=test_share):
             (test if task.split == "test" else train).write(task)
             counts[task.split or "train"] += 1
+        for task in sample_report_tasks(built, report_tasks, test_share=test_share):
+            (reports_test if task.split == "test" else reports_train).write(task)
+            counts[f"reports-{task.split}"] += 1
     logger.info(
-        "world %d: %d documents, %d train and %d test tasks in %s",
+        "world %d: %d documents; %d train and %d test questions; %d train and %d test report tasks; in %s",
         seed,
         len(built.documents),
         counts["train"],
         counts["test"],
+        counts["reports-train"],
+        counts["reports-test"],
         folder,
     )
+
+
+@app.command("judge")
+def judge_data(
+    inputs: Inputs = None,
+    output: Output = "-",
+    reports_out: Annotated[
+        str | None,
+        typer.Option(
+            "--reports",
+            help="Also write the reports themselves (oracle and perturbed, as Report records) here: what "
+            "`dr judge score` reads to measure a judge on them.",
+        ),
+    ] = None,
+    perturbed: Annotated[
+        int, typer.Option(min=0, help="Perturbed reports per task, besides the oracle's.")
+    ] = 4,
+    most: Annotated[
+        int,
+        typer.Option(
+            "--max-perturbations", min=1, help="Most perturbations in one report, each at its own fact."
+        ),
+    ] = 1,
+    per_call: Annotated[
+        int,
+        typer.Option(
+            "--items-per-call",
+            min=0,
+            help="Checklist items per example, grouped as `dr judge score --batch N` groups them "
+            "(0: all of a report's items in one, the judge's default).",
+        ),
+    ] = 0,
+    limit: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="At most this many examples, balanced over item kind and true verdict (0: every one).",
+        ),
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the perturbations and the sampling.")] = 0,
+    on_error: OnErrorOpt = OnErrorChoice.fail,
+    rejects: Rejects = None,
+) -> None:
+    """Judge training examples from world report tasks (`dr data world`'s reports-*.jsonl): for the
+    oracle's report and perturbed copies of it (a fact dropped, an entity swapped, a number changed, a
+    citation made up or moved), (report, checklist items) -> each item's verdict by its rule, with a
+    one-line reason, in the judge's exact prompt and reply shape (`dr judge score --no-checks`, --batch
+    as --items-per-call). Each example's meta names its report's perturbation, its items and their
+    verdicts; `dr train sft` trains on them, and records the judge prompt's version in the model folder."""
+    import random
+    from contextlib import nullcontext
+
+    from dr_core.errors import InputError
+    from dr_core.jsonl import RecordWriter
+    from dr_core.log import logger
+    from dr_core.pipe import Pipe
+    from dr_core.records import Task
+    from dr_data.judge_data import balanced, examples, is_report_task, reports
+    from dr_judge.judge import PROMPT_DIGEST
+
+    rng = random.Random(seed)
+    pool = []
+    written = skipped = 0
+    with (
+        Pipe(inputs or ["-"], output, on_error=on_error.value, rejects=rejects) as pipe,
+        RecordWriter(reports_out) if reports_out else nullcontext() as report_writer,
+    ):
+        for task in pipe.records(Task, description="judge data"):
+            if not is_report_task(task):
+                skipped += 1  # a question task, say, from a file that holds both kinds
+                continue
+            for report in reports(task, perturbed, rng, most):
+                if report_writer is not None:
+                    report_writer.write(report)
+                for example, group in examples(task, report, per_call):
+                    example.meta["prompt_digest"] = PROMPT_DIGEST
+                    if limit:
+                        pool.append((example, group))
+                    else:
+                        pipe.write(example)
+                        written += 1
+        if limit:
+            chosen, taken = balanced(pool, limit, rng)
+            for example in chosen:
+                pipe.write(example)
+            written = len(chosen)
+            logger.info("judge data: %d of %d examples, by group: %s", written, len(pool), taken)
+        if not written:
+            raise InputError("no judge examples: the input has no world report tasks (reports-*.jsonl)")
+    if skipped:
+        logger.info("judge data: %d tasks are not report tasks and were passed over", skipped)
+    logger.info("judge data: %d examples (judge prompt %s)", written, PROMPT_DIGEST)
 
 
 @app.command()

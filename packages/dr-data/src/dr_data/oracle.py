@@ -10,6 +10,7 @@ from typing import Any
 
 from dr_core.llm import ChatResult, LLMConfig
 from dr_core.records import Message, Task, ToolCall, Usage
+from dr_data.judge_data import is_report_task, oracle_report
 from dr_data.world import PHRASES
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -26,7 +27,7 @@ class OracleTeacher:
     def chat(self, messages: list[Message], **_: Any) -> ChatResult:
         question = next(m.content for m in messages if m.role == "user")
         task = self.tasks.get(question or "")
-        if task is None or not task.meta.get("hops"):
+        if task is None or not (task.meta.get("hops") or is_report_task(task)):
             message = Message(
                 role="assistant",
                 content="I have no path for this question.",
@@ -51,20 +52,25 @@ class OracleTeacher:
         )
 
     def _decide(self, task: Task, messages: list[Message]) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
-        hops = task.meta["hops"]
+        report = is_report_task(task)
+        # the articles to open, in order: a question's hops, or the articles a report's facts come from
+        hops = task.meta["hops"] if not report else _report_targets(task)
         assistant = [m for m in messages if m.role == "assistant"]
         if not assistant:
             items = []
-            for i, hop in enumerate(hops[:-1]):
-                subject = hop["name"] if i == 0 else "it"
-                items.append(f"Find {PHRASES[hop['relation']].format(x=subject)}")
-            items.append(f"Confirm the {ASKED[task.meta['ask']]} in its own article and answer")
+            if report:
+                items = [f"Read the article on {hop['name']}" for hop in hops]
+                items.append("Write the report: one sentence per fact, citing its article")
+                note = f"The report needs {len(task.meta['facts'])} facts from {len(hops)} articles."
+            else:
+                for i, hop in enumerate(hops[:-1]):
+                    subject = hop["name"] if i == 0 else "it"
+                    items.append(f"Find {PHRASES[hop['relation']].format(x=subject)}")
+                items.append(f"Confirm the {ASKED[task.meta['ask']]} in its own article and answer")
+                note = f"The question chains {len(hops) - 1} relations; I will follow them one by one."
             plan = ("plan", {"action": "create", "items": items})
             first = ("search", {"queries": [hops[0]["name"]]})
-            return f"The question chains {len(hops) - 1} relations; I will follow them one by one.", [
-                plan,
-                first,
-            ]
+            return note, [plan, first]
         tool_messages = [m for m in messages if m.role == "tool"]
         results = [m.content or "" for m in tool_messages]
         opened = {doc for m in tool_messages if m.ids is not None for doc in m.ids.opened}
@@ -72,6 +78,10 @@ class OracleTeacher:
         while done < len(hops) and hops[done]["doc"] in opened:
             done += 1
         if done == len(hops):
+            if report:
+                return "I have opened every article the facts come from; writing the report.", [
+                    ("answer", {"text": oracle_report(task)})
+                ]
             quote = _evidence(results[-1:], hops[-1]["doc"], task.answer or "")
             return f"{quote}Every step is supported by an article I opened.", [
                 ("answer", {"text": self._answer(task)})
@@ -97,7 +107,7 @@ class OracleTeacher:
                 ("open", {"ids": [target["doc"]]}),
             ]
         query = target["name"] if not searched else f'"{target["name"]}" {target["name"].split()[0]}'
-        quote = _evidence([last], hops[done - 1]["doc"], target["name"]) if done else ""
+        quote = _evidence([last], hops[done - 1]["doc"], target["name"]) if done and not report else ""
         return f"{quote}Now I need to look up {target['name']}.", [*actions, ("search", {"queries": [query]})]
 
     @staticmethod
@@ -116,6 +126,14 @@ class OracleTeacher:
         else:
             lines.append(f"- The article on {last['name']} confirms it \\cite{{{last['doc']}}}.")
         return "\n".join(lines)
+
+
+def _report_targets(task: Task) -> list[dict[str, str]]:
+    """The articles a report task's facts come from, in order, with the name each is titled by."""
+    targets: dict[str, str] = {}
+    for fact in task.meta["facts"]:
+        targets.setdefault(fact["doc"], fact["name"])
+    return [{"doc": doc, "name": name} for doc, name in targets.items()]
 
 
 def _evidence(results: list[str], doc: str, needle: str) -> str:

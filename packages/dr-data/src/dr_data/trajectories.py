@@ -65,6 +65,8 @@ def attempt(
         if trajectory.stop_reason == "error":
             return trajectory, False, used
         judgment = judge.judge(task, trajectory.final, trajectory.id, trajectory.citations)
+        if judgment.score is None:
+            return trajectory, False, used  # the judge abstained: neither kept nor sent back
         if judgment.score >= (1.0 if task.answer is not None else min_score):
             kept = scrub(trajectory, hints) if hints else trajectory
             return (

@@ -6,6 +6,7 @@ judge's typed flags from `dr_judge.options`, never from the `dr judge` command l
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dr_core.config import is_configured, resolve
@@ -27,4 +28,34 @@ def make_judge(
     llm = None
     if is_configured(LLMConfig, "judge.llm", flags):
         llm = LLMClient(resolve_llm("judge.llm", flags, at_once=at_once))
+        warn_if_trained_for_another_prompt(llm)
     return ChecklistJudge(llm, resolve(JudgeConfig, "judge", config))
+
+
+def warn_if_trained_for_another_prompt(llm: LLMClient) -> list[str]:
+    """Warn (and return the recorded digests) when the judge model's folder says it was trained for a
+    checklist prompt other than this dr's. The folder is the model name when that is a folder here, else
+    the `root` the server reports it loaded (vLLM's /v1/models)."""
+    from dr_core.log import logger
+    from dr_core.models import PROMPT_FILE, trained_prompts
+    from dr_judge.judge import PROMPT_DIGEST
+
+    places = [Path(llm.config.model)]
+    root = llm.served_model(timeout_s=5.0).get("root")
+    if isinstance(root, str) and root:
+        places.append(Path(root))
+    for folder in places:
+        recorded = trained_prompts(folder)
+        if recorded and PROMPT_DIGEST not in recorded:
+            logger.warning(
+                "judge model %s was trained for checklist prompt %s (%s), but this dr asks with prompt %s: "
+                "its verdicts may not hold; retrain it on `dr data judge` examples of this version",
+                llm.config.model,
+                ", ".join(recorded),
+                folder / PROMPT_FILE,
+                PROMPT_DIGEST,
+            )
+            return recorded
+        if recorded:
+            return recorded
+    return []

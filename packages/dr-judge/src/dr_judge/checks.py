@@ -26,17 +26,32 @@ def run_check(check: Check, text: str, citations: list[Citation] | None = None) 
     if check.type == "exact":
         ok = matches(text, [check.value])
         return ok, f"the stated answer {'matches' if ok else 'does not match'} {check.value!r}"
-    # cites: the report cites a source by id or URL, among its citations or as a \cite{} marker
+    # cites / cites_outside: the sources the report cites, among its citations or as \cite{} markers
+    keys = cited(text, citations)
+    if check.ignore_case:
+        keys = {k.lower() for k in keys}
+    if check.type == "cites_outside":
+        allowed = {k.strip().lower() if check.ignore_case else k.strip() for k in check.value.split(",")}
+        others = sorted(keys - allowed)
+        if others:
+            return True, f"cites {', '.join(others)}, not one of the allowed sources"
+        return False, "cites only allowed sources"
     wanted = check.value.lower() if check.ignore_case else check.value
+    ok = wanted in keys
+    return ok, f"{'cites' if ok else 'does not cite'} {check.value!r}"
+
+
+def cited(text: str, citations: list[Citation] | None = None) -> set[str]:
+    """The ids, URLs and markers of every source a text cites: its citations' and its \\cite{} markers'."""
     keys: set[str] = set()
     for citation in citations or []:
         keys.add(citation.marker)
         if citation.source is not None:
             keys.update(k for k in (citation.source.id, citation.source.url) if k)
     keys.update(
-        marker.strip() for group in re.findall(r"\\cite\{([^}]*)\}", text) for marker in group.split(",")
+        marker.strip()
+        for group in re.findall(r"\\cite\{([^}]*)\}", text)
+        for marker in group.split(",")
+        if marker.strip()
     )
-    if check.ignore_case:
-        keys = {k.lower() for k in keys}
-    ok = wanted in keys
-    return ok, f"{'cites' if ok else 'does not cite'} {check.value!r}"
+    return keys

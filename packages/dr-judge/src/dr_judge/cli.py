@@ -42,6 +42,14 @@ def score_command(
     judge_base_url: JudgeUrl = None,
     judge_model: JudgeModel = None,
     judge_api_key: JudgeKey = None,
+    checks: Annotated[
+        bool,
+        typer.Option(
+            "--checks/--no-checks",
+            help="Decide items that carry a rule check by the rule (default); --no-checks sends every "
+            "item to the judge model, to measure it against the rules.",
+        ),
+    ] = True,
     concurrency: Annotated[
         int | None,
         typer.Option(
@@ -75,12 +83,13 @@ def score_command(
         votes=votes,
         batch=batch,
         temperature=temperature,
+        checks=None if checks else False,  # the default leaves the [judge] setting as it is
         at_once=concurrency or 1,
     )
     known = load_tasks(tasks)
     if concurrency is None:
         concurrency = judge.llm.config.concurrency if judge.llm is not None else 1
-    counts = {"judged": 0, "refused": 0}
+    counts = {"judged": 0, "refused": 0, "abstained": 0}
     with Pipe(
         inputs or ["-"],
         output,
@@ -95,7 +104,10 @@ def score_command(
             if task is None:
                 return None
             try:
-                return judge.judge(task, response.text, response.target_id, response.citations)
+                judgment = judge.judge(task, response.text, response.target_id, response.citations)
+                if response.meta:
+                    judgment.meta = {**response.meta, **judgment.meta}
+                return judgment
             except JudgeModelError as exc:
                 if pipe.on_error == "fail":
                     raise
@@ -113,10 +125,17 @@ def score_command(
                 pipe.reject(origin, f"response {response.target_id}: {result}")
             else:
                 counts["judged"] += 1
+                counts["abstained"] += sum(v.verdict == "abstain" for v in result.verdicts)
                 pipe.write(result)
     if counts["refused"]:
         logger.warning(
             "judge: %(judged)d responses judged; %(refused)d refused by the judge model (rejects file)",
+            counts,
+        )
+    if counts["abstained"]:
+        logger.warning(
+            "judge: abstained on %(abstained)d items (reply cut off, or response cut for grading); a "
+            "response with an abstention has no score",
             counts,
         )
 
@@ -174,77 +193,137 @@ def _field(obj: dict[str, Any], path: str) -> Any:
 def agree(
     predictions: Annotated[Path, typer.Argument(help="The judge's output (Judgment JSONL).")],
     labels: Annotated[
-        Path, typer.Argument(help="Reference labels: JSONL with a key and a score (or Judgments).")
+        Path,
+        typer.Argument(
+            help="Reference labels: Judgments (true verdicts, as `dr judge score` without a model writes "
+            "them from rule checks), or JSONL with a key and a score (human or RACE scores)."
+        ),
     ],
     pred_key: Annotated[str, typer.Option(help="Field joining predictions to labels.")] = "task_id",
     label_key: Annotated[str, typer.Option(help="Field of the labels to join on.")] = "id",
     pred_field: Annotated[str, typer.Option(help="Predicted score field.")] = "score",
     label_field: Annotated[str, typer.Option(help="Label score field (dotted path allowed).")] = "score",
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 2000,
+    by: Annotated[
+        str,
+        typer.Option(help="Field of the predictions that groups responses (dotted path), reported apart."),
+    ] = "meta.perturbation",
+    tasks: Annotated[
+        Path | None,
+        typer.Option("--tasks", "-t", help="Task JSONL: agreement per checklist item category too."),
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for the intervals.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
-    """Agreement of the judge with labels: Spearman and Pearson over scores, Cohen's kappa over per-item
-    verdicts when the labels are Judgments too; 95% bootstrap intervals. JSON on stdout, a table on stderr."""
+    """Agreement of the judge with labels, with 95% bootstrap intervals. JSON on stdout, a table on stderr.
+
+    Against labels that are Judgments with verdicts (the world's true verdicts): per-item accuracy and
+    Cohen's kappa over the items both ruled on, the judge's abstentions counted apart, and the
+    report-level score error (mean absolute, and bias); overall, per response group (--by: a report's
+    perturbation) and per item category (--tasks). Intervals draw whole responses. Over scores (any
+    labels): Spearman and Pearson, on responses both sides scored."""
     import sys
 
     import orjson
 
     from dr_core.errors import InputError
     from dr_core.jsonl import read_records
-    from dr_core.log import console, logger
+    from dr_core.log import console
     from dr_judge import stats
+    from dr_judge.agreement import Pairing, by_group, verdict_agreement
 
     preds = {str(_field(r, pred_key)): r for r in read_records(str(predictions))}
     labs = {str(_field(r, label_key)): r for r in read_records(str(labels))}
-    shared = sorted(
-        k
-        for k in preds
-        if k in labs and _field(preds[k], pred_field) is not None and _field(labs[k], label_field) is not None
-    )
-    if len(shared) < 3:
-        raise InputError(f"only {len(shared)} keys are in both files with scores; agreement needs at least 3")
-    x = [float(_field(preds[k], pred_field)) for k in shared]
-    y = [float(_field(labs[k], label_field)) for k in shared]
-    result: dict[str, Any] = {"n": len(shared)}
-    intervals = {}
-    for name, fn in (("spearman", stats.spearman), ("pearson", stats.pearson)):
-        intervals[name] = stats.bootstrap_ci(fn, x, y, resamples=resamples, seed=seed)
-    pairs = [
-        (pv["verdict"], lv["verdict"])
-        for k in shared
-        for pv in _field(preds[k], "verdicts") or []
-        for lv in _field(labs[k], "verdicts") or []
-        if pv.get("item_id") == lv.get("item_id")
-    ]
-    if pairs:
-        a, b = [p for p, _ in pairs], [q for _, q in pairs]
-        intervals["kappa"] = stats.bootstrap_ci(
-            lambda u, v: stats.cohen_kappa(list(u), list(v)), a, b, resamples=resamples, seed=seed
+    shared = sorted(k for k in preds if k in labs)
+    if not shared:
+        raise InputError(
+            f"no {pred_key} of {predictions} is a {label_key} of {labels}: give --pred-key/--label-key"
         )
-    for name, interval in intervals.items():
-        result[name] = {
-            "value": interval.estimate,
-            "ci95": [interval.low, interval.high],
-            "undefined_resamples": interval.undefined,
-        }
-        if interval.undefined:
-            logger.warning(
-                "%s: undefined on %d of %d resamples (all values equal); the interval leaves them out",
-                name,
-                interval.undefined,
-                resamples,
+    categories: dict[str, dict[str, str]] = {}
+    if tasks is not None:
+        for task in load_tasks(tasks).values():
+            categories[task.id] = {item.id: item.category or "" for item in task.checklist}
+    result: dict[str, Any] = {"n": len(shared)}
+    pairings = []
+    for key in shared:
+        pred, lab = preds[key], labs[key]
+        true = {v.get("item_id"): v.get("verdict") for v in _field(lab, "verdicts") or []}
+        items = [
+            (str(v.get("item_id")), str(v.get("verdict")), str(true[v.get("item_id")]))
+            for v in _field(pred, "verdicts") or []
+            if v.get("item_id") in true
+        ]
+        if items:
+            pairings.append(
+                Pairing(
+                    key,
+                    items,
+                    _number(_field(pred, pred_field)),
+                    _number(_field(lab, label_field)),
+                    group=str(_field(pred, by) or ""),
+                    item_groups=categories.get(str(pred.get("task_id")), {}),
+                )
             )
-    if pairs:
-        result["kappa"]["items"] = len(pairs)
+    if pairings:
+        result["verdicts"] = verdict_agreement(pairings, resamples, seed)
+        result["by_group"], result["by_item_category"] = by_group(pairings, resamples, seed)
+    scored = [
+        k
+        for k in shared
+        if _number(_field(preds[k], pred_field)) is not None
+        and _number(_field(labs[k], label_field)) is not None
+    ]
+    if len(scored) >= 3:
+        x = [float(_field(preds[k], pred_field)) for k in scored]
+        y = [float(_field(labs[k], label_field)) for k in scored]
+        for name, fn in (("spearman", stats.spearman), ("pearson", stats.pearson)):
+            interval = stats.bootstrap_ci(fn, x, y, resamples=resamples, seed=seed)
+            result[name] = {
+                "value": interval.estimate,
+                "ci95": [interval.low, interval.high],
+                "n": len(scored),
+                "undefined_resamples": interval.undefined,
+            }
+    if not pairings and len(scored) < 3:
+        raise InputError(
+            f"only {len(scored)} responses are scored in both files and none has verdicts to compare; "
+            "agreement needs at least 3 scores or verdicts"
+        )
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+    console().print(_agreement_table(result))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _agreement_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"judge agreement over {len(shared)} responses")
-    table.add_column("statistic")
-    table.add_column("value")
-    table.add_column("95% interval")
-    for name in ("spearman", "pearson", "kappa"):
+    def cell(stat: dict[str, Any] | None) -> str:
+        if not stat:
+            return "-"
+        low, high = stat["ci95"]
+        return f"{stat['value']:.3f} [{low:.3f}, {high:.3f}]"
+
+    table = Table(title=f"judge agreement over {result['n']} responses")
+    for column in ("rows", "responses", "items", "accuracy", "kappa", "abstained", "score |error|"):
+        table.add_column(column)
+    rows = []
+    if "verdicts" in result:
+        rows.append(("all", result["verdicts"]))
+        rows += [(f"{name}", stats) for name, stats in result["by_group"].items()]
+        rows += [(f"items: {name}", stats) for name, stats in result["by_item_category"].items()]
+    for name, stats in rows:
+        table.add_row(
+            name,
+            str(stats["responses"]),
+            str(stats["items"]),
+            cell(stats.get("accuracy")),
+            cell(stats.get("kappa")),
+            str(stats["abstained"]),
+            cell(stats.get("score_abs_error")),
+        )
+    for name in ("spearman", "pearson"):
         if name in result:
-            low, high = result[name]["ci95"]
-            table.add_row(name, f"{result[name]['value']:.3f}", f"[{low:.3f}, {high:.3f}]")
-    console().print(table)
+            table.add_row(name, str(result[name]["n"]), "", cell(result[name]), "", "", "")
+    return table

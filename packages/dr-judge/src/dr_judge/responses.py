@@ -15,6 +15,7 @@ class Response:
     task_id: str | None
     text: str | None
     citations: list[Citation] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # a Report's own, carried into its Judgment
 
 
 def as_response(obj: dict[str, Any]) -> Response:
@@ -26,4 +27,4 @@ def as_response(obj: dict[str, Any]) -> Response:
         ident, _, article = drb_report(obj)
         return Response(ident, ident, article)
     report = Report.model_validate(obj)
-    return Response(report.id, report.task_id, report.text)
+    return Response(report.id, report.task_id, report.text, meta=report.meta)

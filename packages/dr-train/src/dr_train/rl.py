@@ -28,7 +28,7 @@ import torch.distributed as torch_dist
 from pydantic import BaseModel, ConfigDict
 
 from dr_core.concurrency import ordered_map
-from dr_core.errors import InputError
+from dr_core.errors import DrError, InputError
 from dr_core.llm import ChatModel
 from dr_core.log import logger, progress
 from dr_core.records import Task, Trajectory
@@ -318,6 +318,11 @@ class RLTrainer:
                 task.question, task_id=task.id, temperature=self.config.temperature, top_p=self.config.top_p
             )
         reward = self.judge.reward(task, trajectory.final, trajectory.citations)
+        if reward is None:
+            raise DrError(
+                f"task {task.id}: the judge abstained on a rollout, so it has no reward; a judge whose reply "
+                "is cut off needs a larger max_output_tokens ([judge] in the config)"
+            )
         return Rollout(task, trajectory, float(reward), recording.turns)
 
     def rollouts(self, step: int) -> list[Rollout]:

@@ -20,7 +20,7 @@ from dr_core.log import logger
 from dr_core.options import OnErrorChoice
 from dr_core.pipe import default_rejects_path
 from dr_train import checkpoint, distributed
-from dr_train.data import LongPolicy, Stage, build_dataset, item_texts, read_items
+from dr_train.data import Item, LongPolicy, Stage, build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build, is_checkpoint
 from dr_train.recipes.common import Precision, RunSettings, rank_rejects, resolve_precision
 from dr_train.tiny import CHAT_TEMPLATE, train_tokenizer
@@ -128,4 +128,29 @@ def run(config: LMConfig) -> Summary | None:
             " (auto)" if config.precision == Precision.auto else "",
         )
     trainer = Trainer(model, tokenizer, dataset, settings, dist, device, eval_data, resume_from)
-    return trainer.run()
+    summary = trainer.run()
+    if dist.main:
+        record_prompts(out, items)
+    return summary
+
+
+def record_prompts(out: Path, items: list[Item]) -> None:
+    """Write the prompt digests the examples were made with (`meta.prompt_digest`, as `dr data judge`
+    sets it) into the trained model's folder, so a judge asked with another prompt warns."""
+    import json
+
+    from dr_core.files import write_atomic
+    from dr_core.models import PROMPT_FILE
+
+    digests = sorted(
+        {
+            str(d)
+            for item in items
+            if item.example is not None
+            for d in [item.example.meta.get("prompt_digest")]
+            if d
+        }
+    )
+    if digests:
+        body = {"prompt_digests": digests, "note": "the prompt versions this model was trained for"}
+        write_atomic(out / PROMPT_FILE, json.dumps(body, indent=2).encode())
