@@ -111,12 +111,14 @@ def main() -> None:
     if args.untrained_tasks and not first.exists():
         keep = {t["id"] for t in lines(tasks)[: args.untrained_tasks]}
         first.write_text("".join(json.dumps(r) + "\n" for r in lines(reports) if r["task_id"] in keep))
-    judges = [("trained", model, reports)]
+    # the trained judge takes a report's items in one call, as it learnt; untrained SmolLM2 five at a time,
+    # so that its replies (rationales of up to 200 characters) fit in --judge-tokens
+    judges = [("trained", model, reports, 0)]
     if args.untrained_tasks:
-        judges.append(("untrained", Path(resolve_model(args.model)), first))
+        judges.append(("untrained", Path(resolve_model(args.model)), first, 5))
     results: dict[str, dict] = {}
     joined = ["--pred-key", "target_id", "--label-key", "target_id"]
-    for name, folder, judging in judges:
+    for name, folder, judging, batch in judges:
         judged = out / f"judged-{name}.jsonl"
         record = out / f"judged-{name}.json"
         ids = {r["id"] for r in lines(judging)}
@@ -126,7 +128,7 @@ def main() -> None:
                 start = time.monotonic()
                 run("judge", "score", judging, "--tasks", tasks, "--no-checks", "--judge-base-url", url,
                     "--judge-model", str(folder), "--concurrency", str(args.concurrency),
-                    "--on-error", "skip", "--rejects", out / f"rejects-{name}.jsonl",
+                    "--batch", str(batch), "--on-error", "skip", "--rejects", out / f"rejects-{name}.jsonl",
                     "-o", judged)  # fmt: skip
                 seconds = time.monotonic() - start
             record.write_text(json.dumps({"seconds": round(seconds, 1), "items": items}) + "\n")
@@ -138,6 +140,7 @@ def main() -> None:
             "refused_reports": len(lines(rejected)) if rejected.exists() else 0,
             "seconds": cost["seconds"],
             "items_per_s": round(cost["items"] / cost["seconds"], 2),
+            "items_per_call": batch or "all",
         }
     rules = json.loads(run("judge", "agree", truth, truth, *joined, "--tasks", tasks, "--resamples", "200"))
     table = markdown(results, rules, len(lines(reports)), sum(len(r["verdicts"]) for r in lines(truth)), args)
@@ -180,10 +183,15 @@ def markdown(results: dict, rules: dict, reports: int, items: int, args: argpars
             row(judge, f"reports: {name}", stats)
         for name, stats in agreement["by_item_category"].items():
             row(judge, f"items: {name}", stats)
-    lines_out += ["", "| judge | reports refused | wall s | items/s |", "|---|---:|---:|---:|"]
+    lines_out += [
+        "",
+        "| judge | items a call | reports refused | wall s | items/s |",
+        "|---|---|---:|---:|---:|",
+    ]
     for judge, result in results.items():
         lines_out.append(
-            f"| {judge} | {result['refused_reports']} | {result['seconds']} | {result['items_per_s']} |"
+            f"| {judge} | {result['items_per_call']} | {result['refused_reports']} | {result['seconds']} | "
+            f"{result['items_per_s']} |"
         )
     return "\n".join(lines_out) + "\n"
 

@@ -38,6 +38,8 @@ def test_judge_requests_carry_the_verdicts_schema_for_exactly_their_items():
     # each position's id is fixed, so no item can be judged twice and none left out
     assert [e["properties"]["id"]["const"] for e in entry["prefixItems"]] == ["a", "b"]
     assert all(e["properties"]["verdict"]["enum"] == list(VERDICTS) for e in entry["prefixItems"])
+    # the evidence comes before the verdict: a constrained model writes properties in the schema's order
+    assert all(list(e["properties"]) == ["id", "rationale", "verdict"] for e in entry["prefixItems"])
     assert verdicts_schema(["a", "b"])[1] == schema
 
 

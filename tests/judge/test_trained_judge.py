@@ -179,3 +179,23 @@ def test_sft_on_judge_examples_records_the_prompt_version_in_the_model_folder(tm
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     recorded = json.loads((out / PROMPT_FILE).read_text())
     assert recorded["prompt_digests"] == [PROMPT_DIGEST]
+
+
+def test_judge_data_and_agree_refuse_what_they_cannot_use_with_one_line(tmp_path):
+    world = tmp_path / "w"
+    assert (
+        dr(
+            "data", "world", "-o", world, "--entities", "400", "--tasks", "5", "--report-tasks", "0"
+        ).returncode
+        == 0
+    )
+    result = dr("data", "judge", world / "train.jsonl", "-o", tmp_path / "j.jsonl")
+    assert result.returncode == 2 and b"no world report tasks" in result.stderr
+    assert b"Traceback" not in result.stderr and not (tmp_path / "j.jsonl").exists()
+    (tmp_path / "a.jsonl").write_text('{"target_id": "x", "score": 1.0}\n')
+    (tmp_path / "b.jsonl").write_text('{"target_id": "y", "score": 1.0}\n')
+    result = dr("judge", "agree", tmp_path / "a.jsonl", tmp_path / "b.jsonl", "--pred-key", "target_id",
+                "--label-key", "target_id")  # fmt: skip
+    assert (
+        result.returncode == 2 and b"no target_id of" in result.stderr and b"Traceback" not in result.stderr
+    )
