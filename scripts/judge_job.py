@@ -7,7 +7,7 @@ SmolLM2 under the same schema-constrained prompt.
 Steps (each the `dr` command a user would type, printed to stderr; a step whose output exists is skipped):
 1. `dr data world --seed 0` and `dr data judge` on its training report tasks: --examples whole-report
    examples (every checklist item of a report in one call, the judge's default), oracle reports and copies
-   with one or two perturbations, balanced over the perturbation mix;
+   with one to four perturbations, balanced over the perturbation mix;
 2. `dr train sft` of SmolLM2-135M-Instruct on them (the model folder records the judge prompt's version);
 3. `dr data world --seed 7` (a seed no training data used): for --eval-tasks of its held-out report tasks,
    the oracle's report and one copy per perturbation kind (`dr data judge --reports`); the true verdicts by
@@ -40,16 +40,16 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/judge"))
     parser.add_argument("--model", default="smollm2-135m", help="The base model of the judge.")
-    parser.add_argument("--examples", type=int, default=160, help="Judge training examples (reports).")
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--examples", type=int, default=140, help="Judge training examples (reports).")
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--eval-seed", type=int, default=7, help="The unseen world of the measurement.")
-    parser.add_argument("--eval-tasks", type=int, default=30, help="Held-out report tasks measured.")
+    parser.add_argument("--eval-tasks", type=int, default=20, help="Held-out report tasks measured.")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--judge-tokens", type=int, default=1024, help="A judge reply at most.")
     parser.add_argument(
         "--untrained-tasks",
         type=int,
-        default=10,
+        default=5,
         help="Tasks whose reports untrained SmolLM2 judges (0: none).",
     )
     parser.add_argument("--engine", default="vllm", choices=["auto", "vllm", "hf"])
@@ -71,7 +71,7 @@ def main() -> None:
         timed("world", "data", "world", "-o", world, "--seed", "0", "--tasks", "10", "--report-tasks", "500")
     examples = out / "judge-train.jsonl"
     if not examples.exists():
-        timed("judge_data", "data", "judge", world / "reports-train.jsonl", "--max-perturbations", "2",
+        timed("judge_data", "data", "judge", world / "reports-train.jsonl", "--max-perturbations", "4",
               "--limit", str(args.examples), "--seed", "0", "-o", examples)  # fmt: skip
     model = out / "models" / "judge"
     if not (model / "trainer_state.json").exists():

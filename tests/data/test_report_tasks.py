@@ -194,16 +194,20 @@ def test_the_evidence_a_judge_learns_to_write_first_decides_the_verdict(tasks):
             reply = json.loads(example.messages[-1].content)["verdicts"]
             for entry in reply:
                 item, why = entry["id"], entry["rationale"]
+                given, asked = why.split("; the item ")
                 if item == "fatal":
-                    cited = set(why.removeprefix("It cites ").rstrip(".").split(", "))
+                    cited = set(given.removeprefix("It cites ").split(", "))
+                    assert asked == f"allows {', '.join(task.meta['allowed_sources'])}."
                     decided = "met" if cited - allowed else "not_met"
                 else:
                     n = int(item[4:]) - 1
                     value, doc, wrong = facts[n]["value"], facts[n]["doc"], facts[n]["wrong"]
-                    if item.startswith("fact"):
-                        decided = "met" if why == f"The report gives {value}." else "not_met"
-                    elif item.startswith("cite"):
-                        decided = "met" if why == f"It gives {value} citing {doc}." else "not_met"
+                    gives = given.removeprefix("The report gives ")
+                    if item.startswith("cite"):
+                        assert asked == f"asks {value} citing {doc}."
+                        decided = "met" if gives == f"{value} citing {doc}" else "not_met"
                     else:
-                        decided = "met" if why == f"The report gives {wrong}." else "not_met"
+                        said = value if item.startswith("fact") else wrong
+                        assert asked == f"says {said}."
+                        decided = "met" if gives == said else "not_met"
                 assert decided == entry["verdict"], (report.id, entry)

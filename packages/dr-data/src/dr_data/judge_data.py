@@ -126,19 +126,21 @@ def true_verdict(item: ChecklistItem, text: str) -> str:
     return "met" if run_check(item.check, text)[0] else "not_met"
 
 
-def evidence(item: ChecklistItem, shown: list[dict[str, str] | None], text: str) -> str:
-    """The one-line rationale a trained judge learns to write before its verdict: what the report says
-    that bears on the item (the value it gives for the item's fact, and the article it cites for it; for
-    the fatal item, every article it cites), from which the verdict follows."""
+def evidence(item: ChecklistItem, task: Task, shown: list[dict[str, str] | None], text: str) -> str:
+    """The one-line rationale a trained judge learns to write before its verdict: what the report gives
+    for the item's fact (value, and the article it cites for it) beside what the item asks, so that the
+    verdict is a comparison of the two; for the fatal item, every article the report cites."""
     if item.category == "fatal":
         cited = list(dict.fromkeys(m.strip() for g in CITE.findall(text) for m in g.split(",") if m.strip()))
-        return f"It cites {', '.join(cited)}." if cited else "It cites nothing."
-    fact = shown[int(re.sub(r"\D", "", item.id)) - 1]
-    if fact is None:
-        return "The report does not give this."
+        allowed = ", ".join(task.meta["allowed_sources"])
+        return f"It cites {', '.join(cited) if cited else 'nothing'}; the item allows {allowed}."
+    index = int(re.sub(r"\D", "", item.id)) - 1
+    fact, given = task.meta["facts"][index], shown[index]
     if item.category == "citation":
-        return f"It gives {fact['value']} citing {fact['doc']}."
-    return f"The report gives {fact['value']}."
+        said = f"{given['value']} citing {given['doc']}" if given else "nothing"
+        return f"The report gives {said}; the item asks {fact['value']} citing {fact['doc']}."
+    asked = fact["wrong"] if item.category == "flaw" else fact["value"]
+    return f"The report gives {given['value'] if given else 'nothing'}; the item says {asked}."
 
 
 def examples(task: Task, report: Report, per_call: int = 0) -> Iterator[tuple[Example, str]]:
@@ -152,7 +154,8 @@ def examples(task: Task, report: Report, per_call: int = 0) -> Iterator[tuple[Ex
     for start in range(0, len(items), size):
         chunk = items[start : start + size]
         ruled = [
-            (item.id, true_verdict(item, report.text), evidence(item, shown, report.text)) for item in chunk
+            (item.id, true_verdict(item, report.text), evidence(item, task, shown, report.text))
+            for item in chunk
         ]
         messages = [
             Message(role="system", content=SYSTEM),
