@@ -67,12 +67,20 @@ def test_smollm2_as_judge_is_sent_back_then_refuses_clearly(smollm2, tmp_path):
     )  # fmt: skip
     stderr = result.stderr.decode()
     assert "Traceback" not in stderr
-    # every malformed reply was sent back with its reason, twice, before the judge gave up
-    assert "sent back for correction (1 of 2)" in stderr and "sent back for correction (2 of 2)" in stderr
-    assert result.returncode != 0
-    assert stderr.strip().splitlines()[-1].startswith("error: the judge model failed: ")
-    assert "no usable reply after 3 tries" in stderr
-    assert not (tmp_path / "judgments.jsonl").exists()  # nothing half-judged stands as an output
+    judged = tmp_path / "judgments.jsonl"
+    if judged.exists():
+        # a reply cut off at the 96-token cap is not sent back (the cap would cut it again): the items
+        # of that call are abstentions, and the report has no score rather than a guessed one
+        (judgment,) = [json.loads(line) for line in judged.read_text().splitlines()]
+        cut = [v for v in judgment["verdicts"] if v["verdict"] == "abstain"]
+        assert cut and all("token limit" in v["rationale"] for v in cut)
+        assert judgment["score"] is None and "abstained on" in stderr
+    else:
+        # every malformed reply was sent back with its reason, twice, before the judge gave up
+        assert "sent back for correction (1 of 2)" in stderr and "sent back for correction (2 of 2)" in stderr
+        assert result.returncode != 0
+        assert stderr.strip().splitlines()[-1].startswith("error: the judge model failed: ")
+        assert "no usable reply after 3 tries" in stderr
 
 
 @pytest.mark.slow
@@ -87,7 +95,6 @@ def test_smollm2_as_reverse_teacher_sends_back_then_rejects_and_the_run_goes_on(
     )  # fmt: skip
     stderr = result.stderr.decode()
     assert result.returncode == 0, stderr[-3000:]
-    assert "sent back for correction (1 of 2)" in stderr
     plans = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     rejects_file = tmp_path / "plans.jsonl.rejects.jsonl"
     rejects = (
@@ -99,5 +106,9 @@ def test_smollm2_as_reverse_teacher_sends_back_then_rejects_and_the_run_goes_on(
         assert plans[0]["meta"]["teacher_attempts"] > 1
         assert "1 plans passed validation (1 after a send-back); 0 reports refused" in stderr
     else:
-        assert "no usable reply after 3 tries" in rejects[0]["error"]
+        # sent back with the reason until the tries ran out, or cut off at the token cap (not sent back)
+        error = rejects[0]["error"]
+        assert "no usable reply after 3 tries" in error or "stopped at the token limit" in error
+        if "no usable reply" in error:
+            assert "sent back for correction (1 of 2)" in stderr
         assert "0 plans passed validation (0 after a send-back); 1 reports refused" in stderr
