@@ -13,7 +13,7 @@ from dr_data.judge_data import PERTURBATIONS, oracle_report, perturb, reports, t
 from dr_data.report_tasks import sample_report_tasks
 from dr_data.world import _split_of, build_world, sample_tasks
 from dr_judge.judge import ChecklistJudge
-from support.cli import dr
+from support.cli import dr, dr_world
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,7 @@ def test_the_split_is_leak_free_and_question_tasks_are_unchanged(world, tasks):
 
 def test_dr_data_world_writes_report_tasks_and_dr_data_judge_balances_examples(tmp_path):
     out = tmp_path / "w"
-    result = dr("data", "world", "-o", out, "--entities", "600", "--tasks", "20", "--report-tasks", "60")
-    assert result.returncode == 0, result.stderr
+    dr_world(out, 600, 20, 60)
     train = [json.loads(line) for line in (out / "reports-train.jsonl").read_text().splitlines()]
     test = [json.loads(line) for line in (out / "reports-test.jsonl").read_text().splitlines()]
     assert len(train) + len(test) == 60 and all(t["split"] == "test" for t in test)
@@ -154,12 +153,7 @@ def test_reports_of_a_task_name_their_perturbation(tasks):
 
 def test_the_oracle_researches_report_tasks_and_finishes_with_its_cited_report(tmp_path):
     world = tmp_path / "w"
-    assert (
-        dr(
-            "data", "world", "-o", world, "--entities", "500", "--tasks", "5", "--report-tasks", "12"
-        ).returncode
-        == 0
-    )
+    dr_world(world, 500, 5, 12)
     assert dr("data", "index", world / "corpus.jsonl", "-i", world / "index").returncode == 0
     out = tmp_path / "traj.jsonl"
     result = dr("data", "trajectories", world / "reports-train.jsonl", "--index", world / "index", "-o", out)

@@ -17,7 +17,7 @@ from dr_data.report_tasks import sample_report_tasks
 from dr_data.world import build_world
 from dr_judge.build import make_judge
 from dr_judge.judge import PROMPT_DIGEST, ChecklistJudge, JudgeConfig, judge_reply
-from support.cli import dr
+from support.cli import dr, dr_world
 from support.openai_server import Reply, scripted_server
 
 
@@ -162,12 +162,7 @@ def test_a_judge_folder_trained_for_another_prompt_warns_naming_both(tmp_path, c
 
 def test_sft_on_judge_examples_records_the_prompt_version_in_the_model_folder(tmp_path):
     world = tmp_path / "w"
-    assert (
-        dr(
-            "data", "world", "-o", world, "--entities", "400", "--tasks", "5", "--report-tasks", "6"
-        ).returncode
-        == 0
-    )
+    dr_world(world, 400, 5, 6)
     data = tmp_path / "judge.jsonl"
     result = dr("data", "judge", world / "reports-train.jsonl", "--limit", "16", "-o", data)
     assert result.returncode == 0, result.stderr
@@ -183,12 +178,7 @@ def test_sft_on_judge_examples_records_the_prompt_version_in_the_model_folder(tm
 
 def test_judge_data_and_agree_refuse_what_they_cannot_use_with_one_line(tmp_path):
     world = tmp_path / "w"
-    assert (
-        dr(
-            "data", "world", "-o", world, "--entities", "400", "--tasks", "5", "--report-tasks", "0"
-        ).returncode
-        == 0
-    )
+    dr_world(world, 400, 5, 0)
     result = dr("data", "judge", world / "train.jsonl", "-o", tmp_path / "j.jsonl")
     assert result.returncode == 2 and b"no world report tasks" in result.stderr
     assert b"Traceback" not in result.stderr and not (tmp_path / "j.jsonl").exists()

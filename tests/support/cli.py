@@ -19,3 +19,20 @@ def dr(
         input=input,
         timeout=timeout,
     )
+
+
+def dr_world(folder: object, entities: int, tasks: int, report_tasks: int) -> None:
+    """`dr data world -o FOLDER` of that size; fails the test with dr's stderr when it does not succeed."""
+    result = dr(
+        "data",
+        "world",
+        "-o",
+        folder,
+        "--entities",
+        entities,
+        "--tasks",
+        tasks,
+        "--report-tasks",
+        report_tasks,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]

@@ -41,9 +41,14 @@ def _render(task: Task, shown: list[dict[str, str] | None]) -> str:
     return f"# {task.meta['subject']['name']}\n\n" + " ".join(sentences)
 
 
+def _as_given(task: Task) -> list[dict[str, str] | None]:
+    """What the oracle's report gives of each fact: its value and its own article."""
+    return [{"value": f["value"], "doc": f["doc"]} for f in task.meta["facts"]]
+
+
 def oracle_report(task: Task) -> str:
     """The reference report of a world report task: a title, then one cited sentence per fact."""
-    return _render(task, [{"value": f["value"], "doc": f["doc"]} for f in task.meta["facts"]])
+    return _render(task, _as_given(task))
 
 
 def perturb(task: Task, kinds: str | list[str], rng: random.Random) -> str | None:
@@ -58,7 +63,7 @@ def perturbed(task: Task, kinds: list[str], rng: random.Random) -> list[dict[str
     where the fact was dropped."""
     facts = task.meta["facts"]
     docs = task.meta["supporting_docs"]
-    shown: list[dict[str, str] | None] = [{"value": f["value"], "doc": f["doc"]} for f in facts]
+    shown = _as_given(task)
     used: set[int] = set()
     for kind in kinds:
         if kind == "swap_entity":
@@ -93,11 +98,11 @@ def reports(task: Task, per_task: int, rng: random.Random, most: int = 1) -> Ite
     """The oracle report and `per_task` perturbed ones, each with 1 to `most` perturbations (kinds in
     turn from a random start). A Report's meta names its perturbations, "+"-joined ("none": the
     oracle's), and what it shows of each fact (value and cited article; null where dropped)."""
-    oracle = [{"value": f["value"], "doc": f["doc"]} for f in task.meta["facts"]]
+    oracle = _as_given(task)
     yield Report(
         id=f"{task.id}-oracle",
         task_id=task.id,
-        text=_render(task, list(oracle)),
+        text=_render(task, oracle),
         meta={"perturbation": "none", "shown": oracle},
     )
     start = rng.randrange(len(PERTURBATIONS))

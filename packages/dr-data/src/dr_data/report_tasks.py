@@ -52,7 +52,7 @@ RELATION_ASKS = {
 SUBJECT_TYPES = ("company", "person", "university", "city")
 
 
-def _fact(world: World, entity: Entity, key: str, described: str, rng: random.Random) -> dict[str, Any]:
+def _fact(world: World, entity: Entity, key: str, described: str) -> dict[str, Any]:
     """One fact about `entity`: its attribute `key` or the target of its relation `key`; `described` names
     the entity in the question (its name, or how it relates to the subject)."""
     if key in entity.links:
@@ -199,7 +199,7 @@ def _report_task(
 ) -> Task | None:
     own_keys = [k for k in sorted(subject.attrs) if (subject.type, k) in ATTRIBUTE_ASKS]
     own_keys += sorted(subject.links)
-    facts = [_fact(world, subject, key, _the(subject), rng) for key in own_keys]
+    facts = [_fact(world, subject, key, _the(subject)) for key in own_keys]
     rng.shuffle(facts)
     facts = facts[: rng.randint(2, min(4, len(facts)))]
     # then 1 to 3 linked entities' articles, one or two facts from each
@@ -216,7 +216,7 @@ def _report_task(
             continue
         described = PHRASES[relation].format(x=_the(subject))
         for key in rng.sample(keys, min(len(keys), rng.randint(1, 2), 6 - len(facts))):
-            facts.append(_fact(world, other, key, described, rng))
+            facts.append(_fact(world, other, key, described))
     docs = list(dict.fromkeys(f["doc"] for f in facts))
     values = [f["value"] for f in facts]
     if not 3 <= len(facts) <= 6 or not 2 <= len(docs) <= 4 or len(set(values)) != len(values):

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from dr_judge.stats import kappa_of_table
+
 LABELS = ("met", "partially_met", "not_met")
 
 
@@ -34,17 +36,6 @@ def _table(items: Sequence[tuple[str, str, str]]) -> np.ndarray:
         if predicted in LABELS and true in LABELS:
             table[LABELS.index(predicted), LABELS.index(true)] += 1
     return table
-
-
-def kappa_of(table: np.ndarray) -> float:
-    n = table.sum()
-    if n == 0:
-        return float("nan")
-    observed = np.trace(table) / n
-    expected = float((table.sum(axis=1) * table.sum(axis=0)).sum()) / n**2
-    if expected == 1.0:
-        return 1.0 if observed == 1.0 else float("nan")
-    return float((observed - expected) / (1 - expected))
 
 
 def accuracy_of(table: np.ndarray) -> float:
@@ -86,7 +77,7 @@ def verdict_agreement(pairings: Sequence[Pairing], resamples: int = 2000, seed: 
     if tables.sum() > 0:
         n = len(pairings)
         result["accuracy"] = _stat(*_interval(lambda i: accuracy_of(tables[i].sum(0)), n, resamples, seed))
-        result["kappa"] = _stat(*_interval(lambda i: kappa_of(tables[i].sum(0)), n, resamples, seed))
+        result["kappa"] = _stat(*_interval(lambda i: kappa_of_table(tables[i].sum(0)), n, resamples, seed))
     scored = [p for p in pairings if p.predicted_score is not None and p.true_score is not None]
     result["scored_responses"] = len(scored)
     if scored:

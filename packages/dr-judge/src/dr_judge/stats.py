@@ -18,7 +18,14 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
     table = np.zeros((len(labels), len(labels)))
     for x, y in zip(a, b, strict=True):
         table[index[x], index[y]] += 1
+    return kappa_of_table(table)
+
+
+def kappa_of_table(table: np.ndarray) -> float:
+    """Cohen's kappa of a confusion table (rater A's labels by row, rater B's by column); NaN when empty."""
     n = table.sum()
+    if n == 0:
+        return float("nan")
     observed = np.trace(table) / n
     expected = float((table.sum(axis=1) * table.sum(axis=0)).sum()) / n**2
     if expected == 1.0:
