@@ -110,3 +110,18 @@ def test_flat_groups_are_those_whose_samples_all_got_one_reward():
     advantages = group_advantages(torch.tensor(rewards), 3).reshape(3, 3)
     assert [bool((advantages[i] == 0).all()) for i in range(3)] == [True, True, False]
     assert flat_groups([1.0, 0.0], 2) == set()
+
+
+def test_a_rollout_without_a_reward_leaves_its_group_and_the_rest_compare_among_themselves():
+    nan = float("nan")
+    # group 0: one of four dropped; the other three compare as a group of three would
+    # group 1: only one rewarded sample is left, with nothing to compare it to
+    rewards = torch.tensor([1.0, nan, 0.0, 0.0, nan, 1.0, nan, nan])
+    advantages = group_advantages(rewards, 4)
+    alone = group_advantages(torch.tensor([1.0, 0.0, 0.0]), 3)
+    assert torch.allclose(advantages[[0, 2, 3]], alone)
+    assert advantages[1] == 0 and not advantages[4:].any()
+    assert not torch.isnan(advantages).any()
+    assert flat_groups([1.0, None, 0.0, 0.0, None, 1.0, None, None], 4) == {1}
+    assert flat_groups([0.5, None, 0.5, None], 2) == {0, 1}  # one reward left in each
+    assert flat_groups([0.5, None, 0.5, 0.5], 4) == {0}  # the rewarded ones agree

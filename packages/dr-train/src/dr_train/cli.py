@@ -46,6 +46,17 @@ class LossNormChoice(StrEnum):
     token = "token"
 
 
+class RewardChoice(StrEnum):
+    auto = "auto"
+    rules = "rules"
+    judge = "judge"
+
+
+class RewardModeChoice(StrEnum):
+    strict = "strict"
+    graded = "graded"
+
+
 def _opt(*names: str, help: str | None = None) -> Any:
     return typer.Option(*names, help=help, show_default=False)
 
@@ -310,6 +321,34 @@ def rl(
         str | None, _opt("--judge-base-url", help="Judge endpoint for checklist tasks.")
     ] = None,
     judge_model: Annotated[str | None, _opt("--judge-model", help="Judge model for checklist tasks.")] = None,
+    judge_serve: Annotated[
+        str | None,
+        _opt(
+            "--judge-serve",
+            help="A judge model folder to serve here for the run (vLLM where it can, else transformers "
+            "serve), instead of --judge-base-url/--judge-model.",
+        ),
+    ] = None,
+    reward: Annotated[
+        RewardChoice | None,
+        _opt(
+            "--reward",
+            help="Report tasks' reward: rules (the checklist's rule checks, the world's truth), judge (the "
+            "judge model rules on every item), auto (judge when one is given) (default: auto). Question "
+            "tasks keep their rule reward; metrics.jsonl logs the rules' score beside the judge's.",
+        ),
+    ] = None,
+    reward_mode: Annotated[
+        RewardModeChoice | None,
+        _opt(
+            "--reward-mode",
+            help="strict (a requirement counts only when fully met, a flaw when present even partly) or "
+            "graded (partially met counts half) (default: strict).",
+        ),
+    ] = None,
+    judge_concurrency: Annotated[
+        int | None, _opt("--judge-concurrency", help="Judge calls at once (default: 16).")
+    ] = None,
     save_every: SaveOpt = None,
     keep: KeepOpt = None,
     seed: SeedOpt = None,
@@ -364,8 +403,10 @@ def rl(
 ) -> None:
     """RL (GRPO or PPO) on research tasks, with rollouts through the real agent loop and tools.
 
-    Tasks are Task JSONL. The policy researches each task --group times; dr-judge rewards each run (exact
-    answer, or the checklist score with a judge model); updates use only the tokens the policy sampled.
+    Tasks are Task JSONL, questions and report tasks mixed as given. The policy researches each task
+    --group times; each run is rewarded (questions by their exact answer; reports by their checklist, with
+    the rules or a judge model, the rules' score logged beside it); a run the judge abstains on is dropped
+    from its group; updates use only the tokens the policy sampled.
     Writes metrics.jsonl and Hugging Face checkpoints like sft. With --nproc N every rank holds the whole
     policy, runs a share of each step's rollouts and of each minibatch, and DeepSpeed reduces the
     gradients (ZeRO-1/2 split the optimizer state and gradients)."""

@@ -1,9 +1,11 @@
 """`dr train rl`: GRPO or PPO on research tasks, with rollouts through the real agent loop and tools.
 
 One step: pick tasks, let the policy research each `group` times (the agent's search/open/answer tools over
-the index, under its step and token budgets), reward each run with dr-judge (exact answer for deep-search
-tasks, checklist score otherwise), then update on the tokens the policy sampled; prompts and tool results
-are context, never trained on. The policy's log-probabilities come from dr_kernels' fused head (no logits).
+the index, under its step and token budgets), reward each run (dr_train.rewards: the exact answer for
+question tasks; for report tasks the checklist score by the rules or by a judge model, with the rules'
+truth logged beside it), then update on the tokens the policy sampled; prompts and tool results are
+context, never trained on. A run the judge abstained on has no reward and is left out of its group. The
+policy's log-probabilities come from dr_kernels' fused head (no logits).
 
 On several processes (`--nproc N`, DeepSpeed ZeRO 0-2) every rank holds the whole policy: the step's
 rollouts are dealt out over the ranks and gathered again, so every rank sees all of them and computes the
@@ -28,7 +30,7 @@ import torch.distributed as torch_dist
 from pydantic import BaseModel, ConfigDict
 
 from dr_core.concurrency import ordered_map
-from dr_core.errors import DrError, InputError
+from dr_core.errors import InputError
 from dr_core.llm import ChatModel
 from dr_core.log import logger, progress
 from dr_core.records import Task, Trajectory
@@ -38,6 +40,7 @@ from dr_train.chat import IGNORE
 from dr_train.distributed import Dist, barrier
 from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
 from dr_train.policy import LocalPolicy, Recording, record_turns
+from dr_train.rewards import Mode, Rewarder, RewardSource, Scored, reward_metrics
 from dr_train.rl_math import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -90,6 +93,13 @@ class RLConfig(BaseModel):
     # the trainer's (vLLM rollouts): each token's policy loss is weighted by min(π_train/π_engine, cap)
     tis_cap: float | None = None
     concurrency: int = 2
+    # report tasks' reward: "rules" (the world's true verdicts, the upper bound), "judge" (a judge model
+    # rules on every item), or "auto" (the judge when one is given); question tasks keep their rule reward
+    reward: RewardSource = "auto"
+    # the judge package's scoring: strict (a requirement counts only when fully met, a flaw when present
+    # even partly) or graded (partially met counts half)
+    reward_mode: Mode = "strict"
+    judge_concurrency: int = 16  # judge calls at once (a vLLM judge batches them)
     # GRPO: a group whose samples all got the same reward has zero advantage everywhere, so it teaches the
     # policy nothing (only the KL term would move it); leave its sequences out of the step (DAPO's dynamic
     # sampling does the same) instead of paying three forward passes and a backward pass for each
@@ -102,7 +112,7 @@ class RLConfig(BaseModel):
     # Fields that change neither the policy nor the optimisation (--steps may grow: the learning rate
     # does not depend on it); every other field of the config (a recipe's too) must be the same on resume.
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset(
-        {"out", "steps", "concurrency", "save_every", "keep", "kernels"}
+        {"out", "steps", "concurrency", "judge_concurrency", "save_every", "keep", "kernels"}
     )
 
     def resume_keys(self) -> dict[str, Any]:
@@ -111,15 +121,20 @@ class RLConfig(BaseModel):
 
 
 # what a dr that did not yet record a setting in its checkpoints did, for resuming their runs
-UNRECORDED: dict[str, Any] = {"skip_flat_groups": False}
+UNRECORDED: dict[str, Any] = {"skip_flat_groups": False, "reward": "auto", "reward_mode": "strict"}
 
 
 @dataclass
 class Rollout:
     task: Task
     trajectory: Trajectory
-    reward: float
     turns: list[Any]
+    scored: Scored | None = None  # set once the step's rollouts are rewarded
+
+    @property
+    def reward(self) -> float | None:
+        """The reward it trains on; None when it has none (the judge abstained): it is dropped."""
+        return None if self.scored is None else self.scored.reward
 
     @property
     def tool_calls(self) -> int:
@@ -232,7 +247,7 @@ class RLTrainer:
         tokenizer: Any,
         reference: Any,
         agent: Any,
-        judge: Any,
+        rewarder: Rewarder,
         tasks: list[Task],
         config: RLConfig,
         resume_from: Path | None = None,
@@ -250,7 +265,8 @@ class RLTrainer:
         self.tokenizer = tokenizer
         self.reference = reference
         self.agent = agent
-        self.judge = judge
+        self.rewarder = rewarder
+        self.judge_s = 0.0  # the last step's judging time, on this rank
         self.tasks = tasks
         self.config = config
         self.out = Path(config.out)
@@ -317,13 +333,7 @@ class RLTrainer:
             trajectory = self.agent.run(
                 task.question, task_id=task.id, temperature=self.config.temperature, top_p=self.config.top_p
             )
-        reward = self.judge.reward(task, trajectory.final, trajectory.citations)
-        if reward is None:
-            raise DrError(
-                f"task {task.id}: the judge abstained on a rollout, so it has no reward; a judge whose reply "
-                "is cut off needs a larger max_output_tokens ([judge] in the config)"
-            )
-        return Rollout(task, trajectory, float(reward), recording.turns)
+        return Rollout(task, trajectory, recording.turns)
 
     def rollouts(self, step: int) -> list[Rollout]:
         """The step's rollouts, every task `group` times in a row; on several ranks each runs every
@@ -333,6 +343,12 @@ class RLTrainer:
         self.model.eval()
         jobs = [(step, index, task) for index, task in enumerate(self._jobs(step))]
         mine = list(ordered_map(self._rollout, jobs[rank::world], self.config.concurrency))
+        # rewarded together once they are all in, the judge's calls batched and timed apart
+        scored, self.judge_s = self.rewarder.score_all(
+            [(r.task, r.trajectory.final, r.trajectory.citations) for r in mine]
+        )
+        for rollout, score in zip(mine, scored, strict=True):
+            rollout.scored = score
         if world == 1:
             return mine
         shares: list[Any] = [None] * world
@@ -347,7 +363,8 @@ class RLTrainer:
     def _prepare(self, rollouts: list[Rollout]) -> list[Sequence]:
         config = self.config
         sequences = [s for i, r in enumerate(rollouts) for s in sequences_of(r.turns, i)]
-        sequences = [s for s in sequences if s.actions]
+        # a rollout without a reward (its judge abstained) teaches nothing: it leaves its group
+        sequences = [s for s in sequences if s.actions and rollouts[s.rollout].reward is not None]
         self.flat_groups = 0
         if config.algo == "grpo" and config.skip_flat_groups:
             flat = flat_groups([r.reward for r in rollouts], config.group)
@@ -377,7 +394,7 @@ class RLTrainer:
                 old, values, ref = shares[index % world][index // world]
                 seq.old_logprobs, seq.old_values, seq.ref_logprobs = here(old), here(values), here(ref)
         self._engine_gap(sequences)
-        rewards = torch.tensor([r.reward for r in rollouts])
+        rewards = torch.tensor([math.nan if r.reward is None else r.reward for r in rollouts])
         if config.algo == "grpo":
             advantages = group_advantages(rewards, config.group)
             for seq in sequences:
@@ -385,13 +402,13 @@ class RLTrainer:
             return sequences
         for index, rollout in enumerate(rollouts):
             of_rollout = [s for s in sequences if s.rollout == index]
-            if not of_rollout:
+            if not of_rollout or rollout.reward is None:
                 continue
             logprobs = torch.cat([s.old_logprobs for s in of_rollout])
             first = of_rollout[0]
             ref = torch.cat([s.ref_logprobs for s in of_rollout]) if first.ref_logprobs is not None else None
             values = torch.cat([s.old_values for s in of_rollout])
-            token_rewards = ppo_token_rewards(rollout.reward, logprobs, ref, config.kl_coef)
+            token_rewards = ppo_token_rewards(float(rollout.reward), logprobs, ref, config.kl_coef)
             adv, returns = gae(token_rewards, values, config.gamma, config.lam)
             offset = 0
             for seq in of_rollout:
@@ -511,27 +528,34 @@ class RLTrainer:
             self.gap = {}
             sequences = self._prepare(rollouts)
             stats = self.update(sequences) if sequences else {}
-            rewards = torch.tensor([r.reward for r in rollouts])
+            kept = [r.reward for r in rollouts if r.reward is not None]
+            rewards = torch.tensor(kept, dtype=torch.float64)
+            scored = [r.scored for r in rollouts if r.scored is not None]
             self.step = step + 1
             synced = {}
             if self.engines is not None and self.step < self.config.steps:
                 synced = self.sync_engines()
             record = {
                 "step": self.step,
-                "reward_mean": round(float(rewards.mean()), 4),
-                "reward_std": round(float(rewards.std(unbiased=False)), 4),
-                "solved": round(float((rewards >= 0.5).float().mean()), 4),
+                # over the rollouts with a reward (None when the judge abstained on all of them)
+                "reward_mean": round(float(rewards.mean()), 4) if kept else None,
+                "reward_std": round(float(rewards.std(unbiased=False)), 4) if kept else None,
+                "solved": round(float((rewards >= 0.5).float().mean()), 4) if kept else None,
                 "response_tokens": round(
                     sum(len(t.response) for r in rollouts for t in r.turns) / len(rollouts), 1
                 ),
                 "tool_calls": round(sum(r.tool_calls for r in rollouts) / len(rollouts), 2),
                 "rollouts": len(rollouts),
+                # rollouts without a reward (the judge abstained), left out of their groups
+                "dropped": len(rollouts) - len(kept),
+                **reward_metrics(scored, self.rewarder.source == "judge"),
                 "trained_tokens": sum(s.actions for s in sequences),
                 "flat_groups": self.flat_groups,
                 **{k: round(v, 6) for k, v in stats.items()},
                 **{k: round(v, 6) for k, v in self.gap.items()},
                 **{k: round(v, 6) for k, v in synced.items()},
-                "rollout_s": round(rollout_s, 2),
+                "rollout_s": round(rollout_s - self.judge_s, 2),
+                "judge_s": round(self.judge_s, 2),
                 "step_s": round(time.perf_counter() - started, 2),
             }
             if main:

@@ -7,6 +7,8 @@ over the tokens the policy produced (tool results and prompts never appear in th
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -14,18 +16,25 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     """GRPO: each reward minus its group's mean, over the group's standard deviation (population).
 
     `rewards` holds consecutive groups of `group_size` samples of the same task; a group whose samples all
-    scored the same gives zero advantage (nothing to prefer).
+    scored the same gives zero advantage (nothing to prefer). A NaN reward is a sample that has none (its
+    judge abstained): it is left out of its group's mean and deviation and gets advantage 0, and a group
+    left with fewer than two rewarded samples has nothing to compare (0 everywhere).
     """
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     groups = rewards.float().reshape(-1, group_size)
-    mean = groups.mean(dim=1, keepdim=True)
-    std = groups.std(dim=1, unbiased=False, keepdim=True)
-    advantages = (groups - mean) / (std + eps)
+    known = ~torch.isnan(groups)
+    count = known.sum(dim=1, keepdim=True)
+    filled = torch.where(known, groups, torch.zeros_like(groups))
+    mean = filled.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    centred = torch.where(known, groups - mean, torch.zeros_like(groups))
+    std = (centred.square().sum(dim=1, keepdim=True) / count.clamp(min=1)).sqrt()
+    advantages = centred / (std + eps)
     # A constant group's float32 mean can miss its value by an ulp, leaving a std of ~6e-8 and advantages
     # of ~0.06: decide "all equal" on the rewards themselves, not on the arithmetic.
-    constant = (groups == groups[:, :1]).all(dim=1, keepdim=True)
-    return torch.where(constant, torch.zeros_like(advantages), advantages).reshape(-1)
+    first = torch.where(known, groups, torch.full_like(groups, math.inf)).min(dim=1, keepdim=True).values
+    constant = (~known | (groups == first)).all(dim=1, keepdim=True) | (count < 2)
+    return torch.where(constant | ~known, torch.zeros_like(advantages), advantages).reshape(-1)
 
 
 def gae(
@@ -83,8 +92,14 @@ def clipped_value_loss(
     return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
 
 
-def flat_groups(rewards: list[float], group_size: int) -> set[int]:
-    """The indexes of the groups (consecutive `group_size` samples of one task) whose samples all got the
-    same reward: GRPO gives every token of them zero advantage."""
+def flat_groups(rewards: list[float | None], group_size: int) -> set[int]:
+    """The indexes of the groups (consecutive `group_size` samples of one task) whose rewarded samples
+    (None: no reward) all got the same reward, or that have fewer than two: GRPO gives every token of them
+    zero advantage."""
     groups = [rewards[i : i + group_size] for i in range(0, len(rewards), group_size)]
-    return {i for i, g in enumerate(groups) if all(x == g[0] for x in g)}
+    flat = set()
+    for i, group in enumerate(groups):
+        known = [x for x in group if x is not None]
+        if len(known) < 2 or all(x == known[0] for x in known):
+            flat.add(i)
+    return flat

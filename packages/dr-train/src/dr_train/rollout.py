@@ -18,11 +18,10 @@ folder must then be on a filesystem they share. The endpoints are vLLM's develop
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import os
-import subprocess
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,9 @@ import httpx
 from dr_core.errors import DrError
 from dr_core.llm import ChatResult, LLMConfig
 from dr_core.log import logger
-from dr_core.proc import child_of_this_process, free_port
+from dr_core.proc import free_port
 from dr_core.records import Message, Usage
+from dr_core.server import ManagedServer, ServerError
 from dr_train.policy import Turn, current_recording, new_tokens, no_room, render
 
 
@@ -74,7 +74,7 @@ class Engines:
         self.version: str | None = None
         self._next = itertools.cycle(range(len(self.urls)))
         self._lock = threading.Lock()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.server: ManagedServer | None = None  # the engine started here, if any
 
     # ---- starting and checking -------------------------------------------------------------------
 
@@ -87,32 +87,20 @@ class Engines:
         port = free_port()
         spec = EngineSpec(model=model_dir, engine="vllm", port=port, served_model_name="policy", **settings)
         _, argv, _ = engine_command(spec)
-        env = {**os.environ, **engine_env(spec, "vllm"), "VLLM_SERVER_DEV_MODE": "1"}
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = log_path.open("ab")
+        env = {**engine_env(spec, "vllm"), "VLLM_SERVER_DEV_MODE": "1"}
         logger.info("starting a vLLM engine for the rollouts (log: %s)", log_path)
-        process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_of_this_process()
+        server = ManagedServer(
+            argv, port, name="the rollout engine", log=log_path, env=env, timeout_s=timeout
         )
-        engines = cls([f"http://127.0.0.1:{port}"], timeout)
-        engines.process = process
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise EngineError(
-                    f"the rollout engine exited with code {process.returncode} before it was ready; "
-                    f"see {log_path}"
-                )
-            try:
-                if engines.http.get(f"{engines.urls[0]}/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                engines.close()
-                raise EngineError(f"the rollout engine was not ready after {timeout:.0f}s; see {log_path}")
-            time.sleep(1.0)
-        engines.check()
+        try:
+            with _as_engine_error():
+                server.__enter__()
+            engines = cls([server.url], timeout)
+            engines.server = server
+            engines.check()
+        except BaseException:
+            server.stop()
+            raise
         return engines
 
     def check(self) -> None:
@@ -131,13 +119,8 @@ class Engines:
             self.model = self.model or names[0]
 
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.server is not None:
+            self.server.stop()
         self.http.close()
 
     # ---- sampling ----------------------------------------------------------------------------------
@@ -208,6 +191,15 @@ def _json(url: str, path: str, response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def _as_engine_error() -> Iterator[None]:
+    """A managed server's failure to start, as the EngineError rollouts raise."""
+    try:
+        yield
+    except ServerError as exc:
+        raise EngineError(str(exc)) from None
 
 
 def _why(exc: BaseException) -> str:

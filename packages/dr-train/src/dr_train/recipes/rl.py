@@ -1,9 +1,11 @@
 """RL (GRPO or PPO) on research tasks, with rollouts through the real agent loop and its tools.
 
-Tasks are Task JSONL. The policy researches each task `group` times; dr-judge rewards each run (the exact
-answer, or the checklist score with a judge model); the update trains only on the tokens the policy
-sampled. With `nproc` N every rank holds the whole policy, runs a share of each step's rollouts and of
-each minibatch, and DeepSpeed reduces the gradients (ZeRO-1/2 split the optimizer state and gradients).
+Tasks are Task JSONL, questions and report tasks mixed as given. The policy researches each task `group`
+times; each run is rewarded (dr_train.rewards: the exact answer; a report's checklist score by the rules or
+by a judge model, which the recipe can serve itself from a folder, `judge_serve`); the update trains only
+on the tokens the policy sampled. With `nproc` N every rank holds the whole policy, runs a share of each
+step's rollouts and of each minibatch, and DeepSpeed reduces the gradients (ZeRO-1/2 split the optimizer
+state and gradients).
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from dr_core.errors import InputError
 from dr_core.jsonl import OnError, RejectWriter, read_records
 from dr_core.log import logger
 from dr_core.pipe import default_rejects_path
+from dr_core.proc import free_port
 from dr_core.records import Task
+from dr_core.server import ManagedServer
 from dr_judge.build import make_judge
 from dr_serve.engines import fallback_reason, model_config
 from dr_train import checkpoint, distributed
 from dr_train.engine import DeepSpeedSettings
 from dr_train.model import RopeSettings, build, is_checkpoint
 from dr_train.recipes.common import RunSettings, rank_rejects
+from dr_train.rewards import Rewarder
 from dr_train.rl import RLConfig, RLTrainer, engine_folder, frozen_copy
 from dr_train.rollout import Engines, server_root, write_engine_weights
 
@@ -43,6 +48,9 @@ class RLRecipeConfig(RunSettings, RLConfig):
     max_output_tokens: int = 512  # tokens per model call
     judge_base_url: str | None = None
     judge_model: str | None = None
+    # a judge model folder (dr train sft's --out on `dr data judge` examples) served here for the run, with
+    # vLLM where it can serve it (else transformers serve); instead of --judge-base-url/--judge-model
+    judge_serve: str | None = None
     zero: int | None = None
     deepspeed: str | None = None
     # where the policy samples: vLLM engines (auto: when vLLM is installed) or generate in this process
@@ -59,6 +67,7 @@ class RLRecipeConfig(RunSettings, RLConfig):
             "rollout_url",
             "sync_tolerance",
             "judge_base_url",
+            "judge_concurrency",
             "zero",
             "deepspeed",
         }
@@ -102,18 +111,26 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
         tasks = list(read_records(sources, Task, on_error=on_error, rejects=writer))
     if not tasks:
         raise InputError("no tasks to train on")
-    unjudgeable = [t.id for t in tasks if t.answer is None and not t.checklist]
-    if unjudgeable:
+    if config.judge_serve and (config.judge_base_url or config.judge_model):
+        raise InputError("--judge-serve serves a judge here: drop --judge-base-url/--judge-model, or it")
+    if config.judge_serve and not is_checkpoint(config.judge_serve):
+        raise InputError(f"--judge-serve {config.judge_serve!r}: give a judge model's Hugging Face folder")
+    if config.judge_serve and dist.world > 1:
         raise InputError(
-            f"tasks without an answer or checklist cannot be rewarded: {', '.join(unjudgeable[:5])}"
+            "with --nproc, every rank asks the judge: serve it (dr serve) and give --judge-base-url"
         )
-    judge = make_judge(config.judge_base_url, config.judge_model)
-    if judge.llm is None and any(t.answer is None for t in tasks):
-        raise InputError("checklist tasks need a judge model: --judge-base-url and --judge-model")
+    rewarder = None
+    if not config.judge_serve:  # a judge to serve is checked once it answers
+        rewarder = rewarder_for(config, tasks, config.judge_base_url, config.judge_model)
     start = str(resume_from) if resume_from is not None else config.model
     plan = rollout_engines(config, start, dist.world)  # before the models load: a bad URL fails fast
     engines = plan if isinstance(plan, Engines) else None
+    judge_server = None
     try:
+        if config.judge_serve:
+            judge_server = serve_judge(config.judge_serve, Path(config.out) / "judge-engine.log")
+            rewarder = rewarder_for(config, tasks, judge_server.url + "/v1", config.judge_serve)
+        assert rewarder is not None
         policy, tokenizer = build(start, None, list, RopeSettings(), config.seed)
         if plan == LOCAL:
             # one engine here, started from the policy as the sync writes it; the trainer holds the policy
@@ -143,7 +160,7 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
             tokenizer,
             reference,
             agent,
-            judge,
+            rewarder,
             tasks,
             settings,
             resume_from,
@@ -159,6 +176,41 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
     finally:
         if engines is not None:
             engines.close()
+        if judge_server is not None:
+            judge_server.stop()
+
+
+def rewarder_for(
+    config: RLRecipeConfig, tasks: list[Task], base_url: str | None, model: str | None
+) -> Rewarder:
+    """The run's Rewarder over the judge at `base_url` (or the [judge.llm] settings); InputError when it
+    cannot reward every task."""
+    judge = make_judge(base_url, model, at_once=config.judge_concurrency, mode=config.reward_mode)
+    try:
+        rewarder = Rewarder(judge, config.reward, config.reward_mode, config.judge_concurrency)
+        rewarder.check(tasks)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return rewarder
+
+
+def serve_judge(folder: str, log: Path) -> ManagedServer:
+    """Serve the judge model in `folder` on a free loopback port for the run, under its folder's path (the
+    name `dr judge` looks for its prompt version under): with vLLM where it can serve it, else with
+    transformers serve. Returns once it answers."""
+    from dr_serve.engines import EngineSpec, choose_engine, engine_command, engine_env
+
+    engine = choose_engine("auto", model_config(folder))
+    port = free_port()
+    spec = EngineSpec(
+        model=folder, engine=engine, port=port, served_model_name=folder if engine == "vllm" else None
+    )
+    _, argv, _ = engine_command(spec)
+    logger.info("serving the judge %s with %s (log: %s)", folder, engine, log)
+    server = ManagedServer(
+        argv, port, name=f"the judge server for {folder}", log=log, env=engine_env(spec, engine)
+    )
+    return server.__enter__()
 
 
 LOCAL = "local"  # a vLLM engine to start here, once the policy is loaded

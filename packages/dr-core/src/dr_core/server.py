@@ -1,0 +1,139 @@
+"""A server in a child process whose life is ours: started on a port checked to be free, awaited until it
+answers its health check (its own answer: the child must still run), stopped, and named with its log when it
+fails. Torch- and web-framework-free, so every package can start one (RL's rollout engines and judge, the
+main job's servers).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import httpx
+
+from dr_core.errors import DrError, InputError
+from dr_core.proc import child_of_this_process, port_in_use
+
+POLL_S = 0.5
+
+
+class ServerError(DrError):
+    """A managed server exited or did not become healthy."""
+
+    exit_code = 3
+
+
+class ManagedServer:
+    """`argv`, a server that listens on `host:port` and answers 200 at `health` when ready.
+
+    Used as a context manager: started and awaited on entry, stopped on exit. `log` takes the child's
+    output (None: it goes to ours)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        port: int,
+        *,
+        name: str,
+        host: str = "127.0.0.1",
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        health: str = "/health",
+        timeout_s: float = 600.0,
+    ) -> None:
+        self.argv = argv
+        self.host, self.port = host, port
+        self.name = name
+        self.log = log
+        self.env = env
+        self.health = health
+        self.timeout_s = timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self._sink: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's root URL (without /v1)."""
+        return f"http://{self.host}:{self.port}"
+
+    def _where(self) -> str:
+        return f"; see {self.log}" if self.log is not None else ""
+
+    def start(self) -> ManagedServer:
+        if port_in_use(self.host, self.port):
+            raise InputError(
+                f"{self.name}: {self.host}:{self.port} is already in use; stop what listens there"
+            )
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = self.log.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            env={**os.environ, **(self.env or {})},
+            stdout=self._sink,
+            stderr=subprocess.STDOUT if self._sink is not None else None,
+            preexec_fn=child_of_this_process(),
+        )
+        return self
+
+    def wait_healthy(self) -> None:
+        """Return once the server answers 200 at its health path while its child still runs: the port was
+        free when it started, so the answer is its own. ServerError when it exits or the time runs out."""
+        process = self.process
+        assert process is not None, "start() first"
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServerError(
+                    f"{self.name} exited with code {process.returncode} before it was ready{self._where()}"
+                )
+            try:
+                if httpx.get(self.url + self.health, timeout=2.0).status_code == 200:
+                    time.sleep(POLL_S)  # a child that fails to bind exits at once: give it the time
+                    if process.poll() is None:
+                        return
+                    continue
+            except httpx.HTTPError:
+                pass
+            time.sleep(POLL_S)
+        self.stop()
+        raise ServerError(
+            f"{self.name} was not healthy at {self.url} after {self.timeout_s:.0f}s{self._where()}"
+        )
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 30.0) -> int | None:
+        """Stop the child (SIGTERM, then SIGKILL after `grace_s`); its exit code."""
+        process = self.process
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+        return None if process is None else process.returncode
+
+    def __enter__(self) -> ManagedServer:
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
