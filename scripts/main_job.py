@@ -110,11 +110,14 @@ def served(model: Path, args: argparse.Namespace, log: Path):
                 proc.kill()
 
 
-def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
+def bench_settings(args: argparse.Namespace, reports: bool = False) -> dict[str, Any]:
     """What decides a bench's scores besides the model: the `dr bench run` flags that set the agent and the
-    questions, and the agent's environment. A bench run with other settings is stale."""
-    flags = ["--limit", str(args.bench_tasks), "--max-steps", str(args.agent_steps),
-             "--max-tokens", str(args.agent_tokens), "--temperature", "0", "--tool-mode", "text"]  # fmt: skip
+    tasks, and the agent's environment. A bench run with other settings is stale."""
+    limit, steps, tokens = args.bench_tasks, args.agent_steps, args.agent_tokens
+    if reports:
+        limit, steps, tokens = args.report_bench_tasks, args.report_agent_steps, args.report_agent_tokens
+    flags = ["--limit", str(limit), "--max-steps", str(steps),
+             "--max-tokens", str(tokens), "--temperature", "0", "--tool-mode", "text"]  # fmt: skip
     return {"flags": flags, "top_k": os.environ["DR_SEARCH_TOP_K"],
             "max_output_tokens": os.environ["DR_AGENT_MAX_OUTPUT_TOKENS"]}  # fmt: skip
 
@@ -128,11 +131,14 @@ def set_aside(folder: Path) -> Path:
     return aside
 
 
-def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
+def bench(name: str, model: Path, args: argparse.Namespace, out: Path, reports: bool = False) -> Path:
+    """`dr bench run` of `model` on the held-out questions, or with `reports` the held-out report tasks
+    (judged by their rules: the true checklist score)."""
     folder = out / "bench" / name
     summary_path = folder / "summary.json"
     record = folder / "main_job.json"
-    settings = bench_settings(args)
+    settings = bench_settings(args, reports)
+    suite = out / "world" / ("reports-test.jsonl" if reports else "test.jsonl")
     if folder.exists() and (not record.exists() or json.loads(record.read_text()) != settings):
         aside = set_aside(folder)
         print(f"main job: {folder} was run with other settings than {settings}; moved to {aside}, rerunning",
@@ -144,7 +150,7 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path) -> Path:
     record.write_text(json.dumps(settings) + "\n")
     with served(model, args, out / f"serve-{name}.log") as url:
         flags = [
-            "--suite", out / "world" / "test.jsonl", "-o", folder,
+            "--suite", suite, "-o", folder,
             "--base-url", url, "--model", str(model), "--index", out / "index", "--no-web",
             "--concurrency", str(concurrency(model, args)), *settings["flags"],
         ]  # fmt: skip
@@ -223,6 +229,19 @@ def main() -> None:
                         "vLLM, 2 on transformers).")  # fmt: skip
     parser.add_argument("--agent-steps", type=int, default=8)
     parser.add_argument("--agent-tokens", type=int, default=None, help="Tokens per agent run (all calls).")
+    # the report track: report tasks beside the questions in SFT, RL and the benches
+    parser.add_argument("--report-tasks", type=int, default=None, help="Report tasks in the world (default "
+                        "500, 24 with --quick; 0: no report track).")  # fmt: skip
+    parser.add_argument("--report-bench-tasks", type=int, default=None, help="Held-out report tasks benched "
+                        "(default 200, 4 with --quick).")  # fmt: skip
+    parser.add_argument("--report-agent-steps", type=int, default=12, help="Model calls per report run.")
+    parser.add_argument("--report-agent-tokens", type=int, default=None, help="Tokens per report run.")
+    parser.add_argument("--judge", default=None, choices=["trained", "rules"], help="What rewards RL's "
+                        "report tasks: trained (a SmolLM2 judge trained by scripts/judge_job.py, served for "
+                        "the run; its agreement with the truth is checked first) or rules (the world's true "
+                        "verdicts, the upper bound). Default: trained; rules with --quick or from "
+                        "scratch.")  # fmt: skip
+    parser.add_argument("--judge-examples", type=int, default=140, help="The judge's training examples.")
     args = parser.parse_args()
     quick = args.quick
     if args.base_model is None:
@@ -253,6 +272,14 @@ def main() -> None:
     args.rl_group = args.rl_group or (2 if quick else 4)
     args.bench_tasks = args.bench_tasks or (4 if quick else 100 if scratch else 200)
     args.agent_tokens = args.agent_tokens or (8000 if quick else 20000)
+    if args.report_tasks is None:
+        args.report_tasks = 24 if quick else 500
+    args.report_bench_tasks = args.report_bench_tasks or (4 if quick else 200)
+    args.report_agent_tokens = args.report_agent_tokens or (12000 if quick else 30000)
+    if args.judge is None:
+        # a judge trained from scratch on the little judge data would not write JSON: quick runs use rules
+        args.judge = "rules" if quick or scratch else "trained"
+    reports = args.report_tasks > 0
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -260,10 +287,19 @@ def main() -> None:
     world = out / "world"
     if not (world / "test.jsonl").exists():
         run("data", "world", "-o", world, "--seed", str(args.seed), "--entities", str(args.entities),
-            "--tasks", str(args.tasks), "--max-hops", "2")  # fmt: skip
+            "--tasks", str(args.tasks), "--max-hops", "2",
+            "--report-tasks", str(args.report_tasks))  # fmt: skip
     if not (out / "index").exists():
         run("data", "index", world / "corpus.jsonl", "-i", out / "index")
     trajectories = out / "trajectories.jsonl"
+    # the training tasks the teacher researches: the questions, and the report tasks (the oracle writes a
+    # cited report from the articles it opened)
+    train_tasks = world / "train.jsonl"
+    if reports:
+        train_tasks = out / "train-all.jsonl"
+        if not train_tasks.exists():
+            text = (world / "train.jsonl").read_text() + (world / "reports-train.jsonl").read_text()
+            train_tasks.write_text(text)
     if not trajectories.exists():
         teacher = ["--teacher", args.teacher]
         if args.teacher == "endpoint":
@@ -272,7 +308,7 @@ def main() -> None:
         run(
             "data",
             "trajectories",
-            world / "train.jsonl",
+            train_tasks,
             "--index",
             out / "index",
             *teacher,
@@ -325,8 +361,23 @@ def main() -> None:
     rl_model = out / "models" / "rl"
     runs = [("untrained", base), *([("mid", mid_model)] if args.midtrain_epochs else []), ("sft", sft_model)]
     folders = [bench(name, model, args, out) for name, model in runs]
+    report_folders = [bench("reports-sft", sft_model, args, out, reports=True)] if reports else []
+    # RL's tasks: the questions, and with the report track as many report tasks (rewarded by the judge)
+    rl_tasks = world / "train.jsonl"
+    reward: list[str | Path] = []
+    if reports:
+        rl_tasks = out / "rl-tasks.jsonl"
+        report_lines = (world / "reports-train.jsonl").read_text().splitlines(keepends=True)
+        question_lines = (world / "train.jsonl").read_text().splitlines(keepends=True)
+        if not rl_tasks.exists():
+            mixed = [line for pair in zip(question_lines, report_lines, strict=False) for line in pair]
+            rl_tasks.write_text("".join(mixed))
+        reward = ["--reward", "rules"]
+        if args.judge == "trained":
+            judge_model = trained_judge(out / "judge", args)
+            reward = ["--reward", "judge", "--judge-serve", judge_model]
     if args.rl_steps and not (rl_model / "trainer_state.json").exists():
-        run("train", "rl", world / "train.jsonl", "--model", sft_model, "--index", out / "index",
+        run("train", "rl", rl_tasks, "--model", sft_model, "--index", out / "index", *reward,
             "-o", rl_model, "--algo", args.algo, "--steps", str(args.rl_steps),
             "--tasks-per-step", str(args.rl_tasks), "--group", str(args.rl_group),
             "--lr", str(args.rl_lr), "--temperature", str(args.rl_temperature),
@@ -336,13 +387,22 @@ def main() -> None:
             "--engine", engine_for(sft_model, args))  # fmt: skip
     if args.rl_steps:
         folders.append(bench("rl", rl_model, args, out))
+        if reports:
+            report_folders.append(bench("reports-rl", rl_model, args, out, reports=True))
+            # the two rewards per step: what the policy trained on, and the rules' truth it never saw
+            run("bench", "rewards", rl_model, "--markdown", out / "rewards.md", "--plot", out / "rewards.png")
     table = out / "results.md"
-    report = run("bench", "report", *folders, "--markdown", table)
+    report = run("bench", "report", *folders, *report_folders, "--markdown", table)
     summaries = [json.loads(line) for line in report.splitlines() if line.strip()]
-    results = {
+    names = [name for name, _ in runs] + (["rl"] if args.rl_steps else [])
+    names += [folder.name for folder in report_folders]
+    results: dict[str, Any] = {
         "minutes": round((time.monotonic() - started) / 60, 1),
-        "runs": {name: s for (name, _), s in zip([*runs, ("rl", rl_model)], summaries, strict=False)},
+        "runs": dict(zip(names, summaries, strict=True)),
     }
+    if reports and args.rl_steps and args.judge == "trained":
+        # the judge against the truth on the policy's own reports after RL, where hacking would show
+        results["judge_on_policy"] = judge_on_policy(out, report_folders[-1], args)
     # where along each question's chain of entities the runs stopped
     chains = out / "hops.md"
     hops = run("bench", "hops", *folders, "--suite", world / "test.jsonl", "--markdown", chains)
@@ -352,9 +412,50 @@ def main() -> None:
     pairs = out / "compare.md"
     compared = json.loads(run("bench", "compare", *folders, "--markdown", pairs))
     results["pairs"] = compared["pairs"]
+    text = table.read_text() + "\n" + chains.read_text() + "\n" + pairs.read_text()
+    if len(report_folders) > 1:
+        # the held-out report tasks, task by task: after SFT against after RL (true checklist score)
+        report_pairs = out / "compare-reports.md"
+        results["report_pairs"] = json.loads(
+            run("bench", "compare", *report_folders, "--markdown", report_pairs)
+        )["pairs"]
+        text += "\n" + report_pairs.read_text()
+    if (out / "rewards.md").exists():
+        text += "\n" + (out / "rewards.md").read_text()
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    sys.stdout.write(table.read_text() + "\n" + chains.read_text() + "\n" + pairs.read_text())
+    sys.stdout.write(text)
     print(f"main job: done in {results['minutes']} min; results in {table}", file=sys.stderr)
+
+
+def trained_judge(folder: Path, args: argparse.Namespace) -> Path:
+    """The trained checklist judge (scripts/judge_job.py: its data, SFT, and agreement with the true
+    verdicts of an unseen world's reports, which it prints); its model folder."""
+    model = folder / "models" / "judge"
+    if not (folder / "results.md").exists():
+        command = [sys.executable, str(Path(__file__).with_name("judge_job.py")), "--out", str(folder),
+                   "--examples", str(args.judge_examples), "--untrained-tasks", "0",
+                   "--engine", args.engine]  # fmt: skip
+        print("$ " + shlex.join(command), file=sys.stderr, flush=True)
+        if subprocess.run(command, check=False, preexec_fn=child_of_this_process()).returncode:
+            sys.exit("main job: the judge job failed")
+    return model
+
+
+def judge_on_policy(out: Path, bench_folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The trained judge's verdicts on the policy's own held-out reports against the rules' (the bench's
+    judgments): `dr judge score --no-checks`, then `dr judge agree`."""
+    judged = out / f"judged-{bench_folder.name}.jsonl"
+    judge_model = out / "judge" / "models" / "judge"
+    tasks = out / "world" / "reports-test.jsonl"
+    if not judged.exists():
+        with served(judge_model, args, out / "serve-judge.log") as url:
+            run("judge", "score", bench_folder / "trajectories.jsonl", "--tasks", tasks, "--no-checks",
+                "--judge-base-url", url, "--judge-model", str(judge_model), "--concurrency", "16",
+                "--on-error", "skip", "-o", judged)  # fmt: skip
+    joined = ["--pred-key", "target_id", "--label-key", "target_id"]
+    return json.loads(
+        run("judge", "agree", judged, bench_folder / "judgments.jsonl", *joined, "--tasks", tasks)
+    )
 
 
 if __name__ == "__main__":

@@ -30,31 +30,54 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     result = quick_main_job(out, timeout=1500)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     table = result.stdout.decode()
-    scores, chains, pairs, _elo = table.split("\n\n")
+    sections = table.split("\n\n")
+    scores = sections[0]
     rows = [line for line in scores.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 5 and [r.split(" | ")[0].rsplit("/", 1)[-1] for r in rows[1:]] == [
+    assert [r.split(" | ")[0].rsplit("/", 1)[-1] for r in rows[1:]] == [
         "untrained",
         "mid",
         "sft",
         "rl",
+        "reports-sft",
+        "reports-rl",
+    ]
+    # the report track: the true checklist score's rows with flaw and fatal rates and citation precision
+    [reports] = [s for s in sections if "| flaw rate (95% CI) |" in s]
+    assert [line.split(" | ")[0].rsplit("/", 1)[-1] for line in reports.splitlines()[2:]] == [
+        "reports-sft",
+        "reports-rl",
     ]
     # and where along each question's chain the runs stopped: a row per step, a column per model
-    assert chains.splitlines()[0].startswith("| step of the chain |")
+    [chains] = [s for s in sections if s.startswith("| step of the chain |")]
     assert chains.count(" of 4 |") >= 4 * 7
-    # every two stages compared question by question, with a paired interval on the difference
-    assert pairs.startswith("| A | B | n |") and len(pairs.splitlines()) == 2 + 6
+    # every two stages compared question by question (and report task by report task), with a paired
+    # interval on the difference
+    pairs, report_pairs = [s for s in sections if s.startswith("| A | B | n |")]
+    assert len(pairs.splitlines()) == 2 + 6 and len(report_pairs.splitlines()) == 2 + 1
+    # the RL run's rewards per step beside the rules' truth
+    [curve] = [s for s in sections if s.startswith("| run | step |")]
+    assert "reward_mean" in curve and (out / "rewards.png").is_file()
     results = json.loads((out / "results.json").read_text())
     assert len(results["pairs"]) == 6 and all(len(p["diff_ci95"]) == 2 for p in results["pairs"])
-    assert list(results["runs"]) == ["untrained", "mid", "sft", "rl"]
+    assert len(results["report_pairs"]) == 1
+    assert list(results["runs"]) == ["untrained", "mid", "sft", "rl", "reports-sft", "reports-rl"]
     assert [h["n"] for h in results["hops"]] == [4, 4, 4, 4]
     for summary in results["runs"].values():
         assert summary["n"] == 4 and 0.0 <= summary["score"]["mean"] <= 1.0
+    for name in ("reports-sft", "reports-rl"):
+        assert results["runs"][name]["reports"]["n"] == 4
+    # the oracle wrote report trajectories, and SFT learnt from them beside the questions'
+    taught = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert any("report" in t["task_id"] for t in taught) and any("report" not in t["task_id"] for t in taught)
     for model in ("base", "mid", "sft", "rl"):
         assert (out / "models" / model / "model.safetensors").is_file()
     rl = [json.loads(line) for line in (out / "models" / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert rl and {"reward_mean", "reward_std", "tool_calls", "response_tokens", "flat_groups"} <= set(rl[-1])
     # the KL is measured by an update; a step whose groups were all flat (one reward each) has none
     assert "kl" in rl[-1] or rl[-1]["trained_tokens"] == 0
+    # a step that drew report tasks scored them by the rules (--judge rules in a quick run)
+    for step in rl:
+        assert "reward_judge" not in step and ("reports" not in step or "reward_true" in step)
     sft = [json.loads(line) for line in (out / "models" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert sft[-1]["loss"] < sft[0]["loss"]
     # a second run finds every output in place and only prints the table again

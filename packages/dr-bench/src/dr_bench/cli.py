@@ -273,6 +273,32 @@ def hops(
         sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
 
 
+@app.command()
+def rewards(
+    runs: Annotated[
+        list[Path], typer.Argument(help="`dr train rl` output folders (or metrics.jsonl files).")
+    ],
+    markdown: Annotated[Path | None, typer.Option(help="Also write a markdown table here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the judge's reward and the truth per step to this PNG.")
+    ] = None,
+) -> None:
+    """RL reward curves: per step, the reward the policy trained on, the rules' truth on report tasks (never
+    shown to the policy), their gap, flaw and fatal rates; one JSON line per run and step."""
+    import orjson
+
+    from dr_bench import rewards as curves
+
+    loaded = {str(run): curves.load_steps(run) for run in runs}
+    if markdown is not None:
+        write_atomic(markdown, curves.markdown(loaded))
+    if plot is not None:
+        curves.plot(loaded, plot)
+    for name, steps in loaded.items():
+        for step in steps:
+            sys.stdout.buffer.write(orjson.dumps({"run": name, **step}) + b"\n")
+
+
 @app.command("import-drb")
 def import_drb_command(
     data: DrbDir = Path("data/deepresearch_bench"),

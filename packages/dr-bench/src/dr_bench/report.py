@@ -82,7 +82,37 @@ def summarize(run: Path, seed: int = 0) -> dict[str, Any]:
         values = [float(j.meta.get(field) or 0) for j in judgments]
         summary[field] = {"mean": sum(values) / len(values), "total": sum(values)}
     summary["stop_reasons"] = dict(Counter(str(j.meta.get("stop_reason")) for j in judgments))
+    reports = [j for j in judgments if "flaws" in j.meta]
+    if reports:
+        summary["reports"] = report_rates(reports, seed)
     return summary
+
+
+def report_rates(judgments: list[Judgment], seed: int = 0) -> dict[str, Any]:
+    """Over judged reports: the shares with a flaw and with a fatal flaw (95% bootstrap intervals), the
+    mean citation precision and citations per report."""
+
+    def share(values: list[float]) -> dict[str, Any]:
+        mean, low, high = mean_ci(values, seed=seed)
+        return {"mean": mean, "ci95": [low, high]}
+
+    out: dict[str, Any] = {
+        "n": len(judgments),
+        "flaw_rate": share([float(j.meta["flaws"] > 0) for j in judgments]),
+        "fatal_rate": share([float(j.fatal) for j in judgments]),
+        "citations": sum(float(j.meta.get("citations") or 0) for j in judgments) / len(judgments),
+    }
+    precisions = [
+        float(j.meta["citation_precision"]) for j in judgments if j.meta.get("citation_precision") is not None
+    ]
+    if precisions:
+        out["citation_precision"] = {"mean": sum(precisions) / len(precisions), "n": len(precisions)}
+    return out
+
+
+def interval(stat: dict[str, Any]) -> str:
+    low, high = stat["ci95"]
+    return f"{stat['mean']:.3f} ({low:.3f}-{high:.3f})"
 
 
 def stops(summary: dict[str, Any]) -> str:
@@ -107,6 +137,23 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
             f"{s['tool_calls']['mean']:.1f} | {s['tokens']['mean']:.0f} | {s['wall_s']['mean']:.1f} | "
             f"{s['cost_usd']['total']:.2f} | {stops(s)} |"
         )
+    reported = [s for s in summaries if "reports" in s]
+    if reported:
+        lines += [
+            "",
+            "| run | reports | checklist score (95% CI) | flaw rate (95% CI) | fatal rate (95% CI) | "
+            "citation precision | citations |",
+            "|---|---:|---|---|---|---:|---:|",
+        ]
+        for s in reported:
+            r = s["reports"]
+            precision = r.get("citation_precision")
+            shown = f"{precision['mean']:.3f}" if precision else "-"
+            lines.append(
+                f"| {s['run']} | {r['n']} | {interval(s['score']) if 'score' in s else '-'} | "
+                f"{interval(r['flaw_rate'])} | {interval(r['fatal_rate'])} | "
+                f"{shown} | {r['citations']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

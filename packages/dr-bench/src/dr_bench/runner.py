@@ -128,6 +128,7 @@ def _judge(judge: Any, task: Task, trajectory: Trajectory) -> Judgment:
         update={
             "meta": {
                 **judgment.meta,
+                **report_figures(task, judgment, trajectory),
                 "category": task.category,
                 "language": task.language,
                 "steps": trajectory.steps,
@@ -139,3 +140,25 @@ def _judge(judge: Any, task: Task, trajectory: Trajectory) -> Judgment:
             }
         }
     )
+
+
+def report_figures(task: Task, judgment: Judgment, trajectory: Trajectory) -> dict[str, Any]:
+    """For a report judged on a checklist: the flaw items found present (fatal ones apart: Judgment.fatal),
+    the sources it cites, and the share of them among the task's allowed sources (its `cites_outside`
+    item's list: the articles its facts come from), None when it cites none or the task allows any."""
+    if judgment.mode == "exact" or not task.checklist:
+        return {}
+    from dr_judge.checks import cited
+
+    present = {v.item_id for v in judgment.verdicts if v.verdict in ("met", "partially_met")}
+    flaws = sum(1 for i in task.checklist if i.polarity == "negative" and not i.fatal and i.id in present)
+    keys = cited(trajectory.final or "", trajectory.citations)
+    allowed = next(
+        (i.check.value for i in task.checklist if i.check is not None and i.check.type == "cites_outside"),
+        None,
+    )
+    precision = None
+    if allowed is not None and keys:
+        allowed_keys = {key.strip() for key in allowed.split(",")}
+        precision = round(sum(1 for key in keys if key in allowed_keys) / len(keys), 4)
+    return {"flaws": flaws, "citations": len(keys), "citation_precision": precision}

@@ -18,7 +18,7 @@ from typing import Any
 
 from dr_core.records import ChecklistItem, Example, Message, Report, Task
 from dr_judge.checks import run_check
-from dr_judge.judge import SYSTEM, judge_reply, judge_user_prompt
+from dr_judge.judge import RATIONALE_CHARS, SYSTEM, judge_reply, judge_user_prompt
 
 PERTURBATIONS = ("drop_fact", "swap_entity", "change_number", "fabricate_citation", "move_citation")
 NUMBER_KINDS = ("birth_year", "founded_year", "length_km")
@@ -134,11 +134,23 @@ def true_verdict(item: ChecklistItem, text: str) -> str:
 def evidence(item: ChecklistItem, task: Task, shown: list[dict[str, str] | None], text: str) -> str:
     """The one-line rationale a trained judge learns to write before its verdict: what the report gives
     for the item's fact (value, and the article it cites for it) beside what the item asks, so that the
-    verdict is a comparison of the two; for the fatal item, every article the report cites."""
+    verdict is a comparison of the two; for the fatal item, each article the report cites, marked as one
+    the item allows or not (a decision per id, which a small model makes by finding the id in the item),
+    within the reply's rationale cap (RATIONALE_CHARS: a constrained reply cuts a longer one)."""
     if item.category == "fatal":
         cited = list(dict.fromkeys(m.strip() for g in CITE.findall(text) for m in g.split(",") if m.strip()))
-        allowed = ", ".join(task.meta["allowed_sources"])
-        return f"It cites {', '.join(cited) if cited else 'nothing'}; the item allows {allowed}."
+        allowed = set(task.meta["allowed_sources"])
+        if not cited:
+            return "It cites nothing."
+        marked = [f"{key} ({'allowed' if key in allowed else 'not allowed'})" for key in cited]
+        said = f"It cites {', '.join(marked)}."
+        if len(said) > RATIONALE_CHARS:
+            outside = [key for key in cited if key not in allowed]
+            inside = len(cited) - len(outside)
+            said = f"It cites {inside} allowed sources" + (
+                f" and {', '.join(outside)} (not allowed)." if outside else ", none other."
+            )
+        return said[:RATIONALE_CHARS]
     index = int(re.sub(r"\D", "", item.id)) - 1
     fact, given = task.meta["facts"][index], shown[index]
     if item.category == "citation":
