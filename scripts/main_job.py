@@ -242,6 +242,9 @@ def main() -> None:
                         "verdicts, the upper bound). Default: trained; rules with --quick or from "
                         "scratch.")  # fmt: skip
     parser.add_argument("--judge-examples", type=int, default=140, help="The judge's training examples.")
+    parser.add_argument("--rules-rl", action="store_true", help="With --judge trained, also run RL with "
+                        "the report tasks rewarded by the rules (the upper bound), same seeds and steps, "
+                        "benched beside it.")  # fmt: skip
     args = parser.parse_args()
     quick = args.quick
     if args.base_model is None:
@@ -376,21 +379,37 @@ def main() -> None:
         if args.judge == "trained":
             judge_model = trained_judge(out / "judge", args)
             reward = ["--reward", "judge", "--judge-serve", judge_model]
-    if args.rl_steps and not (rl_model / "trainer_state.json").exists():
+    # a report run needs more model calls than a question's: RL's agent gets the report budget
+    steps, tokens = (args.report_agent_steps, args.report_agent_tokens) if reports else (
+        args.agent_steps, args.agent_tokens)  # fmt: skip
+
+    def train_rl(folder: Path, reward: list[str | Path]) -> None:
+        if (folder / "trainer_state.json").exists():
+            return
         run("train", "rl", rl_tasks, "--model", sft_model, "--index", out / "index", *reward,
-            "-o", rl_model, "--algo", args.algo, "--steps", str(args.rl_steps),
+            "-o", folder, "--algo", args.algo, "--steps", str(args.rl_steps),
             "--tasks-per-step", str(args.rl_tasks), "--group", str(args.rl_group),
             "--lr", str(args.rl_lr), "--temperature", str(args.rl_temperature),
-            "--max-steps", str(args.agent_steps),
-            "--max-tokens", str(args.agent_tokens), "--concurrency", str(concurrency(sft_model, args)),
-            "--save-every", "2", "--seed", str(args.seed), *resumed(rl_model),
+            "--max-steps", str(steps), "--max-tokens", str(tokens),
+            "--concurrency", str(concurrency(sft_model, args)),
+            "--save-every", "2", "--seed", str(args.seed), *resumed(folder),
             "--engine", engine_for(sft_model, args))  # fmt: skip
+
+    curves = [rl_model]
     if args.rl_steps:
+        train_rl(rl_model, reward)
         folders.append(bench("rl", rl_model, args, out))
         if reports:
             report_folders.append(bench("reports-rl", rl_model, args, out, reports=True))
+        if reports and args.rules_rl and args.judge == "trained":
+            # the upper bound beside it: the same seeds and steps, the report tasks rewarded by the rules
+            rules_model = out / "models" / "rl-rules"
+            train_rl(rules_model, ["--reward", "rules"])
+            report_folders.append(bench("reports-rl-rules", rules_model, args, out, reports=True))
+            curves.append(rules_model)
+        if reports:
             # the two rewards per step: what the policy trained on, and the rules' truth it never saw
-            run("bench", "rewards", rl_model, "--markdown", out / "rewards.md", "--plot", out / "rewards.png")
+            run("bench", "rewards", *curves, "--markdown", out / "rewards.md", "--plot", out / "rewards.png")
     table = out / "results.md"
     report = run("bench", "report", *folders, *report_folders, "--markdown", table)
     summaries = [json.loads(line) for line in report.splitlines() if line.strip()]
