@@ -19,18 +19,22 @@ from typer.core import TyperGroup
 from dr_core import __version__
 from dr_core.errors import DrError, PipeClosed
 
-# (group name, module holding its typer `app`)
+# (group name, module holding its typer `app`, its help): a group's module is imported only when the group
+# is used, so that `dr --help` and `dr research` load none of them (pydantic, torch)
 GROUPS = [
-    ("data", "dr_data.cli"),
-    ("train", "dr_train.cli"),
-    ("judge", "dr_judge.cli"),
-    ("bench", "dr_bench.cli"),
+    ("data", "dr_data.cli", "Make and check deep-research training data (JSONL in, JSONL out)."),
+    ("train", "dr_train.cli", "Train: mid-training, SFT and RL into Hugging Face checkpoints."),
+    ("judge", "dr_judge.cli", "Judge reports and answers against checklists; agreement with labels."),
+    ("bench", "dr_bench.cli", "Benchmark agents on research and deep-search suites."),
 ]
 # (command name, module, function): packages whose entry point is one command rather than a group
 COMMANDS = [
     ("research", "dr_agent.cli", "research"),
     ("serve", "dr_serve.cli", "serve"),
 ]
+
+
+LAZY = {name: (module, help_text) for name, module, help_text in GROUPS}
 
 
 def silence_stdout() -> None:
@@ -44,6 +48,30 @@ class DrGroup(TyperGroup):
     """The root group: package errors, and a command's flags that do not parse or validate, become one
     plain line on stderr and an exit code, in `dr` and in `dr repl` alike (a plain line, unwrapped, so
     scripts can grep for file:line)."""
+
+    listing = False  # formatting the root's help: the groups' names and help only, nothing imported
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, _, _ in GROUPS] + [
+            name for name in super().list_commands(ctx) if name not in LAZY
+        ]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            module, help_text = LAZY[cmd_name]
+            if self.listing:
+                return click.Group(cmd_name, help=help_text)
+            group = typer.main.get_command(importlib.import_module(module).app)
+            group.name = cmd_name
+            self.add_command(group, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.listing = False
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -101,8 +129,6 @@ def build_app() -> typer.Typer:
         log.setup(quiet=quiet, verbose=verbose)
         settings.use_config_file(config)
 
-    for name, module in GROUPS:
-        app.add_typer(importlib.import_module(module).app, name=name)
     for name, module, function in COMMANDS:
         app.command(name)(getattr(importlib.import_module(module), function))
 

@@ -51,6 +51,29 @@ def test_help_does_not_import_heavy_engines():
     assert result.stdout.decode().strip() == "[]"
 
 
+def test_root_help_lists_the_groups_without_importing_them():
+    code = (
+        "import sys; from typer.testing import CliRunner; import dr_cli.main as m; "
+        "out = CliRunner().invoke(m.build_app(), ['--help']).output; "
+        "heavy = ('torch', 'pydantic', 'dr_train', 'dr_data', 'dr_judge', 'dr_bench'); "
+        "print(sorted(n for n in heavy if n in sys.modules)); print(out)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    loaded, _, help_text = result.stdout.partition("\n")
+    assert loaded == "[]"
+    for name in ("data", "train", "judge", "bench", "research", "serve", "repl"):
+        assert f"│ {name} " in help_text
+
+
+def test_each_lazy_groups_help_is_its_apps_own():
+    import importlib
+
+    from dr_cli.main import GROUPS
+
+    for _, module, help_text in GROUPS:
+        assert importlib.import_module(module).app.info.help == help_text
+
+
 def test_unknown_command_is_a_usage_error():
     result = dr("nonsense")
     assert result.returncode == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from dr_core.errors import InputError
 from dr_core.jsonl import OnError, RejectWriter, read_records
@@ -18,10 +18,8 @@ from dr_core.llm import to_wire
 from dr_core.log import logger
 from dr_core.records import Example
 from dr_train.chat import IGNORE, Tokenized, tokenize_example
+from dr_train.config import LongPolicy, Stage
 from dr_train.pack import PackStats, Row, pack
-
-Stage = Literal["midtrain", "sft"]
-LongPolicy = Literal["drop", "truncate", "split", "error"]
 
 
 @dataclass

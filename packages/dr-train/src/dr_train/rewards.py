@@ -23,9 +23,8 @@ from dr_core.concurrency import ordered_map
 from dr_core.records import Citation, Judgment, Task
 from dr_judge.checks import cited
 from dr_judge.judge import ChecklistJudge, JudgeConfig, JudgeError
-
-RewardSource = Literal["auto", "rules", "judge"]
-Mode = Literal["strict", "graded"]
+from dr_train.config import RewardMode as Mode
+from dr_train.config import RewardSource
 
 
 @dataclass

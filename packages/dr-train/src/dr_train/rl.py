@@ -23,11 +23,10 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
-from pydantic import BaseModel, ConfigDict
 
 from dr_core.concurrency import ordered_map
 from dr_core.errors import InputError
@@ -37,10 +36,11 @@ from dr_core.records import Task, Trajectory
 from dr_kernels.attention import cpu_length
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
+from dr_train.config import RLConfig
 from dr_train.distributed import Dist, barrier
 from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
 from dr_train.policy import LocalPolicy, Recording, record_turns
-from dr_train.rewards import Mode, Rewarder, RewardSource, Scored, reward_metrics
+from dr_train.rewards import Rewarder, Scored, reward_metrics
 from dr_train.rl_math import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -58,67 +58,6 @@ from dr_train.rollout import (
     sampling_seed,
     write_engine_weights,
 )
-
-Algo = Literal["grpo", "ppo"]
-
-
-class RLConfig(BaseModel):
-    """The RL trainer's settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    out: Path
-    algo: Algo = "grpo"
-    steps: int = 10
-    tasks_per_step: int = 8
-    group: int = 4
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    clip: float = 0.2
-    value_clip: float = 0.2
-    kl_coef: float = 0.01
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 1.0
-    epochs: int = 1
-    minibatch: int = 8
-    # how a minibatch's token losses are averaged: "rollout" gives every rollout the same weight (the mean
-    # over its own tokens, as GRPO does), "token" gives every token the same weight, so long rollouts
-    # count for more
-    loss_norm: Literal["rollout", "token"] = "rollout"
-    grad_clip: float = 1.0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    # truncated importance sampling for the gap between the rollout engine's sampling distribution and
-    # the trainer's (vLLM rollouts): each token's policy loss is weighted by min(π_train/π_engine, cap)
-    tis_cap: float | None = None
-    concurrency: int = 2
-    # report tasks' reward: "rules" (the world's true verdicts, the upper bound), "judge" (a judge model
-    # rules on every item), or "auto" (the judge when one is given); question tasks keep their rule reward
-    reward: RewardSource = "auto"
-    # the judge package's scoring: strict (a requirement counts only when fully met, a flaw when present
-    # even partly) or graded (partially met counts half)
-    reward_mode: Mode = "strict"
-    judge_concurrency: int = 16  # judge calls at once (a vLLM judge batches them)
-    # GRPO: a group whose samples all got the same reward has zero advantage everywhere, so it teaches the
-    # policy nothing (only the KL term would move it); leave its sequences out of the step (DAPO's dynamic
-    # sampling does the same) instead of paying three forward passes and a backward pass for each
-    skip_flat_groups: bool = True
-    save_every: int = 0
-    keep: int = 2
-    seed: int = 0
-    kernels: bool = True
-
-    # Fields that change neither the policy nor the optimisation (--steps may grow: the learning rate
-    # does not depend on it); every other field of the config (a recipe's too) must be the same on resume.
-    RESUME_FREE: ClassVar[frozenset[str]] = frozenset(
-        {"out", "steps", "concurrency", "judge_concurrency", "save_every", "keep", "kernels"}
-    )
-
-    def resume_keys(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the one it continues: every field but RESUME_FREE."""
-        return checkpoint.settings_of(self, self.RESUME_FREE)
-
 
 # what a dr that did not yet record a setting in its checkpoints did, for resuming their runs
 UNRECORDED: dict[str, Any] = {"skip_flat_groups": False, "reward": "auto", "reward_mode": "strict"}

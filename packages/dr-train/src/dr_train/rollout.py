@@ -32,7 +32,7 @@ from dr_core.llm import ChatResult, LLMConfig
 from dr_core.log import logger
 from dr_core.proc import free_port
 from dr_core.records import Message, Usage
-from dr_core.server import ManagedServer, ServerError
+from dr_core.server import ManagedServer, ServerError, server_root
 from dr_train.policy import Turn, current_recording, new_tokens, no_room, render
 
 
@@ -43,23 +43,6 @@ class EngineError(DrError):
 
 
 PROBE_TOKENS = 48  # tokens of the sync probe
-
-
-def server_root(url: str) -> str:
-    """A vLLM server's root URL from `url` as a user gives it: `http://host:port`, or the `.../v1` form
-    that `dr serve` prints (the trailing `/v1` is dropped). ValueError for anything that is not an http(s)
-    URL with a host and a valid port."""
-    text = url.strip().rstrip("/")
-    try:
-        parsed = httpx.URL(text)
-        parsed.port  # noqa: B018 - parsing the port is the check
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ValueError(f"{url!r} is not a valid URL ({exc})") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"{url!r}: give an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
-    if text.endswith("/v1"):
-        text = text[: -len("/v1")]
-    return text
 
 
 class Engines:

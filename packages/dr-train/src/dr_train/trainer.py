@@ -19,95 +19,27 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from dr_core.errors import InputError
 from dr_core.log import logger, progress
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
+from dr_train.config import TrainConfig
 from dr_train.copy_warmup import run_copy_warmup
 from dr_train.cpu import checkpoint_kwargs
 from dr_train.data import Dataset
 from dr_train.distributed import Dist, barrier
-from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
+from dr_train.engine import Engine, make_engine
 from dr_train.pack import Row
 from dr_train.rows import epoch_order, row_flops, row_tensors, shard, token_losses
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device name, for MFU; unknown devices report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12}
-
-
-class TrainConfig(BaseModel):
-    """The trainer's settings, resolved (the recipes turn flags and config files into one)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    stage: str
-    out: Path
-    max_len: int = 32768
-    tokens_per_step: int | None = None  # None: one row per rank per step
-    lr: float = 1e-5
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip: float = 1.0
-    epochs: float = 1.0
-    max_steps: int | None = None
-    save_every: int = 0
-    keep: int = 2
-    eval_every: int = 0
-    seed: int = 0
-    bf16: bool = False
-    kernels: bool = True
-    grad_ckpt: bool = True
-    offload_activations: bool = False
-    zero: int | None = None
-    offload: bool = False
-    deepspeed: str | None = None
-    sp: int = 1  # Ulysses sequence parallelism: ranks that share one row
-    log_every: int = 1
-    # up to this many steps of copy drills before the first step of a fresh run (0: none)
-    copy_warmup: int = 0
-
-    @property
-    def uses_deepspeed(self) -> bool:
-        return self.deepspeed_settings.wanted
-
-    @property
-    def deepspeed_settings(self) -> DeepSpeedSettings:
-        return DeepSpeedSettings(self.zero, self.offload, self.deepspeed)
-
-    @property
-    def optim(self) -> OptimSettings:
-        return OptimSettings(self.lr, self.betas, self.weight_decay, self.clip)
-
-    # Fields that change neither the model nor the optimisation; every other field of the config (a
-    # recipe's too) must be the same when a run is resumed.
-    RESUME_FREE: ClassVar[frozenset[str]] = frozenset(
-        {
-            "out",
-            "save_every",
-            "keep",
-            "eval_every",
-            "log_every",
-            "kernels",
-            "grad_ckpt",
-            "offload_activations",
-            "zero",
-            "offload",
-            "deepspeed",
-            "copy_warmup",
-        }
-    )
-
-    def resume_keys(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the one it continues: every field but RESUME_FREE."""
-        return checkpoint.settings_of(self, self.RESUME_FREE)
 
 
 class Summary(BaseModel):

@@ -9,22 +9,15 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, ClassVar, TypeVar
+from typing import IO, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from dr_core.config import config_file, resolve
-from dr_core.options import OnErrorChoice
+from dr_train.config import Precision, RunSettings
 
 C = TypeVar("C", bound="RunSettings")
-
-
-class Precision(StrEnum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp32 = "fp32"
 
 
 def native_bf16() -> bool:
@@ -46,21 +39,6 @@ def resolve_precision(precision: Precision) -> Precision:
     if precision != Precision.auto:
         return precision
     return Precision.bf16 if native_bf16() else Precision.fp32
-
-
-class RunSettings(BaseModel):
-    """How a recipe runs as a process: what it reads, on how many ranks, and where bad lines go."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_enum_values=False)
-
-    inputs: list[str] = Field(default_factory=lambda: ["-"])
-    nproc: int = Field(1, ge=1)
-    resume: bool = False
-    on_error: OnErrorChoice = OnErrorChoice.fail
-    rejects: str | None = None
-
-    # none of these changes a run's result (the data and the ranks are compared on resume apart)
-    RUN_FREE: ClassVar[frozenset[str]] = frozenset({"inputs", "nproc", "resume", "on_error", "rejects"})
 
 
 def read_config(cls: type[C], recipe: str, flags: Mapping[str, Any]) -> C:

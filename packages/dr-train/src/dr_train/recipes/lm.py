@@ -10,9 +10,6 @@ from __future__ import annotations
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
-from typing import ClassVar
-
-from pydantic import Field
 
 from dr_core.errors import InputError
 from dr_core.jsonl import OnError, RejectWriter
@@ -20,31 +17,12 @@ from dr_core.log import logger
 from dr_core.options import OnErrorChoice
 from dr_core.pipe import default_rejects_path
 from dr_train import checkpoint, distributed
-from dr_train.data import Item, LongPolicy, Stage, build_dataset, item_texts, read_items
+from dr_train.config import LMConfig, Precision
+from dr_train.data import Item, build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build, is_checkpoint
-from dr_train.recipes.common import Precision, RunSettings, rank_rejects, resolve_precision
+from dr_train.recipes.common import rank_rejects, resolve_precision
 from dr_train.tiny import CHAT_TEMPLATE, train_tokenizer
-from dr_train.trainer import Summary, TrainConfig, Trainer
-
-
-class LMConfig(RunSettings, TrainConfig):
-    """Everything a mid-training or SFT run takes: the trainer's settings and the run's inputs."""
-
-    stage: Stage
-    model: str = "tiny:qwen2"
-    tokenizer: str | None = None
-    vocab_size: int = 2048
-    long: LongPolicy = "drop"
-    eval: list[str] = Field(default_factory=list)
-    precision: Precision = Precision.auto
-    rope_theta: float | None = None
-    rope_scaling: str | None = None
-    max_positions: int | None = None
-
-    # `precision` is compared as what it resolved to (`bf16`); evaluation data does not change training
-    RESUME_FREE: ClassVar[frozenset[str]] = (
-        TrainConfig.RESUME_FREE | RunSettings.RUN_FREE | {"precision", "eval"}
-    )
+from dr_train.trainer import Summary, Trainer
 
 
 def run(config: LMConfig) -> Summary | None:

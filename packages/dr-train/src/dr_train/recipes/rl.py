@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from pydantic import Field, field_validator
+from typing import Any
 
 from dr_agent.build import build_agent
 from dr_core.errors import InputError
@@ -27,56 +25,13 @@ from dr_core.server import ManagedServer
 from dr_judge.build import make_judge
 from dr_serve.engines import fallback_reason, model_config
 from dr_train import checkpoint, distributed
+from dr_train.config import RLConfig, RLRecipeConfig
 from dr_train.engine import DeepSpeedSettings
 from dr_train.model import RopeSettings, build, is_checkpoint
-from dr_train.recipes.common import RunSettings, rank_rejects
+from dr_train.recipes.common import rank_rejects
 from dr_train.rewards import Rewarder
-from dr_train.rl import RLConfig, RLTrainer, engine_folder, frozen_copy
-from dr_train.rollout import Engines, server_root, write_engine_weights
-
-
-class RLRecipeConfig(RunSettings, RLConfig):
-    """Everything an RL run takes: the trainer's settings, the policy, the agent's tools and budgets, the
-    judge, and DeepSpeed."""
-
-    out: Path = Path("runs/rl")
-    model: str = ""
-    index: str | None = None
-    search: str | None = None
-    max_steps: int = 8  # agent model calls per rollout
-    max_tokens: int = 16384  # prompt + completion tokens per rollout
-    max_output_tokens: int = 512  # tokens per model call
-    judge_base_url: str | None = None
-    judge_model: str | None = None
-    # a judge model folder (dr train sft's --out on `dr data judge` examples) served here for the run, with
-    # vLLM where it can serve it (else transformers serve); instead of --judge-base-url/--judge-model
-    judge_serve: str | None = None
-    zero: int | None = None
-    deepspeed: str | None = None
-    # where the policy samples: vLLM engines (auto: when vLLM is installed) or generate in this process
-    engine: Literal["auto", "vllm", "hf"] = "auto"
-    rollout_url: list[str] = Field(default_factory=list)  # vLLM servers; none: one is started here
-    sync_tolerance: float = 0.1  # largest probe |Δ logp| between engine and trainer after a sync
-
-    # where the engines and the judge are, and how closely a sync must match, change no result
-    RESUME_FREE: ClassVar[frozenset[str]] = (
-        RLConfig.RESUME_FREE
-        | RunSettings.RUN_FREE
-        | {
-            "engine",
-            "rollout_url",
-            "sync_tolerance",
-            "judge_base_url",
-            "judge_concurrency",
-            "zero",
-            "deepspeed",
-        }
-    )
-
-    @field_validator("rollout_url")
-    @classmethod
-    def _server_roots(cls, urls: list[str]) -> list[str]:
-        return [server_root(url) for url in urls]
+from dr_train.rl import RLTrainer, engine_folder, frozen_copy
+from dr_train.rollout import Engines, write_engine_weights
 
 
 def run(config: RLRecipeConfig) -> dict[str, Any] | None:

@@ -4,19 +4,9 @@ continues exactly."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
-
-from dr_train.data import LongPolicy
+from dr_train.config import SFTConfig
 from dr_train.recipes import lm
 from dr_train.trainer import Summary
-
-
-class SFTConfig(lm.LMConfig):
-    stage: Literal["sft"] = "sft"
-    out: Path = Path("runs/sft")
-    long: LongPolicy = "drop"
-    lr: float = 1e-5
 
 
 def run(config: SFTConfig) -> Summary | None:

@@ -1,0 +1,194 @@
+"""A command's flags built from its pydantic config, so that every setting is declared once: its type,
+default and help live on the config field, and the command only names which config it takes.
+
+Each field becomes `--field-name` (or the name its `flag()` metadata gives), with:
+- Literal and StrEnum fields as choices; bool fields as `--x/--no-x` (or the pair `flag()` names);
+  list fields as repeatable options; a tuple of numbers as one option taking that many;
+- the field's `description` as help, followed by its default, read from the field;
+- None as the value of a flag not given, so that the config file and DR_* variables still apply
+  (`dr_core.config.resolve`).
+
+    class RLConfig(BaseModel):
+        lr: float = Field(1e-5, description="Learning rate.")
+        warmup_steps: int = Field(0, description="Warm-up steps.", json_schema_extra=flag("--warmup"))
+
+    config_command(app, "rl", RLConfig, run, arguments={"inputs": Inputs})
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import typer
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+
+def flag(
+    name: str | None = None, *, short: str | None = None, off: str | None = None, hidden: bool = False
+) -> dict[str, Any]:
+    """A field's flag where it differs from `--field-name`: `name`, a `short` alias (-o), the `off` name of a
+    bool (--train-flat-groups for --skip-flat-groups), or `hidden` from --help. Goes in
+    `Field(json_schema_extra=...)`."""
+    meta: dict[str, Any] = {}
+    if name:
+        meta["flag"] = name
+    if short:
+        meta["short"] = short
+    if off:
+        meta["off"] = off
+    if hidden:
+        meta["hidden"] = True
+    return {"cli": meta}
+
+
+def not_a_flag() -> dict[str, Any]:
+    """A field no command line sets (the command itself does, or the recipe computes it)."""
+    return {"cli": None}
+
+
+def _meta(field: FieldInfo) -> dict[str, Any] | None:
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and "cli" in extra:
+        value = extra["cli"]
+        return dict(value) if isinstance(value, dict) else None
+    return {}
+
+
+def flag_name(name: str, field: FieldInfo) -> str | None:
+    """The flag that sets field `name` (None: no flag sets it)."""
+    meta = _meta(field)
+    if meta is None:
+        return None
+    return str(meta.get("flag") or "--" + name.replace("_", "-"))
+
+
+def _unoptional(annotation: Any) -> Any:
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in get_args(annotation) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return annotation
+
+
+_CHOICES: dict[tuple[str, tuple[str, ...]], type[StrEnum]] = {}
+
+
+def _choices(name: str, values: tuple[Any, ...]) -> type[StrEnum]:
+    key = (name, tuple(str(v) for v in values))
+    if key not in _CHOICES:
+        members = {str(v): str(v) for v in values}
+        made: Any = StrEnum(name.title().replace("_", "") + "Choice", members)  # type: ignore[misc]
+        _CHOICES[key] = made
+    return _CHOICES[key]
+
+
+def _cli_type(name: str, annotation: Any) -> Any:
+    """The type typer parses the flag of a field with this annotation into."""
+    inner = _unoptional(annotation)
+    origin = get_origin(inner)
+    if origin is Literal:
+        return _choices(name, get_args(inner))
+    if (
+        origin in (list, tuple)
+        or inner in (int, float, str, bool)
+        or (isinstance(inner, type) and issubclass(inner, Enum))
+    ):
+        if origin is list:
+            return list[_cli_type(name, get_args(inner)[0])]  # type: ignore[misc]
+        return inner
+    if inner is Path:
+        return str
+    raise TypeError(f"config field {name!r}: no flag for a field of type {annotation!r}")
+
+
+def default_text(field: FieldInfo) -> str | None:
+    default = field.default
+    if default is PydanticUndefined or default is None:
+        if field.default_factory is not None:
+            made = field.default_factory()  # type: ignore[call-arg]
+            return ", ".join(map(str, made)) if isinstance(made, list | tuple) and made else None
+        return None
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, Enum):
+        return str(default.value)
+    if isinstance(default, tuple):
+        return " ".join(map(str, default))
+    return str(default)
+
+
+def option_parameters(
+    model: type[BaseModel], skip: Iterable[str] = (), panel: str | None = None
+) -> list[inspect.Parameter]:
+    """A typer option parameter per field of `model` that a flag sets, in field order."""
+    skipped = set(skip)
+    params = []
+    for name, field in model.model_fields.items():
+        meta = _meta(field)
+        if name in skipped or meta is None:
+            continue
+        cli_type = _cli_type(name, field.annotation)
+        names = [flag_name(name, field) or ""]
+        if cli_type is bool:
+            off = meta.get("off") or "--no-" + names[0].removeprefix("--")
+            names = [f"{names[0]}/{off}"]
+        if meta.get("short"):
+            names.append(str(meta["short"]))
+        help_text = (field.description or "").strip()
+        shown = default_text(field)
+        if shown is not None:
+            help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
+        option = typer.Option(
+            *names,
+            help=help_text or None,
+            show_default=False,
+            hidden=bool(meta.get("hidden")),
+            rich_help_panel=panel,
+        )
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[cli_type | None, option],
+            )
+        )
+    return params
+
+
+def config_command(
+    app: typer.Typer,
+    name: str,
+    model: type[BaseModel],
+    run: Callable[[dict[str, Any]], None],
+    *,
+    help: str | None = None,
+    arguments: Mapping[str, Any] | None = None,
+    skip: Iterable[str] = (),
+) -> Callable[..., None]:
+    """Register command `name` on `app` with a flag per field of `model` (but `skip` and `arguments`); it
+    calls `run` with {field: value or None} of every flag, values of choices as plain strings.
+    `arguments`: {field: Annotated type} of positional arguments, which come first."""
+    positional = [
+        inspect.Parameter(field, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
+        for field, annotation in (arguments or {}).items()
+    ]
+    params = positional + option_parameters(model, [*skip, *(arguments or {})])
+
+    def command(**flags: Any) -> None:
+        run({key: value.value if isinstance(value, Enum) else value for key, value in flags.items()})
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = name.replace("-", "_")
+    command.__doc__ = help or model.__doc__
+    app.command(name)(command)
+    return command
