@@ -31,6 +31,7 @@ from typing import Any
 
 from dr_core.models import resolve as resolve_model
 from dr_core.proc import child_of_this_process, free_port
+from dr_core.server import ManagedServer, ServerError
 from dr_serve.engines import choose_engine, model_config
 
 DR = [sys.executable, "-m", "dr_cli.main"]
@@ -81,33 +82,12 @@ def served(model: Path, args: argparse.Namespace, log: Path):
         engine = ["--engine", "transformers", "--device", "auto" if args.gpu else "cpu"]
     command = [*DR, "serve", str(model), "--port", str(port), "--host", "127.0.0.1", *engine]
     print("$ dr " + shlex.join(command[len(DR) :]) + " &", file=sys.stderr, flush=True)
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=child_of_this_process()
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 600
-            import httpx
-
-            while True:
-                if proc.poll() is not None:
-                    sys.exit(f"main job: dr serve {model} exited ({proc.returncode}); see {log}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    sys.exit(f"main job: dr serve {model} was not up after 600 s; see {log}")
-                time.sleep(1)
-            yield f"{url}/v1"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    server = ManagedServer(command, port, name=f"dr serve {model}", log=log, timeout_s=600)
+    try:
+        with server:
+            yield f"{server.url}/v1"
+    except ServerError as exc:
+        sys.exit(f"main job: {exc}")
 
 
 def bench_settings(args: argparse.Namespace, reports: bool = False) -> dict[str, Any]:

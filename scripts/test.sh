@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # The test command: set up what is missing, lint, type-check, then run the tests in parallel.
-#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh                 # everything (what CI runs)
+#   bash scripts/test.sh --fast          # the edit-test loop: lint, types, and the tests not marked slow
 #   bash scripts/test.sh tests/core -x   # extra arguments go to pytest
+# pytest's summary line says how long a run took; docs/benchmarks.md has each tier's time on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fast=()
+if [ "${1:-}" = --fast ]; then
+    shift
+    fast=(-m "not slow")
+fi
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m mypy  # packages/, kernels/ and cli/, as pyproject.toml's [tool.mypy] says
-exec .venv/bin/python -m pytest -n auto "$@"
+exec .venv/bin/python -m pytest -n auto ${fast[@]+"${fast[@]}"} "$@"

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
@@ -21,9 +20,8 @@ from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Task
 from support.asgi import free_port, wait_ok
+from support.cli import DR
 from support.taught import taught_world
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 
 @pytest.fixture(scope="module")

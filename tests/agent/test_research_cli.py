@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
+from support.cli import DR
 from support.openai_server import Rendezvous, Reply, scripted_server
 from support.policies import call, researcher
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 
 def dr(*args, env=None, input=None):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
-DR = [sys.executable, "-m", "dr_cli.main"]
+from support.cli import DR
 
 HOPS = [
     {"entity": "e1", "name": "Aldo Verin", "doc": "aldo-verin", "relation": "employer"},

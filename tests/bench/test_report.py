@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-DR = [sys.executable, "-m", "dr_cli.main"]
+from support.cli import DR
 
 
 def write_run(folder, scores, category="c", tokens=100):

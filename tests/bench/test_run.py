@@ -7,14 +7,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
+from support.cli import DR
 from support.openai_server import Rendezvous, Reply, scripted_server
 from support.policies import call
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 
 def deep_search_suite(path, n):

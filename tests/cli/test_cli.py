@@ -9,7 +9,7 @@ import sys
 
 import orjson
 
-DR = [sys.executable, "-m", "dr_cli.main"]
+from support.cli import DR
 
 
 def dr(

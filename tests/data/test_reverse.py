@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -12,9 +11,8 @@ from dr_core.errors import LLMError
 from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Report
 from dr_data.reverse import language, outline, reverse_with_teacher
+from support.cli import DR
 from support.openai_server import Reply, scripted_server
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 
 def test_without_a_teacher_every_shared_report_gets_a_query_and_a_plan(tmp_path, drb_reports):

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from dr_core.records import Example, Message, ToolCall
 from dr_data import sft
 from dr_data.sft import mixed_language, mixing_shares, repetition, to_example
+from support.cli import DR
 from support.samples import distinct, trajectory
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 
 def test_trajectories_become_examples_with_loss_on_assistant_turns():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 from dr_agent.agent import ResearchAgent
 from dr_agent.index import LocalIndex
@@ -15,10 +14,9 @@ from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Task
 from dr_data.trajectories import SELF_CHECK, collect, scrub
 from dr_judge.judge import ChecklistJudge
+from support.cli import DR
 from support.openai_server import Reply, scripted_server
 from support.policies import call
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 
 def test_the_oracle_solves_every_world_task_through_the_real_agent_loop(tmp_path):

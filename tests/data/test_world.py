@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from dr_agent.index import LocalIndex, build_index
 from dr_data.world import build_world, sample_tasks
 from dr_judge.answers import normalize
-
-DR = [sys.executable, "-m", "dr_cli.main"]
+from support.cli import DR
 
 
 @pytest.fixture(scope="module")

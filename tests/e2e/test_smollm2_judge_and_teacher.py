@@ -10,13 +10,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from support.asgi import free_port, wait_ok
+from support.cli import DR
 
-DR = [sys.executable, "-m", "dr_cli.main"]
 TASK = {
     "id": "t1",
     "question": "Report on the Velmora river",

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
+from support.cli import DR
 from support.openai_server import Rendezvous, Reply, scripted_server
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 
 def write(path, rows):

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-DR = [sys.executable, "-m", "dr_cli.main"]
+from support.cli import DR
 
 
 def dr(*args: object, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -18,8 +18,8 @@ from dr_train.engine import DeepSpeedSettings, OptimSettings, PlainEngine, make_
 from dr_train.recipes import recipe
 from dr_train.recipes.common import read_config
 from dr_train.recipes.sft import SFTConfig, run
+from support.cli import DR
 
-DR = [sys.executable, "-m", "dr_cli.main"]
 PACKAGES = Path(__file__).resolve().parents[2] / "packages"
 
 

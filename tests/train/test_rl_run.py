@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from support.cli import DR
 from support.taught import taught_world, write_unsure
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 
 def dr(*args, timeout=900):

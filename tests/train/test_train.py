@@ -22,8 +22,8 @@ from dr_train.data import build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build
 from dr_train.tiny import CHAT_TEMPLATE
 from dr_train.trainer import TrainConfig, Trainer, lr_at
+from support.cli import DR
 
-DR = [sys.executable, "-m", "dr_cli.main"]
 CITIES = ["Velmora", "Ostrand", "Quillby", "Harrowgate", "Tessaly", "Brindle", "Corvale", "Mirefold"]
 FOUNDERS = [
     "Ada Quist",
@@ -365,7 +365,9 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_and_saves_a_loadable_checkpo
     assert summary["steps"] == 3
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
-    assert metrics[-1]["tokens"] > 3 * 4 * 300  # four rows of several examples each step
+    # four rows of several examples each step; `tokens` is the step's, `tokens_seen` the run's so far
+    assert metrics[-1]["tokens_seen"] > 3 * 4 * 300
+    assert metrics[-1]["tokens_seen"] == sum(m["tokens"] for m in metrics)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -406,7 +408,7 @@ def test_ulysses_sequence_parallel_on_two_processes_trains_as_one_process_does(t
     assert one.keys() == sp.keys()
     for key in one:
         torch.testing.assert_close(sp[key], one[key], rtol=1e-4, atol=1e-5)
-    assert [m["tokens"] for m in metrics["sp"]] == [m["tokens"] for m in metrics["one"]]
+    assert [m["tokens_seen"] for m in metrics["sp"]] == [m["tokens_seen"] for m in metrics["one"]]
 
 
 def processes_naming(marker: str) -> list[int]:

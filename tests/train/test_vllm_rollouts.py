@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +21,8 @@ import torch
 from dr_core.engines import available
 from dr_core.proc import free_port
 from support.asgi import wait_ok
+from support.cli import DR
 from support.taught import taught_world
-
-DR = [sys.executable, "-m", "dr_cli.main"]
 
 needs_vllm = pytest.mark.skipif(
     not available("vllm"), reason="vLLM is not installed (scripts/setup.sh installs it)"

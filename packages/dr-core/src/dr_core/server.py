@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
-
-import httpx
 
 from dr_core.errors import DrError, InputError
 from dr_core.proc import child_of_this_process, port_in_use
@@ -25,6 +24,8 @@ def server_root(url: str) -> str:
     """A vLLM server's root URL from `url` as a user gives it: `http://host:port`, or the `.../v1` form
     that `dr serve` prints (the trailing `/v1` is dropped). ValueError for anything that is not an http(s)
     URL with a host and a valid port."""
+    import httpx
+
     text = url.strip().rstrip("/")
     try:
         parsed = httpx.URL(text)
@@ -97,13 +98,18 @@ class ManagedServer:
         )
         return self
 
-    def wait_healthy(self) -> None:
-        """Return once the server answers 200 at its health path while its child still runs: the port was
-        free when it started, so the answer is its own. ServerError when it exits or the time runs out."""
+    def wait_healthy(self, interrupted: Callable[[], bool] | None = None) -> bool:
+        """Return True once the server answers 200 at its health path while its child still runs: the port
+        was free when it started, so the answer is its own. ServerError when it exits or the time runs out;
+        False as soon as `interrupted()` says to stop waiting (a signal to the process that waits)."""
+        import httpx
+
         process = self.process
         assert process is not None, "start() first"
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
+            if interrupted is not None and interrupted():
+                return False
             if process.poll() is not None:
                 raise ServerError(
                     f"{self.name} exited with code {process.returncode} before it was ready{self._where()}"
@@ -112,7 +118,7 @@ class ManagedServer:
                 if httpx.get(self.url + self.health, timeout=2.0).status_code == 200:
                     time.sleep(POLL_S)  # a child that fails to bind exits at once: give it the time
                     if process.poll() is None:
-                        return
+                        return True
                     continue
             except httpx.HTTPError:
                 pass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,76 +12,46 @@ from typing import Annotated, Any
 import typer
 
 from dr_core.options import BaseUrl
-from dr_core.proc import child_of_this_process
+from dr_core.server import ManagedServer, ServerError
 
 HEALTH_POLL_S = 0.5
 
 
 class Supervisor:
-    """Child processes (engine, API) whose lifetime is ours: SIGINT/SIGTERM are forwarded to them from the
-    moment they start, when one exits the others are stopped, and they die with us even when we are killed
-    outright (SIGKILL)."""
+    """Servers (engine, API) whose lifetime is ours (`ManagedServer`s): SIGINT/SIGTERM are forwarded to them
+    from the moment they start, when one exits the others are stopped, and they die with us even when we
+    are killed outright (SIGKILL)."""
 
     def __init__(self) -> None:
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.servers: list[ManagedServer] = []
         self.stopping = False
         signal.signal(signal.SIGINT, self._forward)
         signal.signal(signal.SIGTERM, self._forward)
 
     def _forward(self, signum: int, frame: Any) -> None:
         self.stopping = True
-        for child in self.children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        for server in self.servers:
+            if server.process is not None and server.running():
+                server.process.send_signal(signum)
 
-    def start(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(argv, env=env, preexec_fn=child_of_this_process())
-        self.children.append(child)
-        return child
-
-    def wait_healthy(self, url: str, child: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
-        """Wait until `url` answers 200 while `child` runs. The port was free when the child started
-        (`require_free_port`), and the child must still be running once it answers, so the answer is the
-        child's, not another server's."""
-        import httpx
-
-        from dr_core.errors import DrError
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.stopping:
-            if child.poll() is not None:
-                self.stop()
-                raise DrError(f"{what} exited with code {child.returncode} before it was ready")
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    time.sleep(HEALTH_POLL_S)  # a child that fails to bind exits at once: give it the time
-                    if child.poll() is None:
-                        return
-                    continue
-            except httpx.HTTPError:
-                pass
-            time.sleep(HEALTH_POLL_S)
-        if not self.stopping:
+    def start(self, server: ManagedServer) -> None:
+        """Start `server` and wait until it is healthy (or we are signalled); stop everything if it fails."""
+        self.servers.append(server)
+        server.start()
+        try:
+            server.wait_healthy(interrupted=lambda: self.stopping)
+        except ServerError:
             self.stop()
-            raise DrError(f"{what} was not healthy at {url} after {timeout_s:.0f}s")
+            raise
 
     def run(self) -> int:
-        """Wait until a child exits (or we are signalled); stop the rest; return the first exit code."""
-        while not self.stopping and all(child.poll() is None for child in self.children):
+        """Wait until a server exits (or we are signalled); stop the rest; return the first exit code."""
+        while not self.stopping and all(server.running() for server in self.servers):
             time.sleep(HEALTH_POLL_S)
         return self.stop()
 
     def stop(self) -> int:
-        for child in self.children:
-            if child.poll() is None:
-                child.terminate()
-        for child in self.children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        codes = [child.returncode for child in self.children]
+        codes = [server.stop() for server in self.servers]
         return next((code for code in codes if code), 0)
 
 
@@ -255,11 +224,8 @@ def serve(
         logger.info("serving with transformers serve: %s", fallback_reason(model_config(model)))
     logger.info("starting %s: %s", chosen, " ".join(argv))
     supervisor = Supervisor()
-    import os
-
-    engine_proc = supervisor.start(argv, env={**os.environ, **env} if env else None)
+    supervisor.start(ManagedServer(argv, port, name=chosen, host=host, env=env, timeout_s=health_timeout))
     engine_url = f"http://{host}:{port}"
-    supervisor.wait_healthy(f"{engine_url}/health", engine_proc, health_timeout, chosen)
     logger.info("%s is serving %s at %s/v1", chosen, served, engine_url)
     if api_port is not None:
         api = [sys.executable, "-m", "dr_serve", "api", "--port", str(api_port)]
@@ -270,11 +236,12 @@ def serve(
         if max_concurrent is not None:
             api += ["--max-concurrent", str(max_concurrent)]
         # the key travels by environment, not argv, so `ps` does not show it
-        api_env = {**os.environ, "DR_LLM_MODEL": served}
+        api_env = {"DR_LLM_MODEL": served}
         if api_key:
             api_env["DR_API_API_KEY"] = api_key
-        api_proc = supervisor.start(api, env=api_env)
-        supervisor.wait_healthy(f"http://{api_host}:{api_port}/health", api_proc, 60, "the research API")
+        supervisor.start(
+            ManagedServer(api, api_port, name="the research API", host=api_host, env=api_env, timeout_s=60)
+        )
         logger.info("research API at http://%s:%d/v1/research", api_host, api_port)
     raise typer.Exit(supervisor.run())
 

@@ -275,8 +275,10 @@ class Trainer:
                 "loss": round(last_loss, 6),
                 "lr": lr,
                 "grad_norm": round(norm, 6),
-                "tokens": self.tokens_seen,
+                # per step; the step's tokens and its learnt ones, and all tokens trained on so far
+                "tokens": tokens,
                 "label_tokens": normalizer,
+                "tokens_seen": self.tokens_seen,
                 "tokens_per_s": round(tokens / elapsed, 1),
                 "mfu": round(flops / elapsed / (peak * self.dist.world), 4) if peak else None,
                 "memory_gib": round(self._memory_gib(), 3),
