@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dr_core.log import logger
+from dr_train import seeds
 from dr_train.chat import IGNORE, Tokenized
 from dr_train.pack import Row
 
@@ -61,13 +62,13 @@ def run_copy_warmup(trainer: Trainer) -> dict[str, Any]:
         rows_per_step = max(rows_per_step, math.ceil(COPY_DOCS / per_row))
         per_row = min(per_row, math.ceil(COPY_DOCS / rows_per_step))
     lr = min(config.lr, COPY_LR)
-    held_out = [copy_drill(random.Random(config.seed * 7 + i), vocabulary) for i in range(32)]
+    held_out = [copy_drill(random.Random(seeds.copy_held_out(config.seed, i)), vocabulary) for i in range(32)]
     accuracy, loss, step = copy_accuracy(trainer, held_out), None, 0
     log = trainer.out / "copy_warmup.jsonl"
     if trainer.dist.main:
         log.unlink(missing_ok=True)
     for step in range(1, config.copy_warmup + 1):
-        rng = random.Random((config.seed * 1_000_003 + step) * 1009 + trainer.dp_rank)
+        rng = random.Random(seeds.copy_drill(config.seed, step, trainer.dp_rank))
         rows = []
         for _ in range(rows_per_step):
             row = Row()

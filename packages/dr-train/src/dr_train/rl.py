@@ -34,22 +34,14 @@ from dr_core.llm import ChatModel
 from dr_core.log import logger, progress
 from dr_core.records import Task, Trajectory
 from dr_kernels.attention import cpu_length
-from dr_train import checkpoint
+from dr_train import checkpoint, seeds
+from dr_train.algorithms import LossStats, algorithm
 from dr_train.chat import IGNORE
 from dr_train.config import RLConfig
 from dr_train.distributed import Dist, barrier
 from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
 from dr_train.policy import LocalPolicy, Recording, record_turns
 from dr_train.rewards import Rewarder, Scored, reward_metrics
-from dr_train.rl_math import (
-    clipped_policy_loss,
-    clipped_value_loss,
-    flat_groups,
-    gae,
-    group_advantages,
-    kl_k3,
-    ppo_token_rewards,
-)
 from dr_train.rollout import (
     EngineError,
     EnginePolicy,
@@ -221,7 +213,8 @@ class RLTrainer:
         model.config.use_cache = True
         # rollouts and updates on one device per rank: its GPU when there is one
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.value_head = ValueHead.build(model.config.hidden_size) if config.algo == "ppo" else None
+        self.algorithm = algorithm(config)
+        self.value_head = ValueHead.build(model.config.hidden_size) if self.algorithm.value_head else None
         if reference is not None:
             reference.to(self.device)
         # every rank runs this many passes per optimizer step: its share of a minibatch, padded
@@ -254,7 +247,7 @@ class RLTrainer:
     # ---- rollouts ----------------------------------------------------------------------------------
 
     def step_tasks(self, step: int) -> list[Task]:
-        rng = random.Random(self.config.seed * 1_000_003 + step)
+        rng = random.Random(seeds.step_tasks(self.config.seed, step))
         count = min(self.config.tasks_per_step, len(self.tasks))
         return rng.sample(self.tasks, count)
 
@@ -263,11 +256,11 @@ class RLTrainer:
         if self.config.concurrency == 1:
             # one rollout at a time: each samples from a seed of its own, so a run's rollouts are the same
             # on any number of ranks
-            torch.manual_seed((self.config.seed * 7919 + step) * 100_003 + index)
+            torch.manual_seed(seeds.rollout(self.config.seed, step, index))
         recording = Recording()
         seed = None
         if self.config.concurrency == 1 and self.engines is not None:
-            seed = (self.config.seed * 7919 + step) * 100_003 + index
+            seed = seeds.rollout(self.config.seed, step, index)
         with record_turns(recording), sampling_seed(seed):
             trajectory = self.agent.run(
                 task.question, task_id=task.id, temperature=self.config.temperature, top_p=self.config.top_p
@@ -278,7 +271,7 @@ class RLTrainer:
         """The step's rollouts, every task `group` times in a row; on several ranks each runs every
         world-th one and all of them are gathered on every rank."""
         rank, world = self.dist.rank, self.dist.world
-        torch.manual_seed(self.config.seed * 7919 + step + 1_000_003 * rank)
+        torch.manual_seed(seeds.rank_rollouts(self.config.seed, step, rank))
         self.model.eval()
         jobs = [(step, index, task) for index, task in enumerate(self._jobs(step))]
         mine = list(ordered_map(self._rollout, jobs[rank::world], self.config.concurrency))
@@ -304,11 +297,10 @@ class RLTrainer:
         sequences = [s for i, r in enumerate(rollouts) for s in sequences_of(r.turns, i)]
         # a rollout without a reward (its judge abstained) teaches nothing: it leaves its group
         sequences = [s for s in sequences if s.actions and rollouts[s.rollout].reward is not None]
-        self.flat_groups = 0
-        if config.algo == "grpo" and config.skip_flat_groups:
-            flat = flat_groups([r.reward for r in rollouts], config.group)
-            self.flat_groups = len(flat)
-            sequences = [s for s in sequences if s.rollout // config.group not in flat]
+        rewards = [r.reward for r in rollouts]
+        flat = self.algorithm.flat(rewards)
+        self.flat_groups = len(flat)
+        sequences = [s for s in sequences if s.rollout // config.group not in flat]
         rank, world = self.dist.rank, self.dist.world
         with torch.no_grad():
             for seq in sequences[rank::world]:
@@ -333,31 +325,7 @@ class RLTrainer:
                 old, values, ref = shares[index % world][index // world]
                 seq.old_logprobs, seq.old_values, seq.ref_logprobs = here(old), here(values), here(ref)
         self._engine_gap(sequences)
-        rewards = torch.tensor([math.nan if r.reward is None else r.reward for r in rollouts])
-        if config.algo == "grpo":
-            advantages = group_advantages(rewards, config.group)
-            for seq in sequences:
-                seq.advantages = torch.full_like(seq.old_logprobs, float(advantages[seq.rollout]))
-            return sequences
-        for index, rollout in enumerate(rollouts):
-            of_rollout = [s for s in sequences if s.rollout == index]
-            if not of_rollout or rollout.reward is None:
-                continue
-            logprobs = torch.cat([s.old_logprobs for s in of_rollout])
-            first = of_rollout[0]
-            ref = torch.cat([s.ref_logprobs for s in of_rollout]) if first.ref_logprobs is not None else None
-            values = torch.cat([s.old_values for s in of_rollout])
-            token_rewards = ppo_token_rewards(float(rollout.reward), logprobs, ref, config.kl_coef)
-            adv, returns = gae(token_rewards, values, config.gamma, config.lam)
-            offset = 0
-            for seq in of_rollout:
-                n = seq.old_logprobs.numel()
-                seq.advantages, seq.returns = adv[offset : offset + n], returns[offset : offset + n]
-                offset += n
-        all_adv = torch.cat([s.advantages for s in sequences]) if sequences else torch.zeros(1)
-        mean, std = all_adv.mean(), all_adv.std(unbiased=False)
-        for seq in sequences:
-            seq.advantages = (seq.advantages - mean) / (std + 1e-6)  # whitened, as PPO for LMs does
+        self.algorithm.advantages(sequences, rewards)
         return sequences
 
     def _engine_gap(self, sequences: list[Sequence]) -> None:
@@ -389,8 +357,8 @@ class RLTrainer:
         config = self.config
         rank, world = self.dist.rank, self.dist.world
         self.model.train()
-        stats = torch.zeros(5, dtype=torch.float64)  # policy loss, value loss, kl, clipped, tokens
-        rng = random.Random(config.seed * 31 + self.step)
+        stats = LossStats()
+        rng = random.Random(seeds.minibatches(config.seed, self.step))
         rollout_tokens: dict[int, int] = {}
         for seq in sequences:
             rollout_tokens[seq.rollout] = rollout_tokens.get(seq.rollout, 0) + seq.actions
@@ -419,33 +387,17 @@ class RLTrainer:
                     self.engine.backward(loss * weight)
                 self.engine.step()
         if world > 1:
-            torch_dist.all_reduce(stats)
-        counted = max(float(stats[4]), 1.0)
-        names = ("policy_loss", "value_loss", "kl", "clip_fraction")
-        return {name: float(stats[i]) / counted for i, name in enumerate(names)}
+            summed = stats.tensor()
+            torch_dist.all_reduce(summed)
+            stats = LossStats.of(summed)
+        return stats.means()
 
-    def _loss(self, seq: Sequence, stats: Any) -> Any:
-        """The sequence's summed token loss (policy, KL for GRPO, value for PPO); adds to `stats`."""
-        config = self.config
-        logprobs, values = forward(self.model, seq, config.kernels, self.value_head)
-        pg, clipped = clipped_policy_loss(logprobs, seq.old_logprobs, seq.advantages, config.clip)
-        if seq.tis_weights is not None:
-            pg = pg * seq.tis_weights
-        loss = pg.sum()
-        kl_sum = vl_sum = 0.0
-        if seq.ref_logprobs is not None:
-            kl = kl_k3(logprobs, seq.ref_logprobs)
-            if config.algo == "grpo":
-                loss = loss + config.kl_coef * kl.sum()
-            kl_sum = float(kl.detach().sum())
-        if values is not None:
-            vl = clipped_value_loss(values, seq.old_values, seq.returns, config.value_clip)
-            loss = loss + config.vf_coef * vl.sum()
-            vl_sum = float(vl.detach().sum())
+    def _loss(self, seq: Sequence, stats: LossStats | None) -> Any:
+        """The sequence's summed token loss, as its algorithm computes it; adds to `stats`."""
+        logprobs, values = forward(self.model, seq, self.config.kernels, self.value_head)
+        loss, parts = self.algorithm.loss(seq, logprobs, values)
         if stats is not None:
-            stats += stats.new_tensor(
-                [float(pg.detach().sum()), vl_sum, kl_sum, float(clipped.float().sum()), seq.actions]
-            )
+            stats.add(parts)
         return loss
 
     # ---- the loop ----------------------------------------------------------------------------------

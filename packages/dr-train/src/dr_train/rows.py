@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from dr_kernels.attention import CPU_SHAPE_MULTIPLE
+from dr_train import seeds
 from dr_train.chat import IGNORE
 from dr_train.pack import Row, document_mask
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> list[int]:
     order = list(range(rows))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
+    random.Random(seeds.epoch_order(seed, epoch)).shuffle(order)
     return order
 
 

@@ -30,7 +30,6 @@ from dr_core.log import logger, progress
 from dr_train import checkpoint
 from dr_train.chat import IGNORE
 from dr_train.config import TrainConfig
-from dr_train.copy_warmup import run_copy_warmup
 from dr_train.cpu import checkpoint_kwargs
 from dr_train.data import Dataset
 from dr_train.distributed import Dist, barrier
@@ -236,15 +235,14 @@ class Trainer:
         torch_dist.all_reduce(tensor)
         return float(tensor.item())
 
-    def run(self) -> Summary:
+    def run(self, before: dict[str, Any] | None = None) -> Summary:
+        """Train to the end; the summary. `before`: what ran before the loop (the recipe's copy drills),
+        recorded with the final model's state."""
         config = self.config
         metrics_path = self.out / "metrics.jsonl"
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoint.trim_metrics(metrics_path, self.step)
-        warmup = None
-        if config.copy_warmup and self.step == 0 and self.resume_from is None:
-            warmup = run_copy_warmup(self)
         layers = self.module.config.num_hidden_layers
         hidden = self.module.config.hidden_size
         peak = self._peak_flops()
@@ -320,7 +318,7 @@ class Trainer:
             eval_loss=None if eval_loss is None else round(eval_loss, 6),
             pack=asdict(self.data.stats),
         )
-        self.save(None, summary=summary.model_dump() | ({"copy_warmup": warmup} if warmup else {}))
+        self.save(None, summary=summary.model_dump() | (before or {}))
         return summary
 
     def evaluate(self) -> float:

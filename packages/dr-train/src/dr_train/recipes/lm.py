@@ -18,6 +18,7 @@ from dr_core.options import OnErrorChoice
 from dr_core.pipe import default_rejects_path
 from dr_train import checkpoint, distributed
 from dr_train.config import LMConfig, Precision
+from dr_train.copy_warmup import run_copy_warmup
 from dr_train.data import Item, build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build, is_checkpoint
 from dr_train.recipes.common import rank_rejects, resolve_precision
@@ -106,7 +107,13 @@ def run(config: LMConfig) -> Summary | None:
             " (auto)" if config.precision == Precision.auto else "",
         )
     trainer = Trainer(model, tokenizer, dataset, settings, dist, device, eval_data, resume_from)
-    summary = trainer.run()
+    before = {}
+    if settings.copy_warmup and trainer.step == 0 and resume_from is None:
+        # a fresh model from scratch learns to copy from its context first (copy_warmup.py)
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+        before["copy_warmup"] = run_copy_warmup(trainer)
+    summary = trainer.run(before)
     if dist.main:
         record_prompts(out, items)
     return summary
