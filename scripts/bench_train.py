@@ -22,7 +22,6 @@ cross-entropy on the hidden states. Liger-Kernel is optional (pip install liger-
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
@@ -253,7 +252,7 @@ def run_dr(flags: list[str], args: argparse.Namespace, data: Any, out: Any) -> d
     if code != 0:
         return {"error": tail.strip().splitlines()[-1][:100] if tail.strip() else f"exit {code}"}
     later = metrics[args.warmup_steps :]  # the first steps warm up
-    tokens = [b["tokens_seen"] - a["tokens_seen"] for a, b in itertools.pairwise(metrics)][args.warmup_steps - 1 :]
+    tokens = [m["tokens"] for m in later]  # each step's own
     seconds = sum(t / m["tokens_per_s"] for t, m in zip(tokens, later, strict=True))
     return {"tokens_per_s": round(sum(tokens) / seconds, 1), "peak_gib": round(peak, 2)}
 
