@@ -186,30 +186,32 @@ class LMConfig(RunSettings, TrainConfig):
     )
 
 
+def _stage_defaults(out: str, long: LongPolicy, lr: float) -> dict[str, Any]:
+    """The fields whose defaults a stage sets, with the help they share."""
+    return {
+        "out": Field(Path(out), description=TrainConfig.model_fields["out"].description,
+                     json_schema_extra=flag(short="-o")),
+        "long": Field(long, description=LMConfig.model_fields["long"].description),
+        "lr": Field(lr, description=TrainConfig.model_fields["lr"].description),
+    }  # fmt: skip
+
+
+_MIDTRAIN = _stage_defaults("runs/midtrain", "split", 2e-5)
+_SFT = _stage_defaults("runs/sft", "drop", 1e-5)
+
+
 class MidtrainConfig(LMConfig):
     stage: Literal["midtrain"] = Field("midtrain", json_schema_extra=not_a_flag())
-    out: Path = Field(
-        Path("runs/midtrain"),
-        description="Checkpoint folder: checkpoint-N/ inside, final model at the top.",
-        json_schema_extra=flag(short="-o"),
-    )
-    long: LongPolicy = Field(
-        "split", description="Records over --max-len: drop, truncate, error, or split (mid-training only)."
-    )
-    lr: float = Field(2e-5, description="Peak learning rate.")
+    out: Path = _MIDTRAIN["out"]
+    long: LongPolicy = _MIDTRAIN["long"]
+    lr: float = _MIDTRAIN["lr"]
 
 
 class SFTConfig(LMConfig):
     stage: Literal["sft"] = Field("sft", json_schema_extra=not_a_flag())
-    out: Path = Field(
-        Path("runs/sft"),
-        description="Checkpoint folder: checkpoint-N/ inside, final model at the top.",
-        json_schema_extra=flag(short="-o"),
-    )
-    long: LongPolicy = Field(
-        "drop", description="Records over --max-len: drop, truncate, error, or split (mid-training only)."
-    )
-    lr: float = Field(1e-5, description="Peak learning rate.")
+    out: Path = _SFT["out"]
+    long: LongPolicy = _SFT["long"]
+    lr: float = _SFT["lr"]
 
 
 class RLConfig(BaseModel):
