@@ -118,6 +118,16 @@ def test_rollouts_the_judge_abstains_on_are_dropped_not_scored_zero(taught):
     assert "reward_judge" not in m and m["reports"] == 2 and m["flaw_rate"] == 1.0  # the truth is known
     # the reward is the question group's alone: the dropped reports do not count as 0
     assert m["rollouts"] == 4 and m["reward_mean"] == m["reward_questions"]
+    # with only the report task, no rollout has a reward: none is trained on, and the step says so
+    reports_only = root / "reports-only.jsonl"
+    reports_only.write_text(tasks.read_text().splitlines(keepends=True)[1])
+    with scripted_server([cut]) as srv:
+        result = rl(root, reports_only, "abstained-all", srv.url, "--steps", "1")
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr[-4000:]
+    [m] = metrics_of(root / "abstained-all")
+    assert m["reward_mean"] is None and m["dropped"] == 2 and m["trained_tokens"] == 0
+    assert "judge abstained on every rollout" in stderr and "Logging error" not in stderr
 
 
 @pytest.mark.slow

@@ -453,13 +453,17 @@ class RLTrainer:
                 with metrics_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 logger.info(
-                    "rl step %d/%d reward %.3f ± %.3f, %.1f tool calls, kl %.4f",
+                    "rl step %d/%d reward %s, %.1f tool calls, kl %.4f%s",
                     self.step,
                     self.config.steps,
-                    record["reward_mean"],
-                    record["reward_std"],
+                    "none (the judge abstained on every rollout)"
+                    if record["reward_mean"] is None
+                    else f"{record['reward_mean']:.3f} ± {record['reward_std']:.3f}",
                     record["tool_calls"],
                     record.get("kl", 0.0),
+                    f", judge {record['reward_judge']:.3f} vs true {record['reward_true']:.3f}"
+                    if "reward_judge" in record and "reward_true" in record
+                    else "",
                 )
             if (
                 self.config.save_every
