@@ -32,7 +32,7 @@ from typing import Any
 from dr_core.models import resolve as resolve_model
 from dr_core.proc import child_of_this_process, free_port
 from dr_core.server import ManagedServer, ServerError
-from dr_serve.engines import choose_engine, model_config
+from dr_core.serving import choose_engine, model_config
 
 DR = [sys.executable, "-m", "dr_cli.main"]
 SFT_STEPS = 150

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from dr_core import serving as engines
 from dr_core.errors import ConfigError, MissingDependency
-from dr_serve import engines
-from dr_serve.engines import EngineSpec, context_length, engine_command
+from dr_core.serving import EngineSpec, context_length, engine_command
 
 
 @pytest.fixture

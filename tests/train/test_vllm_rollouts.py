@@ -43,7 +43,7 @@ def world64(tmp_path_factory):
 
 def start_engine(model: Path, port: int, log: Path) -> subprocess.Popen:
     """A vLLM server with the development API the weight sync uses, as a user would start one."""
-    from dr_serve.engines import EngineSpec, engine_command, engine_env
+    from dr_core.serving import EngineSpec, engine_command, engine_env
 
     spec = EngineSpec(model=str(model), engine="vllm", port=port, kv_cache_gib=1, dtype="float32")
     _, argv, _ = engine_command(spec)

@@ -165,7 +165,7 @@ def serve(
     """
     from dr_core.errors import ConfigError, InputError
     from dr_core.log import logger
-    from dr_serve.engines import EngineSpec, engine_command, engine_env, fallback_reason, model_config
+    from dr_core.serving import EngineSpec, engine_command, engine_env, fallback_reason, model_config
 
     if api_key_file is not None:
         if api_key:

@@ -65,7 +65,7 @@ class Engines:
     def start_local(cls, model_dir: str, log_path: Path, timeout: float = 600.0, **settings: Any) -> Engines:
         """Start one vLLM server for `model_dir` on a free loopback port, as `dr serve` would, with the
         development API the weight sync uses; wait until it answers."""
-        from dr_serve.engines import EngineSpec, engine_command, engine_env
+        from dr_core.serving import EngineSpec, engine_command, engine_env
 
         port = free_port()
         spec = EngineSpec(model=model_dir, engine="vllm", port=port, served_model_name="policy", **settings)

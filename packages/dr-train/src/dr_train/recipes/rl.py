@@ -22,8 +22,8 @@ from dr_core.pipe import default_rejects_path
 from dr_core.proc import free_port
 from dr_core.records import Task
 from dr_core.server import ManagedServer
+from dr_core.serving import fallback_reason, model_config
 from dr_judge.build import make_judge
-from dr_serve.engines import fallback_reason, model_config
 from dr_train import checkpoint, distributed
 from dr_train.config import RLConfig, RLRecipeConfig
 from dr_train.engine import DeepSpeedSettings
@@ -153,7 +153,7 @@ def serve_judge(folder: str, log: Path) -> ManagedServer:
     """Serve the judge model in `folder` on a free loopback port for the run, under its folder's path (the
     name `dr judge` looks for its prompt version under): with vLLM where it can serve it, else with
     transformers serve. Returns once it answers."""
-    from dr_serve.engines import EngineSpec, choose_engine, engine_command, engine_env
+    from dr_core.serving import EngineSpec, choose_engine, engine_command, engine_env
 
     engine = choose_engine("auto", model_config(folder))
     port = free_port()

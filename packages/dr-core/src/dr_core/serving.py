@@ -1,4 +1,6 @@
-"""Inference-engine command lines: vLLM's OpenAI server when installed, else `transformers serve`.
+"""Inference-engine command lines: vLLM's OpenAI server when installed, else `transformers serve`; what
+`dr serve`, RL's rollout engines and judge server, and the main job start (each through
+`dr_core.server.ManagedServer`).
 
 Flags are named as vLLM names them (`--tensor-parallel-size` beside `--tp`), and what the checkpoint
 says (context length, rope scaling, model family, chat template) fills in what the user did not. vLLM
