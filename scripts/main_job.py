@@ -128,27 +128,27 @@ def bench(name: str, model: Path, args: argparse.Namespace, out: Path, reports: 
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(settings) + "\n")
-    with served(model, args, out / f"serve-{name}.log") as url:
-        flags = [
-            "--suite", suite, "-o", folder,
-            "--base-url", url, "--model", str(model), "--index", out / "index", "--no-web",
-            "--concurrency", str(concurrency(model, args)), *settings["flags"],
-        ]  # fmt: skip
-        # Text tool calls (dr_core.tool_text): the server renders exactly the tokens the model trained on.
-        # Through the tools API, transformers serve drops the text of assistant turns that call tools and
-        # re-serializes their arguments, so from its second step the model reads a history it never saw
-        # (tests/agent/test_real_servers.py). RL rollouts render with the tokenizer itself, as training.
-        # exit 3: some runs failed (a server error, not a wrong answer); they are retried once, and
-        # whatever still fails is left out of the table, whose n column says how many were scored
-        # an interrupted bench left its finished runs in judgments.jsonl.partial, or a summary that counts
-        # failed runs (its server died under it): --resume keeps what finished and reruns the rest
-        interrupted = (folder / "judgments.jsonl.partial").exists() or summary_path.exists()
-        for attempt in range(2):
-            run("bench", "run", *flags, *(["--resume"] if attempt or interrupted else []), allow=(3,))
-            if summary_path.exists():
-                summary = json.loads(summary_path.read_text())
-                if not summary.get("failed"):
-                    break
+    # served for the run by `dr bench run --serve` (vLLM where it can serve the model, else transformers)
+    engine = "vllm" if engine_for(model, args) == "vllm" else "transformers"
+    flags = [
+        "--suite", suite, "-o", folder, "--serve", model, "--serve-engine", engine, "--index", out / "index",
+        "--no-web", "--concurrency", str(concurrency(model, args)), *settings["flags"],
+    ]  # fmt: skip
+    # Text tool calls (dr_core.tool_text): the server renders exactly the tokens the model trained on.
+    # Through the tools API, transformers serve drops the text of assistant turns that call tools and
+    # re-serializes their arguments, so from its second step the model reads a history it never saw
+    # (tests/agent/test_real_servers.py). RL rollouts render with the tokenizer itself, as training.
+    # exit 3: some runs failed (a server error, not a wrong answer); they are retried once, and
+    # whatever still fails is left out of the table, whose n column says how many were scored
+    # an interrupted bench left its finished runs in judgments.jsonl.partial, or a summary that counts
+    # failed runs (its server died under it): --resume keeps what finished and reruns the rest
+    interrupted = (folder / "judgments.jsonl.partial").exists() or summary_path.exists()
+    for attempt in range(2):
+        run("bench", "run", *flags, *(["--resume"] if attempt or interrupted else []), allow=(3,))
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            if not summary.get("failed"):
+                break
     return folder
 
 

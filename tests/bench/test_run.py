@@ -209,3 +209,27 @@ def test_concurrency_beyond_the_clients_default_cap_keeps_that_many_requests_in_
     assert b"12 calls at once share 3 model requests at a time (environment variable DR_LLM_CONCURRENCY)" in (
         result.stderr
     )
+
+
+def test_serve_refuses_an_endpoint_given_beside_it_and_names_a_server_that_dies(tmp_path):
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(
+        json.dumps({"id": "q", "question": "Where?", "type": "deep_search", "answer": "X"}) + "\n"
+    )
+    both = subprocess.run(
+        [*DR, "bench", "run", "--suite", str(suite), "-o", str(tmp_path / "b"), "--serve", str(tmp_path),
+         "--base-url", "http://127.0.0.1:9/v1", "--no-web"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert both.returncode == 2 and b"--serve serves the model here" in both.stderr
+    # a folder that holds no model: the server exits before it is ready, and the error names its log
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    died = subprocess.run(
+        [*DR, "bench", "run", "--suite", str(suite), "-o", str(tmp_path / "d"), "--serve", str(empty),
+         "--serve-engine", "transformers", "--no-web"],
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert died.returncode == 3, died.stderr.decode()[-2000:]
+    assert b"before it was ready" in died.stderr and str(tmp_path / "d" / "serve.log").encode() in died.stderr
+    assert b"Traceback" not in died.stderr

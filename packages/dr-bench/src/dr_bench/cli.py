@@ -65,9 +65,47 @@ def run(
     mode: ModeOpt = None,
     votes: VotesOpt = None,
     drb_dir: DrbDir = Path("data/deepresearch_bench"),
+    serve: Annotated[
+        str | None,
+        typer.Option(
+            help="A model folder to serve for the run (on a free loopback port, stopped at the end; its log "
+            "in OUT/serve.log) instead of --base-url/--model.",
+            show_default=False,
+        ),
+    ] = None,
+    serve_engine: Annotated[
+        str, typer.Option(help="With --serve: auto (vLLM where it can serve the model), vllm, transformers.")
+    ] = "auto",
 ) -> None:
     """Run the agent on every task of a suite, judge each trajectory, and summarize. Stop it any time:
     --resume skips tasks already run (and judges any left unjudged). The summary goes to stdout as JSON."""
+    import contextlib
+
+    from dr_core.errors import InputError
+
+    if serve is not None and (base_url or model):
+        raise InputError("--serve serves the model here: drop --base-url/--model, or --serve")
+    with contextlib.ExitStack() as stack:
+        if serve is not None:
+            from dr_core.models import resolve
+            from dr_core.serving import managed
+
+            out.mkdir(parents=True, exist_ok=True)
+            server, model = managed(resolve(serve), serve_engine, log=out / "serve.log", what="--serve")
+            stack.enter_context(server)
+            base_url = f"{server.url}/v1"
+        _run_bench(suite, out, concurrency, limit, resume, base_url, model, api_key, search, index, max_steps,
+                   max_tokens, max_time, context_window, temperature, no_web, tool_mode, judge_base_url,
+                   judge_model, judge_api_key, mode, votes, drb_dir)  # fmt: skip
+
+
+def _run_bench(
+    suite: str, out: Path, concurrency: int, limit: int | None, resume: bool, base_url: str | None,
+    model: str | None, api_key: str | None, search: str | None, index: Path | None, max_steps: int | None,
+    max_tokens: int | None, max_time: float | None, context_window: int | None, temperature: float | None,
+    no_web: bool, tool_mode: Any, judge_base_url: str | None, judge_model: str | None,
+    judge_api_key: str | None, mode: Any, votes: int | None, drb_dir: Path,
+) -> None:  # fmt: skip
     import orjson
 
     from dr_agent.build import agent_from_flags

@@ -208,3 +208,27 @@ def engine_env(spec: EngineSpec, engine: str) -> dict[str, str]:
     if spec.cpu_threads:
         env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{spec.cpu_threads - 1}" if spec.cpu_threads > 1 else "0"
     return env
+
+
+def managed(
+    model: str, engine: str = "auto", log: Path | None = None, what: str = "the server", **settings: Any
+) -> tuple[Any, str]:
+    """(a ManagedServer, the model name clients send) serving `model` on a free loopback port, not started
+    yet: `with server:` starts it and waits until it answers. With vLLM the model is served under its own
+    path (the name `dr judge` finds a trained judge's prompt version under); transformers serve answers to
+    the model as given. `settings`: more EngineSpec fields."""
+    from dr_core.proc import free_port
+    from dr_core.server import ManagedServer
+
+    chosen = choose_engine(engine, model_config(model))
+    port = free_port()
+    spec = EngineSpec(
+        model=model,
+        engine=chosen,
+        port=port,
+        served_model_name=model if chosen == "vllm" else None,
+        **settings,
+    )
+    _, argv, served = engine_command(spec)
+    name = f"{what} ({chosen} serving {model})"
+    return ManagedServer(argv, port, name=name, log=log, env=engine_env(spec, chosen)), served

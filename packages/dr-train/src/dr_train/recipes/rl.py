@@ -19,7 +19,6 @@ from dr_core.errors import InputError
 from dr_core.jsonl import OnError, RejectWriter, read_records
 from dr_core.log import logger
 from dr_core.pipe import default_rejects_path
-from dr_core.proc import free_port
 from dr_core.records import Task
 from dr_core.server import ManagedServer
 from dr_core.serving import fallback_reason, model_config
@@ -150,21 +149,11 @@ def rewarder_for(
 
 
 def serve_judge(folder: str, log: Path) -> ManagedServer:
-    """Serve the judge model in `folder` on a free loopback port for the run, under its folder's path (the
-    name `dr judge` looks for its prompt version under): with vLLM where it can serve it, else with
-    transformers serve. Returns once it answers."""
-    from dr_core.serving import EngineSpec, choose_engine, engine_command, engine_env
+    """Serve the judge model in `folder` for the run (dr_core.serving.managed); returns once it answers."""
+    from dr_core.serving import managed
 
-    engine = choose_engine("auto", model_config(folder))
-    port = free_port()
-    spec = EngineSpec(
-        model=folder, engine=engine, port=port, served_model_name=folder if engine == "vllm" else None
-    )
-    _, argv, _ = engine_command(spec)
-    logger.info("serving the judge %s with %s (log: %s)", folder, engine, log)
-    server = ManagedServer(
-        argv, port, name=f"the judge server for {folder}", log=log, env=engine_env(spec, engine)
-    )
+    server, _ = managed(folder, log=log, what="the judge server")
+    logger.info("serving the judge %s (log: %s)", folder, log)
     return server.__enter__()
 
 
