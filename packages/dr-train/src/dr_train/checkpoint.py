@@ -135,6 +135,64 @@ def trim_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+class MetricLog:
+    """A run's metrics file (one JSON record per line), written by the first rank only. `resume(step)`
+    drops what a resumed run trains again (trim_metrics)."""
+
+    def __init__(self, path: Path, main: bool = True) -> None:
+        self.path = path
+        self.main = main
+
+    def resume(self, step: int) -> None:
+        if self.main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            trim_metrics(self.path, step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.main:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+
+def save_run(
+    out: Path,
+    name: str | None,
+    *,
+    dist: Any,
+    engine: Any,
+    module: Any,
+    tokenizer: Any,
+    state: dict[str, Any],
+    keep: int,
+    state_dict: Any = None,
+    extra: Any = None,
+) -> None:
+    """Write `OUT/NAME` (or the final model into `OUT` when `name` is None), as every trainer saves: the
+    model as a Hugging Face folder, its tokenizer, the optimizer (`engine`'s; DeepSpeed's sharded state on
+    every rank), the RNG, `extra(folder)` (e.g. a value head), and `state` (trainer_state.json, with
+    `done`), staged and then published atomically. Every rank calls it."""
+    import torch
+
+    from dr_train.distributed import barrier
+
+    tag = name or "final"
+    folder = staging(out, tag) if dist.main else out / f"{tag}.partial"
+    if engine.sharded:
+        barrier(dist)  # the first rank has emptied the folder
+        engine.save(folder)
+    if dist.main:
+        save_model(module, folder, state_dict)
+        tokenizer.save_pretrained(folder)
+        if not engine.sharded:
+            engine.save(folder)
+        torch.save(rng_state(), folder / "rng.pt")
+        if extra is not None:
+            extra(folder)
+        write_state(folder, {**state, "done": name is None})
+        publish(folder, out, name, keep)
+    barrier(dist)
+
+
 def settings_of(config: BaseModel, free: Collection[str]) -> dict[str, Any]:
     """The settings a resumed run must share with the run it continues: every field of `config` but the
     `free` ones, which change neither the model nor the optimisation (where outputs go, how often to

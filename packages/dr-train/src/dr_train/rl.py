@@ -17,7 +17,6 @@ zero-weight one), which ZeRO's gradient reduction needs.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 import time
@@ -403,11 +402,9 @@ class RLTrainer:
     # ---- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        metrics_path = self.out / "metrics.jsonl"
         main = self.dist.main
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            checkpoint.trim_metrics(metrics_path, self.step)
+        metrics = checkpoint.MetricLog(self.out / "metrics.jsonl", main)
+        metrics.resume(self.step)
         record: dict[str, Any] = {}
         steps = range(self.step, self.config.steps)
         if self.engines is not None and len(steps):
@@ -450,8 +447,7 @@ class RLTrainer:
                 "step_s": round(time.perf_counter() - started, 2),
             }
             if main:
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                metrics.write(record)
                 logger.info(
                     "rl step %d/%d reward %s, %.1f tool calls, kl %.4f%s",
                     self.step,
@@ -514,36 +510,33 @@ class RLTrainer:
     def save(self, name: str | None) -> None:
         """`OUT/NAME` (or the final model into `OUT`): the policy as a Hugging Face folder, its tokenizer,
         the optimizer (DeepSpeed's sharded state on several ranks), the value head, RNG and state."""
-        main = self.dist.main
-        tag = name or "final"
-        folder = checkpoint.staging(self.out, tag) if main else self.out / f"{tag}.partial"
-        if self.engine.sharded:
-            barrier(self.dist)  # the first rank has emptied the folder
-            self.engine.save(folder)
-        if main:
-            checkpoint.save_model(self.model, folder)
-            self.tokenizer.save_pretrained(folder)
-            if not self.engine.sharded:
-                self.engine.save(folder)
-            torch.save(checkpoint.rng_state(), folder / "rng.pt")
-            if self.value_head is not None:
-                torch.save(self.value_head.state_dict(), folder / "value_head.pt")
-            checkpoint.write_state(
-                folder,
-                {
-                    "stage": "rl",
-                    "algo": self.config.algo,
-                    "step": self.step,
-                    "total_steps": self.config.steps,
-                    "reference": self.reference_path,
-                    "world": self.dist.world,
-                    "deepspeed": self.engine.sharded,
-                    "settings": self.settings,
-                    "done": name is None,
-                },
-            )
-            checkpoint.publish(folder, self.out, name, self.config.keep)
-        barrier(self.dist)
+        value_head = self.value_head
+
+        def extra(folder: Path) -> None:
+            if value_head is not None:
+                torch.save(value_head.state_dict(), folder / "value_head.pt")
+
+        state = {
+            "stage": "rl",
+            "algo": self.config.algo,
+            "step": self.step,
+            "total_steps": self.config.steps,
+            "reference": self.reference_path,
+            "world": self.dist.world,
+            "deepspeed": self.engine.sharded,
+            "settings": self.settings,
+        }
+        checkpoint.save_run(
+            self.out,
+            name,
+            dist=self.dist,
+            engine=self.engine,
+            module=self.model,
+            tokenizer=self.tokenizer,
+            state=state,
+            keep=self.config.keep,
+            extra=extra,
+        )
 
     def _load(self, folder: Path) -> None:
         state = checkpoint.read_state(folder)

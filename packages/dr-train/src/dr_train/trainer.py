@@ -10,7 +10,6 @@ checkpoint (weights, optimizer, RNG) continues exactly as the uninterrupted run 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -32,7 +31,7 @@ from dr_train.chat import IGNORE
 from dr_train.config import TrainConfig
 from dr_train.cpu import checkpoint_kwargs
 from dr_train.data import Dataset
-from dr_train.distributed import Dist, barrier
+from dr_train.distributed import Dist
 from dr_train.engine import Engine, make_engine
 from dr_train.pack import Row
 from dr_train.rows import epoch_order, row_flops, row_tensors, shard, token_losses
@@ -239,10 +238,8 @@ class Trainer:
         """Train to the end; the summary. `before`: what ran before the loop (the recipe's copy drills),
         recorded with the final model's state."""
         config = self.config
-        metrics_path = self.out / "metrics.jsonl"
-        if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            checkpoint.trim_metrics(metrics_path, self.step)
+        metrics = checkpoint.MetricLog(self.out / "metrics.jsonl", self.dist.main)
+        metrics.resume(self.step)
         layers = self.module.config.num_hidden_layers
         hidden = self.module.config.hidden_size
         peak = self._peak_flops()
@@ -288,8 +285,7 @@ class Trainer:
             if self.eval_data is not None and config.eval_every and self.step % config.eval_every == 0:
                 eval_loss = record["eval_loss"] = round(self.evaluate(), 6)
             if self.dist.main and (self.step % config.log_every == 0 or self.step == self.total_steps):
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                metrics.write(record)
                 logger.info(
                     "step %d/%d loss %.4f lr %.2e %.0f tok/s",
                     self.step,
@@ -306,9 +302,7 @@ class Trainer:
             eval_loss is None or not config.eval_every or self.total_steps % config.eval_every
         ):
             eval_loss = self.evaluate()
-            if self.dist.main:
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps({"step": self.step, "eval_loss": round(eval_loss, 6)}) + "\n")
+            metrics.write({"step": self.step, "eval_loss": round(eval_loss, 6)})
         summary = Summary(
             out=str(self.out),
             steps=self.step,
@@ -340,33 +334,27 @@ class Trainer:
 
     def save(self, name: str | None, summary: dict[str, Any] | None = None) -> None:
         """Write `OUT/NAME` (or the final model into `OUT`): weights, tokenizer, optimizer, RNG, state."""
-        tag = name or "final"
-        folder = checkpoint.staging(self.out, tag) if self.dist.main else self.out / f"{tag}.partial"
-        if self.engine.sharded:
-            barrier(self.dist)  # the first rank has emptied the folder
-            self.engine.save(folder)
-        state_dict = self.engine.model_state()
-        if self.dist.main:
-            checkpoint.save_model(self.module, folder, state_dict)
-            self.tokenizer.save_pretrained(folder)
-            if not self.engine.sharded:
-                self.engine.save(folder)
-            torch.save(checkpoint.rng_state(), folder / "rng.pt")
-            state = {
-                "stage": self.config.stage,
-                "step": self.step,
-                "total_steps": self.total_steps,
-                "tokens": self.tokens_seen,
-                "data": self.data.fingerprint(),
-                "world": self.dist.world,
-                "settings": self.config.resume_keys(),
-                "done": name is None,
-            }
-            if summary:
-                state["summary"] = summary
-            checkpoint.write_state(folder, state)
-            checkpoint.publish(folder, self.out, name, self.config.keep)
-        barrier(self.dist)
+        state = {
+            "stage": self.config.stage,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "tokens": self.tokens_seen,
+            "data": self.data.fingerprint(),
+            "world": self.dist.world,
+            "settings": self.config.resume_keys(),
+            **({"summary": summary} if summary else {}),
+        }
+        checkpoint.save_run(
+            self.out,
+            name,
+            dist=self.dist,
+            engine=self.engine,
+            module=self.module,
+            tokenizer=self.tokenizer,
+            state=state,
+            keep=self.config.keep,
+            state_dict=self.engine.model_state(),  # every rank: ZeRO-3 gathers the parameters
+        )
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
