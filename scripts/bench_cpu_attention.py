@@ -36,8 +36,8 @@ def through_autograd(q: Any, k: Any, v: Any, cu: list[int]) -> Any:
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     out = q.new_empty(q.shape)
     for start, end, stop in _cpu_windows(tuple(cu)):
-        window = (_window(x, start, stop) for x in (q, k, v))
-        out[:, :, start:end] = F.scaled_dot_product_attention(*window, is_causal=True)[:, :, : end - start]
+        qw, kw, vw = (_window(x, start, stop) for x in (q, k, v))
+        out[:, :, start:end] = F.scaled_dot_product_attention(qw, kw, vw, is_causal=True)[:, :, : end - start]
     return out
 
 

@@ -85,6 +85,7 @@ def main() -> None:
     start = time.perf_counter()
     for d in dicts:
         _, example = to_example(d)
+        assert example is not None  # an oracle trajectory always makes an example
         chain.reason(example)
     rows.append(("sft (oracle trajectories, all filters)", len(dicts), time.perf_counter() - start))
     assert all(isinstance(t, Trajectory) for t in trajectories)

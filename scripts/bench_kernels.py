@@ -107,9 +107,9 @@ def _step(case: dict[str, Any], impl: str, x: dict[str, Any]) -> Any:
         return y
     if op == "rope":
         if impl == "torch":
-            from dr_kernels.reference import rope as fn
+            from dr_kernels.reference import rope as rope_reference
 
-            q, k = fn(x["q"], x["k"], x["pos"], x["inv"])
+            q, k = rope_reference(x["q"], x["k"], x["pos"], x["inv"])
         elif impl == "liger":
             from liger_kernel.ops.rope import LigerRopeFunction
 
@@ -124,9 +124,9 @@ def _step(case: dict[str, Any], impl: str, x: dict[str, Any]) -> Any:
         (q.sum() + k.sum()).backward()
         return q
     if impl == "torch":
-        from dr_kernels.reference import swiglu as fn
+        from dr_kernels.reference import swiglu as swiglu_reference
 
-        y = fn(x["g"], x["u"])
+        y = swiglu_reference(x["g"], x["u"])
     elif impl == "liger":
         from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 
@@ -209,7 +209,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     rows = []
     for case in cases(args.small, args.gpu_check):
-        results = {}
+        results: dict[str, dict[str, Any]] = {}
         for impl in IMPLEMENTATIONS:
             spec = json.dumps({"case": case, "impl": impl, "device": device, "repeats": args.repeats})
             proc = subprocess.run(

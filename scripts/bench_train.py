@@ -210,7 +210,7 @@ def sft_data(folder: Any) -> Any:
 
     folder = Path(folder)
     dr = [sys.executable, "-m", "dr_cli.main"]
-    quiet = {"stdout": subprocess.DEVNULL, "check": True}
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "check": True}
     subprocess.run([*dr, "data", "world", "-o", folder / "world", "--entities", "300", "--tasks", "400",
                     "--max-hops", "2"], **quiet)  # fmt: skip
     subprocess.run([*dr, "data", "index", folder / "world" / "corpus.jsonl", "-i", folder / "index"], **quiet)

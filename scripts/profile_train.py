@@ -70,8 +70,8 @@ def row_from(args: argparse.Namespace, tokenizer: Any) -> Any:
         return row
     import torch
 
-    ids = torch.randint(0, tokenizer.vocab_size, (args.tokens,), generator=torch.Generator().manual_seed(0))
-    row.input_ids = row.labels = ids.tolist()
+    drawn = torch.randint(0, tokenizer.vocab_size, (args.tokens,), generator=torch.Generator().manual_seed(0))
+    row.input_ids = row.labels = drawn.tolist()
     row.position_ids, row.doc_ids = list(range(args.tokens)), [0] * args.tokens
     return row
 
