@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dr_agent.agent import AgentConfig, ResearchAgent
 from dr_agent.index import LocalIndex, build_index
 from dr_agent.search import LocalBackend
@@ -17,7 +19,7 @@ def agent_for(url: str, index_dir, **config) -> ResearchAgent:
 
 
 def test_a_full_run_plans_searches_opens_and_answers_with_checked_citations(drb_index):
-    events = []
+    events: list[Any] = []
     with scripted_server(researcher("人工智能 教育 人才培养")) as srv:
         trajectory = agent_for(srv.url, drb_index).run(
             "AI in education?", task_id="t1", on_event=events.append
@@ -151,7 +153,7 @@ def test_near_the_context_limit_old_results_are_compacted_whole(tmp_path):
             return Reply(content=None, tool_calls=[call("open", ids=[opened[-1]])], prompt_tokens=0)
         return Reply(content=None, tool_calls=[call("answer", text="done")], prompt_tokens=0)
 
-    events = []
+    events: list[Any] = []
     config = {"context_window": 8192, "max_output_tokens": 1024, "page_chars": 6000, "keep_recent": 1}
     with scripted_server(policy) as srv:
         trajectory = agent_for(srv.url, tmp_path / "idx", **config).run("q", on_event=events.append)

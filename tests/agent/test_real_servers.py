@@ -18,7 +18,7 @@ from dr_agent.agent import AgentConfig, ResearchAgent
 from dr_agent.index import LocalIndex
 from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
-from dr_core.records import Task
+from dr_core.records import Task, Trajectory
 from support.asgi import free_port, wait_ok
 from support.cli import DR
 from support.taught import taught_world
@@ -59,7 +59,7 @@ def taught(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run(taught, task: Task, **config) -> object:
+def run(taught, task: Task, **config) -> Trajectory:
     llm = LLMClient(LLMConfig(base_url=taught["url"], model=taught["model"], max_retries=1, backoff_s=0.1))
     settings = {"max_steps": 8, "max_output_tokens": 256, "top_k": 5, "temperature": 0.0, **config}
     return ResearchAgent(llm, LocalBackend(LocalIndex(taught["index"])), None, AgentConfig(**settings)).run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 from support.cli import DR
 
@@ -30,7 +31,7 @@ def tool(call_id, content, listed=None, opened=None):
 
 def test_each_hop_is_named_listed_and_opened_only_by_the_tool_that_does_it(tmp_path):
     suite = tmp_path / "tasks.jsonl"
-    tasks = [
+    tasks: list[dict[str, Any]] = [
         {"id": "two", "question": "Who employs Aldo Verin?", "type": "deep_search", "answer": "x", "meta": {"hops": HOPS}},
         {"id": "one", "question": "Aldo Verin?", "type": "deep_search", "answer": "y", "meta": {"hops": HOPS[:1]}},
         {"id": "report", "question": "Write a report.", "type": "research"},

@@ -31,7 +31,9 @@ def deep_search_suite(path, n):
 
 def answering_policy(delay_s=0.0, wrong=()):
     def policy(body):
-        item = re.search(r"item (\d+)", body["messages"][1]["content"]).group(1)
+        found = re.search(r"item (\d+)", body["messages"][1]["content"])
+        assert found is not None
+        item = found.group(1)
         text = f"Answer: code {int(item) + 100 if int(item) in wrong else item}"
         return Reply(
             content=None,

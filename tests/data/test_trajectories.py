@@ -71,10 +71,10 @@ def test_the_oracle_solves_every_world_task_through_the_real_agent_loop(tmp_path
             for m in trajectory["messages"]
             if m["role"] == "assistant"
         ]
-        quotes = [q.group(1) for q in quotes if q]
-        assert len(quotes) == len(task.meta["hops"])
-        assert all(any(q in page for page in pages if page.startswith("# [")) for q in quotes)
-        assert task.answer in quotes[-1]
+        found = [q.group(1) for q in quotes if q]
+        assert len(found) == len(task.meta["hops"])
+        assert all(any(q in page for page in pages if page.startswith("# [")) for q in found)
+        assert task.answer in found[-1]
 
 
 def test_a_wrong_attempt_is_retried_with_reflection_and_the_hint_is_scrubbed(tmp_path, drb_index):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Any
 
 import pytest
 import torch
@@ -123,7 +124,7 @@ def tiny(family: str):
         Qwen3ForCausalLM,
     )
 
-    classes = {
+    classes: dict[str, tuple[Any, Any]] = {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
         "qwen3": (Qwen3Config, Qwen3ForCausalLM),
         "llama": (LlamaConfig, LlamaForCausalLM),

@@ -19,7 +19,8 @@ from support.policies import call, researcher
 
 
 def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
-    events, name = [], None
+    events: list[tuple[str, dict]] = []
+    name = ""
     for line in response.iter_lines():
         if line.startswith("event: "):
             name = line[7:]

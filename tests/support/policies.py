@@ -30,8 +30,10 @@ def researcher(query: str, answer_template: str = "The answer is in \\cite{{{id}
             return Reply(content=None, tool_calls=[call("search", queries=[query])])
         if len(results) == 2:
             first = re.search(r"^\[([^\]]+)\]", results[-1].split("\n", 1)[1], re.MULTILINE)
+            assert first is not None, results[-1]
             return Reply(content="Opening the best hit.", tool_calls=[call("open", ids=[first.group(1)])])
         opened = re.search(r"^# \[([^\]]+)\]", results[-1], re.MULTILINE)
+        assert opened is not None, results[-1]
         return Reply(
             content=None, tool_calls=[call("answer", text=answer_template.format(id=opened.group(1)))]
         )

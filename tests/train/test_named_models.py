@@ -5,6 +5,7 @@ tool calls a template drops."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -67,8 +68,8 @@ def test_smollm2_by_name_is_converted_once_with_its_licence_and_a_tool_template(
     assert "Apache License" in (tmp_path / "cache" / "smollm2-135m" / "LICENSE").read_text()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert template_drops(tokenizer) == [] and source["chat_template"].startswith("ChatML + Hermes")
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    ids = tokenizer.apply_chat_template(
+    model: Any = AutoModelForCausalLM.from_pretrained(folder)
+    ids: Any = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,
         return_tensors="pt",

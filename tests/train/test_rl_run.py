@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +65,7 @@ def answer_probability(model_dir: Path, trajectory: dict) -> float:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     _, example = to_example(trajectory)
     wire = [to_wire(m) for m in example.messages]
-    text = tokenizer.apply_chat_template(wire, tools=example.tools, tokenize=False)
+    text: Any = tokenizer.apply_chat_template(wire, tools=example.tools, tokenize=False)
     start = text.rindex('"Answer: ') + len('"Answer: ')
     answer = text[start : text.index("\\n", start)]
     prefix = tokenizer(text[:start], add_special_tokens=False)["input_ids"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -147,7 +148,7 @@ def test_kernels_and_plain_hugging_face_train_the_same_steps(tmp_path):
         model, tokenizer, data, config = setup_run(
             tmp_path / str(kernels), max_len=512, max_steps=3, kernels=kernels
         )
-        losses = []
+        losses: list[float] = []
         Trainer(
             model, tokenizer, data, config, on_step=lambda s, r, losses=losses: losses.append(r["loss"])
         ).run()
@@ -217,10 +218,10 @@ def test_sft_through_the_cli_writes_a_checkpoint_transformers_loads_with_its_rop
     config = AutoConfig.from_pretrained(out)
     assert config.rope_parameters["rope_type"] == "yarn" and config.rope_parameters["factor"] == 4.0
     assert config.max_position_embeddings == 4 * 32768
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model: Any = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config._attn_implementation != "dr_packed"  # the server loads plain attention
-    ids = tokenizer.apply_chat_template(
+    ids: Any = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Who founded Velmora?"}],
         add_generation_prompt=True,
         return_tensors="pt",
