@@ -18,7 +18,7 @@ import torch
 from dr_core.records import Example, Message, ToolCall
 from dr_train import copy_warmup as trainer_module
 from dr_train.chat import IGNORE
-from dr_train.copy_warmup import copy_drill
+from dr_train.copy_warmup import copy_drill, run_copy_warmup
 from dr_train.data import build_dataset, item_texts, read_items
 from dr_train.model import RopeSettings, build
 from dr_train.tiny import CHAT_TEMPLATE
@@ -122,10 +122,15 @@ def test_a_copy_drill_repeats_a_span_and_learns_only_the_repeat():
         assert 7 <= len(learnt) < trainer_module.COPY_DOC // 3
 
 
+def drilled(trainer: Trainer) -> None:
+    """As the recipe runs a fresh model's training: the copy drills, then the loop."""
+    trainer.run({"copy_warmup": run_copy_warmup(trainer)})
+
+
 def test_the_copy_warmup_runs_before_training_and_ends_once_copies_are_right(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "COPY_DOCS", 4)  # a short test: 4 drills a step
     model, tokenizer, data, config = setup_run(tmp_path / "a", max_len=656, max_steps=3, copy_warmup=120)
-    Trainer(model, tokenizer, data, config).run()
+    drilled(Trainer(model, tokenizer, data, config))
     log = [json.loads(line) for line in (config.out / "copy_warmup.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [50, 100, 120]  # a tiny model copies nothing yet: all 120 steps
     assert all(0 <= r["copy_accuracy"] < trainer_module.COPY_TARGET for r in log)
@@ -137,7 +142,7 @@ def test_the_copy_warmup_runs_before_training_and_ends_once_copies_are_right(tmp
 
     monkeypatch.setattr(trainer_module, "COPY_TARGET", 0.0)  # reached at the first check
     model, tokenizer, data, config = setup_run(tmp_path / "b", max_len=656, max_steps=1, copy_warmup=120)
-    Trainer(model, tokenizer, data, config).run()
+    drilled(Trainer(model, tokenizer, data, config))
     log = [json.loads(line) for line in (config.out / "copy_warmup.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [50]
 

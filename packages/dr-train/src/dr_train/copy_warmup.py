@@ -66,6 +66,7 @@ def run_copy_warmup(trainer: Trainer) -> dict[str, Any]:
     accuracy, loss, step = copy_accuracy(trainer, held_out), None, 0
     log = trainer.out / "copy_warmup.jsonl"
     if trainer.dist.main:
+        trainer.out.mkdir(parents=True, exist_ok=True)
         log.unlink(missing_ok=True)
     for step in range(1, config.copy_warmup + 1):
         rng = random.Random(seeds.copy_drill(config.seed, step, trainer.dp_rank))

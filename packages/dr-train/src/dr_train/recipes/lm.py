@@ -110,8 +110,6 @@ def run(config: LMConfig) -> Summary | None:
     before = {}
     if settings.copy_warmup and trainer.step == 0 and resume_from is None:
         # a fresh model from scratch learns to copy from its context first (copy_warmup.py)
-        if dist.main:
-            out.mkdir(parents=True, exist_ok=True)
         before["copy_warmup"] = run_copy_warmup(trainer)
     summary = trainer.run(before)
     if dist.main:
