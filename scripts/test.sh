@@ -3,7 +3,7 @@
 #   bash scripts/test.sh                 # everything (what CI runs)
 #   bash scripts/test.sh --fast          # the edit-test loop: lint, types, and the tests not marked slow
 #   bash scripts/test.sh tests/core -x   # extra arguments go to pytest
-# pytest's summary line says how long a run took; docs/benchmarks.md has each tier's time on a 2-core CPU.
+# pytest's summary says how long a run took, and lists its 15 slowest tests (candidates for the slow mark).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fast=()
@@ -14,5 +14,5 @@ fi
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m mypy  # packages/, kernels/ and cli/, as pyproject.toml's [tool.mypy] says
-exec .venv/bin/python -m pytest -n auto ${fast[@]+"${fast[@]}"} "$@"
+.venv/bin/python -m mypy  # packages/, kernels/, cli/ and scripts/, as pyproject.toml's [tool.mypy] says
+exec .venv/bin/python -m pytest -n auto --durations=15 ${fast[@]+"${fast[@]}"} "$@"
