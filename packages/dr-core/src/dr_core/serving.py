@@ -15,12 +15,15 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from dr_core.engines import available, vllm_build
 from dr_core.errors import ConfigError, MissingDependency
+
+if TYPE_CHECKING:
+    from dr_core.server import ManagedServer
 
 # vLLM tool-call parsers by Hugging Face model_type: Qwen2/2.5/3 write Hermes-style <tool_call> blocks.
 TOOL_PARSERS = {
@@ -211,24 +214,27 @@ def engine_env(spec: EngineSpec, engine: str) -> dict[str, str]:
 
 
 def managed(
-    model: str, engine: str = "auto", log: Path | None = None, what: str = "the server", **settings: Any
-) -> tuple[Any, str]:
+    model: str,
+    engine: str = "auto",
+    log: Path | None = None,
+    what: str = "the server",
+    env: dict[str, str] | None = None,
+    timeout_s: float = 600.0,
+    **settings: Any,
+) -> tuple[ManagedServer, str]:
     """(a ManagedServer, the model name clients send) serving `model` on a free loopback port, not started
     yet: `with server:` starts it and waits until it answers. With vLLM the model is served under its own
-    path (the name `dr judge` finds a trained judge's prompt version under); transformers serve answers to
-    the model as given. `settings`: more EngineSpec fields."""
+    path unless `settings` names it (the path is the name `dr judge` finds a trained judge's prompt version
+    under); transformers serve answers to the model as given. `settings`: more EngineSpec fields; `env`:
+    more variables for the engine."""
     from dr_core.proc import free_port
     from dr_core.server import ManagedServer
 
     chosen = choose_engine(engine, model_config(model))
     port = free_port()
-    spec = EngineSpec(
-        model=model,
-        engine=chosen,
-        port=port,
-        served_model_name=model if chosen == "vllm" else None,
-        **settings,
-    )
+    named = {"served_model_name": model if chosen == "vllm" else None, **settings}
+    spec = EngineSpec(model=model, engine=chosen, port=port, **named)
     _, argv, served = engine_command(spec)
     name = f"{what} ({chosen} serving {model})"
-    return ManagedServer(argv, port, name=name, log=log, env=engine_env(spec, chosen)), served
+    variables = {**engine_env(spec, chosen), **(env or {})}
+    return ManagedServer(argv, port, name=name, log=log, env=variables, timeout_s=timeout_s), served

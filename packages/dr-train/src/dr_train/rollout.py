@@ -30,7 +30,6 @@ import httpx
 from dr_core.errors import DrError
 from dr_core.llm import ChatResult, LLMConfig
 from dr_core.log import logger
-from dr_core.proc import free_port
 from dr_core.records import Message, Usage
 from dr_core.server import ManagedServer, ServerError, server_root
 from dr_train.policy import Turn, current_recording, new_tokens, no_room, render
@@ -65,16 +64,19 @@ class Engines:
     def start_local(cls, model_dir: str, log_path: Path, timeout: float = 600.0, **settings: Any) -> Engines:
         """Start one vLLM server for `model_dir` on a free loopback port, as `dr serve` would, with the
         development API the weight sync uses; wait until it answers."""
-        from dr_core.serving import EngineSpec, engine_command, engine_env
+        from dr_core.serving import managed
 
-        port = free_port()
-        spec = EngineSpec(model=model_dir, engine="vllm", port=port, served_model_name="policy", **settings)
-        _, argv, _ = engine_command(spec)
-        env = {**engine_env(spec, "vllm"), "VLLM_SERVER_DEV_MODE": "1"}
-        logger.info("starting a vLLM engine for the rollouts (log: %s)", log_path)
-        server = ManagedServer(
-            argv, port, name="the rollout engine", log=log_path, env=env, timeout_s=timeout
+        server, _ = managed(
+            model_dir,
+            "vllm",
+            log_path,
+            what="the rollout engine",
+            env={"VLLM_SERVER_DEV_MODE": "1"},
+            timeout_s=timeout,
+            served_model_name="policy",
+            **settings,
         )
+        logger.info("starting a vLLM engine for the rollouts (log: %s)", log_path)
         try:
             with _as_engine_error():
                 server.__enter__()
