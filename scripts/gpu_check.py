@@ -163,6 +163,7 @@ def main() -> None:
         ("bench_kernels", 150, 60),
         ("bench_train", 180, 90),
         ("smoke_rl", 60, 150),
+        ("nccl_sync", 150, 0),
     ]
 
     def fits(name: str, gpu_s: float, cpu_s: float) -> bool:
@@ -218,6 +219,16 @@ def main() -> None:
             report["smoke_rl"] = {"exit": code}
             if code != 0:
                 report["failed"].append(name)
+        elif name == "nccl_sync":
+            why = nccl_missing(cuda)
+            if why is not None:
+                say(f"{name}: not run: {why}")
+                report["nccl_sync"] = {"not_run": why}
+                continue
+            code = nccl_sync(out, left)
+            report["nccl_sync"] = {"exit": code}
+            if code != 0:
+                report["failed"].append(name)
 
     lines = [
         f"GPU check: commit {info['commit']}, {info['device']}, torch {info['torch']}, "
@@ -237,6 +248,11 @@ def main() -> None:
         lines.append(
             f"| SFT + RL smoke ({device}) | tiny model, 2 tasks | | | {'ran' if ok else 'FAILED'} | |"
         )
+    if "nccl_sync" in report:
+        result = report["nccl_sync"]
+        verdict = f"not run: {result['not_run']}" if "not_run" in result else (
+            "ran: 2 steps, probe checked after each sync" if result["exit"] == 0 else "FAILED")  # fmt: skip
+        lines.append(f"| RL weight sync over NCCL | tiny model, engine on a second GPU | | | {verdict} | |")
     for name in report["skipped"]:
         lines.append(f"| {name} | skipped: over the time budget | | | | |")
     table = "\n".join(lines) + "\n"
@@ -274,6 +290,68 @@ def smoke_rl(out: Path, timeout: float) -> int:
         if code != 0:
             return code
     return 0
+
+
+def nccl_missing(cuda: bool) -> str | None:
+    """Why `dr train rl --weight-sync nccl` cannot be checked here (None: it can)."""
+    import importlib.util
+
+    import torch
+
+    if not cuda:
+        return "no CUDA device"
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed here (its CUDA wheel is far larger than what travels with the tree)"
+    if torch.cuda.device_count() < 2:
+        return "NCCL needs the trainer and the engine on different GPUs, and this machine has one"
+    return None
+
+
+def nccl_sync(out: Path, timeout: float) -> int:
+    """Two GRPO steps of a tiny model whose vLLM engine runs on the second GPU: the update reaches it over
+    NCCL (vLLM's weight-transfer engine), and the trainer's probe after each sync must match (the run fails
+    otherwise: sync_gap_max against --sync-tolerance)."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dr_core.proc import free_port
+    from dr_core.serving import EngineSpec, engine_command
+    from support.taught import taught_world
+
+    work = Path(tempfile.mkdtemp(prefix="dr-nccl-check-"))
+    tasks = taught_world(work, model="tiny:qwen2-h64")
+    port = free_port()
+    spec = EngineSpec(model=str(work / "sft"), engine="vllm", port=port, served_model_name="policy",
+                      dtype="float32", extra=["--weight-transfer-config", '{"backend": "nccl"}'])  # fmt: skip
+    _, argv, _ = engine_command(spec)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "1", "VLLM_SERVER_DEV_MODE": "1"}
+    log = (out / "nccl_engine.log").open("wb")
+    engine = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        rl = [sys.executable, "-m", "dr_cli.main", "train", "rl", str(tasks), "--model", str(work / "sft"),
+              "--index", str(work / "index"), "-o", str(work / "rl"), "--steps", "2", "--tasks-per-step", "2",
+              "--group", "4", "--max-steps", "6", "--engine", "vllm", "--rollout-url", f"http://127.0.0.1:{port}",
+              "--weight-sync", "nccl", "--sync-tolerance", "0.01"]  # fmt: skip
+        deadline = time.monotonic() + timeout
+        import httpx
+
+        while True:  # the engine answers once loaded
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if engine.poll() is not None or time.monotonic() > deadline:
+                return 1
+            time.sleep(2)
+        code = run("nccl_sync", rl, out, deadline - time.monotonic(), {"CUDA_VISIBLE_DEVICES": "0"})
+        if code == 0:
+            metrics = (work / "rl" / "metrics.jsonl").read_text()
+            say(f"nccl_sync: {metrics.strip()}")
+        return code
+    finally:
+        engine.terminate()
+        engine.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -141,6 +142,29 @@ def test_grpo_through_a_vllm_engine_pushes_each_update_into_it(world64, tmp_path
 
 @needs_vllm
 @pytest.mark.slow
+def test_asynchronous_grpo_samples_during_the_update_at_most_one_version_behind(world64, tmp_path):
+    root, tasks = world64
+    out = tmp_path / "rl"
+    args = rl_args(root, tasks, out, "--steps", "3", "--group", "4", "--max-staleness", "1")
+    result = run_dr(*args)
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rollouts"] for m in metrics] == [8, 8, 8]
+    # every token's version lag, counted: step 1 had only the starting weights, later steps tokens sampled
+    # during the update before them, one version behind, and none further
+    assert set(metrics[0]["staleness"]) == {"0"}
+    assert all(set(m["staleness"]) <= {"0", "1"} and m["stale_groups"] == 0 for m in metrics)
+    assert sum(m["staleness"].get("1", 0) for m in metrics[1:]) > 0
+    for m in metrics:
+        tokens = sum(m["staleness"].values())
+        assert round(tokens / m["rollouts"], 1) == m["response_tokens"]  # every sampled token has a version
+        assert {"update_s", "engine_idle_s", "sync_gap_max"} <= m.keys() or m is metrics[-1]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["settings"]["max_staleness"] == 1 and state["settings"]["tis_cap"] == 2.0
+
+
+@needs_vllm
+@pytest.mark.slow
 def test_an_engine_that_dies_mid_run_stops_it_clearly_and_leaves_the_last_checkpoint(world64, tmp_path):
     root, tasks = world64
     # as a user starts an engine for dr to sync: from the policy with its output layer stored untied
@@ -184,6 +208,57 @@ def test_an_engine_that_dies_mid_run_stops_it_clearly_and_leaves_the_last_checkp
     AutoModelForCausalLM.from_pretrained(last)  # intact and loadable
 
 
+@needs_vllm
+@pytest.mark.slow
+def test_two_ranks_sample_asynchronously_in_two_engines_by_url_and_one_engine_dying_stops_them(
+    world64, tmp_path
+):
+    """The scale-out layout in miniature (docs/scale.md): 2 trainer ranks (DeepSpeed ZeRO-2, gloo) and 2 vLLM
+    engines started apart and given by URL, with one step of staleness; then one engine is killed."""
+    root, tasks = world64
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dr_train.rollout import write_engine_weights
+
+    policy = AutoModelForCausalLM.from_pretrained(root / "sft")
+    served = write_engine_weights(policy, AutoTokenizer.from_pretrained(root / "sft"), tmp_path / "served")
+    ports = [free_port(), free_port()]
+    engines = [start_engine(served, port, tmp_path / f"engine-{port}.log") for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    out = tmp_path / "rl"
+    args = rl_args(root, tasks, out, "--steps", "200", "--save-every", "1", "--keep", "500", "--group", "4",
+                   "--max-staleness", "1", "--nproc", "2", "--zero", "2",
+                   "--rollout-url", urls[0], "--rollout-url", urls[1])  # fmt: skip
+    log = tmp_path / "rl.log"
+    with log.open("wb") as stderr:
+        run = subprocess.Popen([*DR, *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 900
+        while not (out / "checkpoint-2" / "trainer_state.json").is_file():
+            assert run.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no second checkpoint after 15 minutes"
+            time.sleep(0.1)
+        engines[1].kill()
+        engines[1].wait()
+        run.wait(timeout=300)
+    finally:
+        for engine in engines:
+            if engine.poll() is None:
+                engine.kill()
+        if run.poll() is None:
+            run.kill()
+    text = log.read_text()
+    assert run.returncode == 3, text[-3000:]
+    assert f"rollout engine {urls[1]}" in text and "Traceback" not in text
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) >= 2 and all(m["rollouts"] == 8 for m in metrics)
+    assert all(set(m["staleness"]) <= {"0", "1"} for m in metrics)  # one step behind at most
+    last = max((p for p in out.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["step"] == int(last.name.split("-")[1]) and not state["done"] and state["world"] == 2
+    AutoModelForCausalLM.from_pretrained(last)  # intact and loadable
+
+
 def test_a_rollout_url_where_nothing_answers_is_named(tmp_path):
     from dr_train.model import RopeSettings, build
 
@@ -202,3 +277,53 @@ def test_a_rollout_url_where_nothing_answers_is_named(tmp_path):
     hf = run_dr("train", "rl", tasks, "--model", tmp_path / "policy", "-o", tmp_path / "rl",
                 "--engine", "hf", "--rollout-url", url, timeout=300)  # fmt: skip
     assert hf.returncode == 2 and b"--rollout-url names vLLM engines" in hf.stderr
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under_the_new_version(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dr_core.records import Message
+    from dr_train.policy import Recording, record_turns
+    from dr_train.rollout import EnginePolicy, Engines, write_engine_weights
+    from dr_train.tiny import tiny_qwen2
+
+    tiny = tiny_qwen2(tmp_path / "tiny", hidden_size=256)  # head size 64, as vLLM's CPU attention needs
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    folder = write_engine_weights(AutoModelForCausalLM.from_pretrained(tiny), tokenizer, tmp_path / "weights")
+    engines = Engines.start_local(str(folder), tmp_path / "engine.log", kv_cache_gib=1, dtype="float32")
+    policy = EnginePolicy(engines, tokenizer, 32768)
+    ask = [Message(role="user", content="search the index for the founder of the city")]
+
+    def chat(recording: Recording) -> None:
+        with record_turns(recording):
+            policy.chat(ask, max_tokens=1200, temperature=0.0)
+
+    try:
+        whole = Recording()
+        chat(whole)  # greedy, uninterrupted: the reference
+        reference = whole.turns[0]
+        assert len(reference.response) > 300 and set(reference.versions) == {0}
+        for pause, step in (("abort", 1), ("wait", 2)):
+            recording = Recording()
+            thread = threading.Thread(target=chat, args=(recording,))
+            thread.start()
+            while not engines._in_flight:
+                time.sleep(0.01)
+            time.sleep(1.0)  # well into the reply
+            engines.sync(folder, f"step-{step}", step, pause)  # the same weights, under a new version
+            thread.join(timeout=300)
+            turn = recording.turns[0]
+            # greedy again, so the reply is the uninterrupted one token for token: nothing lost or doubled
+            assert turn.response == reference.response
+            assert len(turn.logprobs) == len(turn.versions) == len(turn.response)
+            if pause == "abort":  # its first tokens by the old version, the rest by the new one
+                cut = turn.versions.index(step)
+                assert 0 < cut < len(turn.versions) and set(turn.versions[:cut]) == {step - 1}
+                assert set(turn.versions[cut:]) == {step}
+            else:  # the sync waited for it: all by the old version
+                assert set(turn.versions) == {step - 1}
+        assert engines.step == 2 and engines.version == "step-2"
+    finally:
+        engines.close()

@@ -6,6 +6,7 @@ JSON; the summary goes to stdout (from the first rank), logs to stderr.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,26 @@ def main(argv: list[str]) -> int:
     except DrError as exc:
         print(f"error: {exc}", file=sys.stderr)  # as `dr` says it
         return exc.exit_code
+    except RuntimeError as exc:
+        if not lost_peer(exc):
+            raise
+        # not the cause: the rank that stopped first has said why, and its exit status is the run's
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        rank = os.environ.get("RANK", "?")
+        print(f"error: rank {rank}: another rank stopped, and this one with it ({first})", file=sys.stderr)
+        return 1
+
+
+def lost_peer(exc: RuntimeError) -> bool:
+    """Whether `exc` is a collective failing because another rank of this run is gone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistBackendError) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    )
 
 
 if __name__ == "__main__":

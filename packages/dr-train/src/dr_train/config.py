@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dr_core.config_cli import flag, not_a_flag
 from dr_core.options import OnErrorChoice
@@ -249,6 +249,28 @@ class RLConfig(BaseModel):
         "loss by min(π_train/π_engine, CAP), as verl does (e.g. 2).",
     )
     concurrency: int = Field(2, description="Rollouts at once.")
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="Asynchronous RL: rollouts go on sampling in the vLLM engines during the update, at most "
+        "K policy versions behind the one being updated; a group with an older token is dropped (0: "
+        "sampling and updating take turns). The update then is decoupled PPO's: clipped against the "
+        "trainer's weights when it starts, each token weighted by min(π_train/π_sampled, --tis-cap), "
+        "--tis-cap being 2 unless given.",
+    )
+    sync_pause: Literal["abort", "wait"] = Field(
+        "abort",
+        description="Asynchronous RL: what a weight sync does to requests in flight. abort: vLLM stops them "
+        "and they are sent again with their tokens so far once the engine holds the new weights (each "
+        "token keeps the version that sampled it); wait: they finish on the old weights first.",
+    )
+    weight_sync: Literal["disk", "nccl"] = Field(
+        "disk",
+        description="How each update reaches the vLLM engines: disk (the trainer writes the policy to a "
+        "folder and each engine reloads it; any machine, the engines sharing the filesystem) or nccl (the "
+        "first rank broadcasts it GPU to GPU through vLLM's weight-transfer engine; engines started with "
+        '--weight-transfer-config \'{"backend": "nccl"}\').',
+    )
     reward: RewardSource = Field(
         "auto",
         description="Report tasks' reward: rules (the checklist's rule checks, the world's truth), judge "
@@ -276,12 +298,19 @@ class RLConfig(BaseModel):
     # Fields that change neither the policy nor the optimisation (--steps may grow: the learning rate
     # does not depend on it); every other field of the config (a recipe's too) must be the same on resume.
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset(
-        {"out", "steps", "concurrency", "judge_concurrency", "save_every", "keep", "kernels"}
+        {"out", "steps", "concurrency", "judge_concurrency", "save_every", "keep", "kernels", "weight_sync"}
     )
 
     def resume_keys(self) -> dict[str, Any]:
         """Settings a resumed run must share with the one it continues: every field but RESUME_FREE."""
         return _settings_of(self, self.RESUME_FREE)
+
+    @model_validator(mode="after")
+    def _stale_tokens_weighted(self) -> RLConfig:
+        # tokens sampled by older weights are weighted by their importance ratio, truncated
+        if self.max_staleness and self.tis_cap is None:
+            self.tis_cap = 2.0
+        return self
 
 
 class RLRecipeConfig(RunSettings, RLConfig):

@@ -23,6 +23,8 @@ class Turn:
     response: list[int]
     # the engine's log-probability of each sampled token (vLLM rollouts; None from generate here)
     logprobs: list[float] | None = None
+    # the policy version (updates applied) that sampled each token (vLLM rollouts; None from generate here)
+    versions: list[int] | None = None
 
 
 @dataclass

@@ -49,9 +49,16 @@ from dr_train.rollout import (
     sampling_seed,
     write_engine_weights,
 )
+from dr_train.stream import RolloutStream
 
 # what a dr that did not yet record a setting in its checkpoints did, for resuming their runs
-UNRECORDED: dict[str, Any] = {"skip_flat_groups": False, "reward": "auto", "reward_mode": "strict"}
+UNRECORDED: dict[str, Any] = {
+    "skip_flat_groups": False,
+    "reward": "auto",
+    "reward_mode": "strict",
+    "max_staleness": 0,
+    "sync_pause": "abort",
+}
 
 
 @dataclass
@@ -230,6 +237,7 @@ class RLTrainer:
         )
         # where the policy samples: in vLLM engines (weights pushed after every update), or here
         self.engines = engines
+        self.nccl: Any = None  # dr_train.weight_sync.NcclSync, at the first sync with --weight-sync nccl
         self.sync_tolerance = sync_tolerance
         self.gap: dict[str, float] = {}
         self.flat_groups = 0  # GRPO groups of the last step left out for having one reward
@@ -252,14 +260,14 @@ class RLTrainer:
 
     def _rollout(self, job: tuple[int, int, Task]) -> Rollout:
         step, index, task = job
+        seed = None
         if self.config.concurrency == 1:
             # one rollout at a time: each samples from a seed of its own, so a run's rollouts are the same
-            # on any number of ranks
-            torch.manual_seed(seeds.rollout(self.config.seed, step, index))
-        recording = Recording()
-        seed = None
-        if self.config.concurrency == 1 and self.engines is not None:
+            # on any number of ranks (here, or in the engine)
             seed = seeds.rollout(self.config.seed, step, index)
+            if self.engines is None:
+                torch.manual_seed(seed)
+        recording = Recording()
         with record_turns(recording), sampling_seed(seed):
             trajectory = self.agent.run(
                 task.question, task_id=task.id, temperature=self.config.temperature, top_p=self.config.top_p
@@ -275,16 +283,57 @@ class RLTrainer:
         jobs = [(step, index, task) for index, task in enumerate(self._jobs(step))]
         mine = list(ordered_map(self._rollout, jobs[rank::world], self.config.concurrency))
         # rewarded together once they are all in, the judge's calls batched and timed apart
-        scored, self.judge_s = self.rewarder.score_all(
-            [(r.task, r.trajectory.final, r.trajectory.citations) for r in mine]
-        )
-        for rollout, score in zip(mine, scored, strict=True):
-            rollout.scored = score
+        self.judge_s = self._score(mine)
         if world == 1:
             return mine
         shares: list[Any] = [None] * world
         torch_dist.all_gather_object(shares, mine)
         return [shares[index % world][index // world] for index in range(len(jobs))]
+
+    def _score(self, rollouts: list[Rollout]) -> float:
+        """Reward `rollouts` in place (the judge's calls at once); the judge's time."""
+        scored, judge_s = self.rewarder.score_all(
+            [(r.task, r.trajectory.final, r.trajectory.citations) for r in rollouts]
+        )
+        for rollout, score in zip(rollouts, scored, strict=True):
+            rollout.scored = score
+        return judge_s
+
+    def _stream(self) -> RolloutStream:
+        """Asynchronous rollouts (max_staleness > 0), sampled from now on while the trainer updates."""
+        return RolloutStream(
+            lambda step, index, task: self._rollout((step, index, task)),
+            self._score,
+            self.step_tasks,
+            start=self.step,
+            steps=self.config.steps,
+            group=self.config.group,
+            max_staleness=self.config.max_staleness,
+            concurrency=self.config.concurrency,
+        )
+
+    def taken(self, stream: RolloutStream | None, step: int) -> tuple[list[Rollout], dict[str, Any]]:
+        """Step `step`'s rollouts from the asynchronous stream (the first rank's; every rank gets them), and
+        how stale they were: tokens per version lag, groups dropped, the trainer's wait."""
+        got: list[Any] = [None]
+        if stream is not None:
+            taken = stream.take(step)
+            rollouts = [r for g in taken.groups for r in g.rollouts]
+            lags: dict[int, int] = {}
+            for r in rollouts:
+                for turn in r.turns:
+                    for version in turn.versions or []:
+                        lags[step - version] = lags.get(step - version, 0) + 1
+            info = {
+                "staleness": {str(k): lags[k] for k in sorted(lags)},
+                "stale_groups": taken.dropped,
+                "wait_s": taken.wait_s,
+                "judge_s": sum(g.judge_s for g in taken.groups),
+            }
+            got = [(rollouts, info)]
+        if self.dist.world > 1:
+            torch_dist.broadcast_object_list(got, src=0)
+        return got[0]
 
     def _jobs(self, step: int) -> list[Task]:
         return [task for task in self.step_tasks(step) for _ in range(self.config.group)]
@@ -293,6 +342,7 @@ class RLTrainer:
 
     def _prepare(self, rollouts: list[Rollout]) -> list[Sequence]:
         config = self.config
+        self.model.eval()  # the log-probabilities the update starts from, as the policy samples
         sequences = [s for i, r in enumerate(rollouts) for s in sequences_of(r.turns, i)]
         # a rollout without a reward (its judge abstained) teaches nothing: it leaves its group
         sequences = [s for s in sequences if s.actions and rollouts[s.rollout].reward is not None]
@@ -409,66 +459,101 @@ class RLTrainer:
         steps = range(self.step, self.config.steps)
         if self.engines is not None and len(steps):
             self.sync_engines()  # whatever they held: from now on, the trainer's weights
-        for step in progress(steps, f"rl ({self.config.algo})", total=len(steps)):
-            started = time.perf_counter()
-            rollouts = self.rollouts(step)
-            rollout_s = time.perf_counter() - started
-            self.gap = {}
-            sequences = self._prepare(rollouts)
-            stats = self.update(sequences) if sequences else {}
-            kept = [r.reward for r in rollouts if r.reward is not None]
-            rewards = torch.tensor(kept, dtype=torch.float64)
-            scored = [r.scored for r in rollouts if r.scored is not None]
-            self.step = step + 1
-            synced = {}
-            if self.engines is not None and self.step < self.config.steps:
-                synced = self.sync_engines()
-            record = {
-                "step": self.step,
-                # over the rollouts with a reward (None when the judge abstained on all of them)
-                "reward_mean": round(float(rewards.mean()), 4) if kept else None,
-                "reward_std": round(float(rewards.std(unbiased=False)), 4) if kept else None,
-                "solved": round(float((rewards >= 0.5).float().mean()), 4) if kept else None,
-                "response_tokens": round(
-                    sum(len(t.response) for r in rollouts for t in r.turns) / len(rollouts), 1
-                ),
-                "tool_calls": round(sum(r.tool_calls for r in rollouts) / len(rollouts), 2),
-                "rollouts": len(rollouts),
-                # rollouts without a reward (the judge abstained), left out of their groups
-                "dropped": len(rollouts) - len(kept),
-                **reward_metrics(scored, self.rewarder.source == "judge"),
-                "trained_tokens": sum(s.actions for s in sequences),
-                "flat_groups": self.flat_groups,
-                **{k: round(v, 6) for k, v in stats.items()},
-                **{k: round(v, 6) for k, v in self.gap.items()},
-                **{k: round(v, 6) for k, v in synced.items()},
-                "rollout_s": round(rollout_s - self.judge_s, 2),
-                "judge_s": round(self.judge_s, 2),
-                "step_s": round(time.perf_counter() - started, 2),
-            }
-            if main:
-                metrics.write(record)
-                logger.info(
-                    "rl step %d/%d reward %s, %.1f tool calls, kl %.4f%s",
-                    self.step,
-                    self.config.steps,
-                    "none (the judge abstained on every rollout)"
-                    if record["reward_mean"] is None
-                    else f"{record['reward_mean']:.3f} ± {record['reward_std']:.3f}",
-                    record["tool_calls"],
-                    record.get("kl", 0.0),
-                    f", judge {record['reward_judge']:.3f} vs true {record['reward_true']:.3f}"
-                    if "reward_judge" in record and "reward_true" in record
-                    else "",
-                )
-            if (
-                self.config.save_every
-                and self.step % self.config.save_every == 0
-                and self.step < self.config.steps
-            ):
-                self.save(f"checkpoint-{self.step}")
+        # asynchronous: sampling goes on during the update, on the first rank
+        stream = self._stream() if self.config.max_staleness and main and len(steps) else None
+        try:
+            for step in progress(steps, f"rl ({self.config.algo})", total=len(steps)):
+                record = self._step(step, stream)
+                if main:
+                    metrics.write(record)
+                    self._log(record)
+                if (
+                    self.config.save_every
+                    and self.step % self.config.save_every == 0
+                    and self.step < self.config.steps
+                ):
+                    self.save(f"checkpoint-{self.step}")
+        finally:
+            if stream is not None:
+                assert self.engines is not None
+                self.engines.stop()  # the rollouts still sampling are abandoned
+                stream.close()
         self.save(None)
         return {"out": str(self.out), "steps": self.step, **{k: v for k, v in record.items() if k != "step"}}
+
+    def _step(self, step: int, stream: RolloutStream | None) -> dict[str, Any]:
+        """One step: its rollouts (sampled now, or taken from the asynchronous stream), the update, and the
+        sync of the engines; its metrics record."""
+        started = time.perf_counter()
+        idle = self.engines.idle_s() if self.engines is not None else 0.0
+        lag: dict[str, Any] = {}
+        if self.config.max_staleness:
+            rollouts, lag = self.taken(stream, step)
+            self.judge_s = lag.pop("judge_s")
+            rollout_s = lag.pop("wait_s") + self.judge_s  # the trainer's wait (the judge ran meanwhile)
+        else:
+            rollouts = self.rollouts(step)
+            rollout_s = time.perf_counter() - started
+        self.gap = {}
+        updating = time.perf_counter()
+        sequences = self._prepare(rollouts)
+        stats = self.update(sequences) if sequences else {}
+        update_s = time.perf_counter() - updating
+        kept = [r.reward for r in rollouts if r.reward is not None]
+        rewards = torch.tensor(kept, dtype=torch.float64)
+        scored = [r.scored for r in rollouts if r.scored is not None]
+        self.step = step + 1
+        synced = {}
+        if self.engines is not None and self.step < self.config.steps:
+            synced = self.sync_engines()
+            if stream is not None:
+                stream.advance(self.step)
+        timing = {"update_s": round(update_s, 2)}
+        if self.engines is not None:
+            timing["engine_idle_s"] = round(self.engines.idle_s() - idle, 2)
+        return {
+            "step": self.step,
+            # over the rollouts with a reward (None when the judge abstained on all of them)
+            "reward_mean": round(float(rewards.mean()), 4) if kept else None,
+            "reward_std": round(float(rewards.std(unbiased=False)), 4) if kept else None,
+            "solved": round(float((rewards >= 0.5).float().mean()), 4) if kept else None,
+            "response_tokens": round(
+                sum(len(t.response) for r in rollouts for t in r.turns) / len(rollouts), 1
+            ),
+            "tool_calls": round(sum(r.tool_calls for r in rollouts) / len(rollouts), 2),
+            "rollouts": len(rollouts),
+            # rollouts without a reward (the judge abstained), left out of their groups
+            "dropped": len(rollouts) - len(kept),
+            **reward_metrics(scored, self.rewarder.source == "judge"),
+            "trained_tokens": sum(s.actions for s in sequences),
+            "flat_groups": self.flat_groups,
+            **lag,
+            **{k: round(v, 6) for k, v in stats.items()},
+            **{k: round(v, 6) for k, v in self.gap.items()},
+            **{k: round(v, 6) for k, v in synced.items()},
+            "rollout_s": round(rollout_s - self.judge_s, 2),
+            "judge_s": round(self.judge_s, 2),
+            **timing,
+            "step_s": round(time.perf_counter() - started, 2),
+        }
+
+    def _log(self, record: dict[str, Any]) -> None:
+        logger.info(
+            "rl step %d/%d reward %s, %.1f tool calls, kl %.4f%s%s",
+            record["step"],
+            self.config.steps,
+            "none (the judge abstained on every rollout)"
+            if record["reward_mean"] is None
+            else f"{record['reward_mean']:.3f} ± {record['reward_std']:.3f}",
+            record["tool_calls"],
+            record.get("kl", 0.0),
+            f", judge {record['reward_judge']:.3f} vs true {record['reward_true']:.3f}"
+            if "reward_judge" in record and "reward_true" in record
+            else "",
+            f", staleness {record['staleness']}, {record['stale_groups']} stale groups dropped"
+            if "staleness" in record
+            else "",
+        )
 
     # ---- the rollout engines ---------------------------------------------------------------------
 
@@ -477,11 +562,18 @@ class RLTrainer:
         then check each holds it: its log-probabilities of a probe sequence against the trainer's."""
         assert self.engines is not None
         started = time.perf_counter()
-        folder = engine_folder(self.out)
         version = f"step-{self.step}"
         if self.dist.main:
-            write_engine_weights(self.model, self.tokenizer, folder)
-            self.engines.sync(folder, version)
+            pause = self.config.sync_pause if self.config.max_staleness else None
+            if self.config.weight_sync == "nccl":
+                if self.nccl is None:
+                    from dr_train.weight_sync import NcclSync
+
+                    self.nccl = NcclSync(self.engines.urls, self.model)
+                self.engines.sync(None, version, self.step, pause, push=self.nccl.send)
+            else:
+                folder = write_engine_weights(self.model, self.tokenizer, engine_folder(self.out))
+                self.engines.sync(folder, version, self.step, pause)
             probe = probe_tokens(self.tokenizer)
             with torch.no_grad():
                 mine = forward(self.model, Sequence(-1, probe, [*probe[1:], IGNORE]), self.config.kernels)[0]

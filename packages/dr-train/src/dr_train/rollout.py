@@ -14,6 +14,14 @@ the old weights), and takes the new version name (`/update_weight_version`, read
 log-probabilities of a fixed sequence against the trainer's own. Engines on other machines are URLs; the
 folder must then be on a filesystem they share. The endpoints are vLLM's development API:
 `VLLM_SERVER_DEV_MODE=1`, which the engine dr starts for itself sets.
+
+Asynchronous RL (`--max-staleness` K > 0) samples while the trainer updates, so a sync meets requests in
+flight. It first holds back new requests here, then pauses each engine with vLLM's pause API: `abort`
+returns each request's tokens so far (finish reason "abort"), and `EnginePolicy` sends it again with those
+tokens as the prompt's continuation once the engine holds the new weights; `wait` lets them finish on the
+old weights first. Every sampled token records the version (updates applied) of the weights that sampled
+it: requests are only sent between syncs, and a sync reloads nothing while one is still in flight, so the
+version a request was sent under is the one that sampled its tokens.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -41,7 +50,12 @@ class EngineError(DrError):
     exit_code = 3
 
 
+class Stopped(Exception):
+    """The engines were stopped (the run is over) while a rollout was sampling: it is abandoned."""
+
+
 PROBE_TOKENS = 48  # tokens of the sync probe
+PauseMode = Literal["abort", "wait"]
 
 
 class Engines:
@@ -54,8 +68,14 @@ class Engines:
         self.http = httpx.Client(timeout=timeout)
         self.model = ""
         self.version: str | None = None
+        self.step = 0  # the policy version the engines hold: the trainer's updates applied
         self._next = itertools.cycle(range(len(self.urls)))
-        self._lock = threading.Lock()
+        self._gate = threading.Condition()  # guards the four below
+        self._paused = False  # a sync is under way: new requests wait
+        self._in_flight = 0
+        self._stopped = False
+        self._idle = 0.0  # seconds with no request in flight, up to _idle_since
+        self._idle_since = time.perf_counter()
         self.server: ManagedServer | None = None  # the engine started here, if any
 
     # ---- starting and checking -------------------------------------------------------------------
@@ -112,32 +132,115 @@ class Engines:
 
     def complete(self, prompt: list[int], **params: Any) -> dict[str, Any]:
         """One /v1/completions choice for a prompt of token ids, from the next engine in turn."""
-        with self._lock:
+        return self.sample(prompt, **params)[0]
+
+    def sample(self, prompt: list[int], **params: Any) -> tuple[dict[str, Any], int]:
+        """(one /v1/completions choice, the policy version that sampled it), from the next engine in turn;
+        waits while a sync is under way. Raises Stopped once the engines are stopped."""
+        with self._gate:
+            while self._paused and not self._stopped:
+                self._gate.wait()
+            if self._stopped:
+                raise Stopped
+            if not self._in_flight:
+                self._idle += time.perf_counter() - self._idle_since
+            self._in_flight += 1
+            version = self.step
             url = self.urls[next(self._next)]
-        body = {"model": self.model, "prompt": prompt, "return_token_ids": True, **params}
         try:
-            response = self.http.post(f"{url}/v1/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise EngineError(f"rollout engine {url}: {_why(exc)}") from None
-        if response.status_code != 200:
-            raise EngineError(f"rollout engine {url}: HTTP {response.status_code}: {response.text[:300]}")
-        return dict(response.json()["choices"][0])
+            body = {"model": self.model, "prompt": prompt, "return_token_ids": True, **params}
+            try:
+                response = self.http.post(f"{url}/v1/completions", json=body)
+            except httpx.HTTPError as exc:
+                if self._stopped:
+                    raise Stopped from None
+                raise EngineError(f"rollout engine {url}: {_why(exc)}") from None
+            if response.status_code != 200:
+                raise EngineError(f"rollout engine {url}: HTTP {response.status_code}: {response.text[:300]}")
+            return dict(response.json()["choices"][0]), version
+        finally:
+            with self._gate:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle_since = time.perf_counter()
+                self._gate.notify_all()
+
+    def idle_s(self) -> float:
+        """Seconds so far in which no request was in flight here (the engines had nothing to sample)."""
+        with self._gate:
+            now = time.perf_counter()
+            return self._idle + (now - self._idle_since if not self._in_flight else 0.0)
+
+    def stop(self) -> None:
+        """End sampling: requests in flight are aborted and their rollouts raise Stopped, as do new ones."""
+        with self._gate:
+            self._stopped = True
+            self._gate.notify_all()
+        for url in self.urls:
+            with contextlib.suppress(httpx.HTTPError):
+                self.http.post(f"{url}/abort_requests", json={}, timeout=10.0)
 
     # ---- weight sync -------------------------------------------------------------------------------
 
-    def sync(self, folder: Path, version: str) -> None:
-        """Every engine reloads the weights in `folder` in place and takes `version` as its name."""
-        for url in self.urls:
-            reload = {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}}
-            self._post(url, "/collective_rpc", reload)
-            self._post(url, "/reset_prefix_cache", None)
-            self._post(url, "/update_weight_version", {"new_version": version})
-            held = self._get(url, "/weight_info").get("weight_version")
-            if held != version:
-                raise EngineError(
-                    f"rollout engine {url} holds weights {held!r} after the sync to {version!r}"
-                )
-        self.version = version
+    def sync(
+        self,
+        folder: Path | None,
+        version: str,
+        step: int = 0,
+        pause: PauseMode | None = None,
+        push: Callable[[], None] | None = None,
+    ) -> None:
+        """Every engine reloads the weights in `folder` in place (or `push` sends them into every engine:
+        dr_train.weight_sync) and takes `version` (the policy after `step` updates) as its name. New requests
+        wait meanwhile. `pause` is for requests in flight (asynchronous
+        RL): `abort` stops them where they are (their callers send them again after the sync), `wait` lets
+        them finish first; either way vLLM's scheduler is paused for the reload and resumed after. Without
+        it no request may be in flight (synchronous RL), and none is waited for."""
+        with self._gate:
+            self._paused = True
+        try:
+            if pause == "abort":
+                for url in self.urls:
+                    self._post(url, "/pause?mode=abort", None)
+                # a request sent just before the pause may reach its engine after it: abort until none is left
+                with self._gate:
+                    while self._in_flight:
+                        self._gate.release()
+                        try:
+                            for url in self.urls:
+                                self._post(url, "/abort_requests", {})
+                        finally:
+                            self._gate.acquire()
+                        self._gate.wait(timeout=0.2)
+            else:
+                with self._gate:
+                    while self._in_flight:
+                        self._gate.wait()
+                if pause == "wait":
+                    for url in self.urls:
+                        self._post(url, "/pause?mode=wait", None)
+            if push is not None:
+                push()
+            for url in self.urls:
+                if push is None:
+                    reload = {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}}
+                    self._post(url, "/collective_rpc", reload)
+                self._post(url, "/reset_prefix_cache", None)
+                self._post(url, "/update_weight_version", {"new_version": version})
+                held = self._get(url, "/weight_info").get("weight_version")
+                if held != version:
+                    raise EngineError(
+                        f"rollout engine {url} holds weights {held!r} after the sync to {version!r}"
+                    )
+                if pause is not None:
+                    self._post(url, "/resume", None)
+            self.version = version
+            with self._gate:
+                self.step = step
+        finally:
+            with self._gate:
+                self._paused = False
+                self._gate.notify_all()
 
     def prompt_logprobs(self, url: str, tokens: list[int]) -> list[float]:
         """vLLM's log-probability of each token of `tokens` after the ones before it (len - 1 values)."""
@@ -223,20 +326,36 @@ class EnginePolicy:
         seed = getattr(_seed, "value", None)
         if seed is not None:
             params["seed"] = seed
-        choice = self.engines.complete(prompt, **params)
-        response = [int(t) for t in choice.get("token_ids") or []]
-        logprobs = [float(x) for x in ((choice.get("logprobs") or {}).get("token_logprobs") or [])]
-        if len(logprobs) != len(response):
-            raise EngineError(
-                f"rollout engine returned {len(response)} tokens and {len(logprobs)} log-probabilities"
-            )
+        response: list[int] = []
+        logprobs: list[float] = []
+        versions: list[int] = []
+        while True:
+            # a request a weight sync aborted is sent again, its tokens so far continuing the prompt; they
+            # keep the version that sampled them
+            choice, version = self.engines.sample(prompt + response, **params)
+            tokens = [int(t) for t in choice.get("token_ids") or []]
+            scores = [float(x) for x in ((choice.get("logprobs") or {}).get("token_logprobs") or [])]
+            if len(scores) != len(tokens):
+                raise EngineError(
+                    f"rollout engine returned {len(tokens)} tokens and {len(scores)} log-probabilities"
+                )
+            response += tokens
+            logprobs += scores
+            versions += [version] * len(tokens)
+            finish = choice.get("finish_reason")
+            if finish != "abort":
+                break
+            params["max_tokens"] = budget - len(response)
+            if params["max_tokens"] <= 0:
+                finish = "length"
+                break
         recording = current_recording()
         if recording is not None:
-            recording.turns.append(Turn(prompt, response, logprobs))
+            recording.turns.append(Turn(prompt, response, logprobs, versions))
         text = self.tokenizer.decode(response, skip_special_tokens=True)
         return ChatResult(
             message=Message(role="assistant", content=text),
-            finish_reason="stop" if choice.get("finish_reason") == "stop" else "length",
+            finish_reason="stop" if finish == "stop" else "length",
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(response)),
         )
 

@@ -69,6 +69,11 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
         raise InputError("--judge-serve serves a judge here: drop --judge-base-url/--judge-model, or it")
     if config.judge_serve and not is_checkpoint(config.judge_serve):
         raise InputError(f"--judge-serve {config.judge_serve!r}: give a judge model's Hugging Face folder")
+    if config.weight_sync == "nccl" and not cuda_available():
+        raise InputError(
+            "--weight-sync nccl: NCCL moves the weights from GPU to GPU, and this machine has no CUDA "
+            "device; use --weight-sync disk (the default: each engine reloads the policy from a folder)"
+        )
     if config.judge_serve and dist.world > 1:
         raise InputError(
             "with --nproc, every rank asks the judge: serve it (dr serve) and give --judge-base-url"
@@ -91,7 +96,8 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
             # in float32 (dr_train.model.build), so the engine does too and their numbers agree
             folder = write_engine_weights(policy, tokenizer, engine_folder(Path(config.out)))
             log = Path(config.out) / "rollout-engine.log"
-            engines = Engines.start_local(str(folder), log, dtype="float32")
+            extra = ENGINE_FLAGS if config.weight_sync == "nccl" else []
+            engines = Engines.start_local(str(folder), log, dtype="float32", extra=extra)
         reference = None
         if config.kl_coef:  # the starting policy; a resumed run reads it again from --model
             reference = frozen_copy(
@@ -158,12 +164,21 @@ def serve_judge(folder: str, log: Path) -> ManagedServer:
 
 
 LOCAL = "local"  # a vLLM engine to start here, once the policy is loaded
+# what an engine needs for --weight-sync nccl (dr_train.weight_sync)
+ENGINE_FLAGS = ["--weight-transfer-config", '{"backend": "nccl"}']
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def rollout_engines(config: RLRecipeConfig, policy_dir: str, world: int) -> Engines | str | None:
     """The vLLM engines the policy samples in: those at --rollout-url (checked), LOCAL (one to start
     here), or None (generate in this process)."""
     engine = config.engine
+    why: str | None = None
     if engine == "auto":
         why = fallback_reason(model_config(policy_dir))
         if why is None and world > 1 and not config.rollout_url:
@@ -174,8 +189,20 @@ def rollout_engines(config: RLRecipeConfig, policy_dir: str, world: int) -> Engi
         else:
             logger.info("rollouts: vLLM")
     if engine == "hf":
+        if config.weight_sync == "nccl":
+            raise InputError(
+                "--weight-sync nccl sends the weights into vLLM engines; with --engine hf the policy samples "
+                "in the process that trains it: drop --weight-sync, or use --engine vllm"
+            )
         if config.rollout_url:
             raise InputError("--rollout-url names vLLM engines: drop it, or use --engine vllm")
+        if config.max_staleness:
+            how = "--engine hf" if config.engine == "hf" else f"rollouts fall back to --engine hf ({why})"
+            raise InputError(
+                f"--max-staleness {config.max_staleness}: with {how} the policy samples in the process that "
+                "trains it, so sampling cannot go on during the update; asynchronous RL samples in vLLM "
+                "engines (--engine vllm), or use --max-staleness 0"
+            )
         return None
     if config.rollout_url:
         engines = Engines(config.rollout_url)
