@@ -9,6 +9,8 @@ The policy researches world questions (`dr data world`, 1-2 hops, indexed with `
 (the CPU build here), the agent under the main job's budgets (8 model calls, 384 tokens a call, 3 search
 results). GRPO as the main job runs it (lr 2e-5, temperature 1), with --train-flat-groups so that every step
 updates: SmolLM2 untaught scores about 0, and a step without an update would have nothing to overlap.
+`--policy taught`: the tiny model of the test suite that learnt two world tasks' oracle trajectories (right
+about half of the time), run as its tests run it (6 model calls, 8000 tokens, lr 5e-5, temperature 0.9).
 
 Shared: `dr train rl` starts its own engine, and the engine and the trainer share every core. Pinned: the
 engine runs on core 0 (`VLLM_CPU_OMP_THREADS_BIND=0`) and the trainer on core 1 (`taskset -c 1`, one torch
@@ -57,11 +59,14 @@ def world(root: Path, policy: str, seed: int) -> tuple[Path, Path, Path]:
 def train_args(
     args: argparse.Namespace, model: Path, tasks: Path, index: Path, out: Path, k: int
 ) -> list[str]:
+    # the taught world: as its tests run it (the agent's budgets it was taught under, lr 5e-5)
+    taught = args.policy == "taught"
     return [
         "train", "rl", str(tasks), "--model", str(model), "--index", str(index), "-o", str(out),
         "--steps", str(args.steps), "--tasks-per-step", str(args.tasks_per_step), "--group", str(args.group),
-        "--max-steps", "8", "--max-tokens", str(args.agent_tokens), "--concurrency", str(args.concurrency),
-        "--lr", "2e-5", "--temperature", "1.0", "--seed", str(args.seed), "--train-flat-groups",
+        "--max-steps", "6" if taught else "8", "--max-tokens", "8000" if taught else str(args.agent_tokens),
+        "--concurrency", str(args.concurrency), "--lr", "5e-5" if taught else "2e-5",
+        "--temperature", "0.9" if taught else "1.0", "--seed", str(args.seed), "--train-flat-groups",
         "--engine", "vllm", "--max-staleness", str(k),
     ]  # fmt: skip
 
@@ -91,7 +96,9 @@ def one_run(
     name = f"k{k}-{'pinned' if pinned else 'shared'}"
     out = root / name
     command = [*DR, *train_args(args, model, tasks, index, out, k)]
-    env = {**os.environ, "DR_AGENT_MAX_OUTPUT_TOKENS": "384", "DR_SEARCH_TOP_K": "3"}
+    env = dict(os.environ)
+    if args.policy != "taught":  # the main job's agent
+        env.update(DR_AGENT_MAX_OUTPUT_TOKENS="384", DR_SEARCH_TOP_K="3")
     server = None
     if pinned:
         server = pinned_engine(model, root / f"{name}-weights", root / f"{name}-engine.log")

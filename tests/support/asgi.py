@@ -45,16 +45,11 @@ def serving(app: Any) -> Iterator[str]:
 
 
 def wait_ok(url: str, proc: Any, timeout: float = 120) -> None:
-    """Poll `url` until it answers 200, failing early if the server process `proc` exits."""
-    import httpx
+    """Poll `url` until it answers 200, failing early if the server process `proc` exits (as dr's own
+    servers are awaited: dr_core.server.await_health)."""
+    from dr_core.server import ServerError, await_health
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited with {proc.returncode}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} not ready")
+    try:
+        await_health(url, proc, timeout, name=f"the server at {url}")
+    except ServerError as exc:
+        raise AssertionError(str(exc)) from None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from dr_core.engines import available
 from dr_core.records import Task
 from dr_train.config import RLConfig
 from dr_train.policy import Turn
@@ -189,3 +190,48 @@ def test_negative_staleness_staleness_without_vllm_and_nccl_without_cuda_are_ref
         in nccl.stderr
     )
     assert "use --weight-sync disk" in nccl.stderr
+
+
+needs_vllm = pytest.mark.skipif(
+    not available("vllm"), reason="vLLM is not installed (scripts/setup.sh installs it)"
+)
+
+
+@needs_vllm
+def test_the_nccl_source_names_every_weight_the_engine_loads_and_a_hung_sync_names_the_engine(tmp_path):
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dr_train.rollout import EngineError, write_engine_weights
+    from dr_train.tiny import tiny_qwen2
+    from dr_train.weight_sync import PolicySource, _within, reachable_address
+
+    tiny = tiny_qwen2(tmp_path / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    source = PolicySource(model)
+    meta = source.metadata()
+    sent = list(source)
+    # the same parameters in the same order on both channels (vLLM's sender checks this pair by pair)
+    assert [(m.name, m.dtype, m.shape) for m in meta] == [(n, t.dtype, tuple(t.shape)) for n, t in sent]
+    # every tensor of the folder the engine was started from, the output layer too (stored untied there)
+    from safetensors import safe_open
+
+    folder = write_engine_weights(model, AutoTokenizer.from_pretrained(tiny), tmp_path / "engine")
+    stored = set()
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as fh:
+            stored |= set(fh.keys())
+    assert "lm_head.weight" in stored and stored == {m.name for m in meta}
+    assert reachable_address("http://127.0.0.1:8000") == "127.0.0.1"
+    started = time.monotonic()
+    with pytest.raises(EngineError) as hung:
+        _within(0.5, lambda: time.sleep(30), "http://e1:8000", "sending the weights")
+    assert time.monotonic() - started < 10
+    text = str(hung.value)
+    assert text.startswith("rollout engine http://e1:8000: sending the weights did not finish within 0 s")
+    assert (
+        "NCCL_CUMEM_ENABLE=0" in text and "NCCL_SOCKET_IFNAME" in text and "--weight-transfer-config" in text
+    )
+    with pytest.raises(EngineError, match=r"rollout engine http://e1:8000: joining failed: ValueError: bad"):
+        _within(5, lambda: (_ for _ in ()).throw(ValueError("bad")), "http://e1:8000", "joining")

@@ -102,31 +102,14 @@ class ManagedServer:
         """Return True once the server answers 200 at its health path while its child still runs: the port
         was free when it started, so the answer is its own. ServerError when it exits or the time runs out;
         False as soon as `interrupted()` says to stop waiting (a signal to the process that waits)."""
-        import httpx
-
-        process = self.process
-        assert process is not None, "start() first"
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            if interrupted is not None and interrupted():
-                return False
-            if process.poll() is not None:
-                raise ServerError(
-                    f"{self.name} exited with code {process.returncode} before it was ready{self._where()}"
-                )
-            try:
-                if httpx.get(self.url + self.health, timeout=2.0).status_code == 200:
-                    time.sleep(POLL_S)  # a child that fails to bind exits at once: give it the time
-                    if process.poll() is None:
-                        return True
-                    continue
-            except httpx.HTTPError:
-                pass
-            time.sleep(POLL_S)
-        self.stop()
-        raise ServerError(
-            f"{self.name} was not healthy at {self.url} after {self.timeout_s:.0f}s{self._where()}"
-        )
+        assert self.process is not None, "start() first"
+        try:
+            return await_health(
+                self.url + self.health, self.process, self.timeout_s, self.name, self._where(), interrupted
+            )
+        except ServerError:
+            self.stop()
+            raise
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -160,3 +143,34 @@ class ManagedServer:
         self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def await_health(
+    url: str,
+    process: subprocess.Popen[bytes],
+    timeout_s: float,
+    name: str = "the server",
+    where: str = "",
+    interrupted: Callable[[], bool] | None = None,
+) -> bool:
+    """Poll `url` until it answers 200 while `process` (the server's child) still runs: True then; False as
+    soon as `interrupted()` says to stop waiting; ServerError (naming `name`, and `where` its log is) when
+    the process exits or `timeout_s` runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if interrupted is not None and interrupted():
+            return False
+        if process.poll() is not None:
+            raise ServerError(f"{name} exited with code {process.returncode} before it was ready{where}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                time.sleep(POLL_S)  # a child that fails to bind exits at once: give it the time
+                if process.poll() is None:
+                    return True
+                continue
+        except httpx.HTTPError:
+            pass
+        time.sleep(POLL_S)
+    raise ServerError(f"{name} was not healthy at {url} after {timeout_s:.0f}s{where}")
