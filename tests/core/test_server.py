@@ -77,3 +77,49 @@ def test_a_server_that_never_gets_healthy_times_out_and_is_stopped(tmp_path):
         with sleeper:
             pass
     assert not sleeper.running()
+
+
+# a server that starts a worker of its own and, stopped, leaves it behind (vLLM's API server and its engine
+# core when the API server is killed outright); the worker writes its pid first
+WITH_WORKER = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    open(sys.argv[2], "w").write(str(worker.pid))
+    signal.signal(signal.SIGTERM, lambda *a: None)  # deaf to SIGTERM: stop() has to kill it
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+    """
+)
+
+
+def test_stopping_a_server_ends_the_workers_it_started_too(tmp_path):
+    import os
+    import time
+
+    port = free_port()
+    pid_file = tmp_path / "worker.pid"
+    server = ManagedServer([sys.executable, "-c", WITH_WORKER, str(port), str(pid_file)], port, name="toy")
+    with server:
+        worker = int(pid_file.read_text())
+        os.kill(worker, 0)  # alive
+        server.stop(grace_s=1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{worker}/stat") as stat:  # a zombie waiting for its reaper is gone too
+            if stat.read().split(") ")[1].startswith("Z"):
+                break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, 9)
+        pytest.fail("the server's worker outlived it")

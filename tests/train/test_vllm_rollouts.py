@@ -7,6 +7,7 @@ them with a wrong answer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,15 +44,68 @@ def world64(tmp_path_factory):
 
 
 def start_engine(model: Path, port: int, log: Path) -> subprocess.Popen:
-    """A vLLM server with the development API the weight sync uses, as a user would start one."""
+    """A vLLM server with the development API the weight sync uses, as a user would start one: in a process
+    group of its own, which kill_engine ends whole (its engine core outlives an API server killed alone)."""
     from dr_core.serving import EngineSpec, engine_command, engine_env
 
     spec = EngineSpec(model=str(model), engine="vllm", port=port, kv_cache_gib=1, dtype="float32")
     _, argv, _ = engine_command(spec)
     env = {**os.environ, **engine_env(spec, "vllm"), "VLLM_SERVER_DEV_MODE": "1"}
-    proc = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    wait_ok(f"http://127.0.0.1:{port}/health", proc, timeout=300)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_ok(f"http://127.0.0.1:{port}/health", proc, timeout=300)
+    except BaseException:
+        kill_engine(proc)
+        raise
     return proc
+
+
+def kill_engine(proc: subprocess.Popen) -> None:
+    """The engine dies outright, API server and engine core together, as when its machine goes down."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def served_weights(root: Path, folder: Path) -> Path:
+    """The taught policy as a user starts an engine for dr to sync: its output layer stored untied."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dr_train.rollout import write_engine_weights
+
+    policy = AutoModelForCausalLM.from_pretrained(root / "sft")
+    return write_engine_weights(policy, AutoTokenizer.from_pretrained(root / "sft"), folder)
+
+
+def kill_engine_once_saved(args: list, log: Path, checkpoint: Path, victim: subprocess.Popen) -> int:
+    """Run `dr` with `args` (its stderr to `log`) until `checkpoint` is saved, kill `victim`; dr's exit code."""
+    with log.open("wb") as stderr:  # a file, not a pipe nobody reads while the run goes on
+        run = subprocess.Popen([*DR, *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 900
+        while not (checkpoint / "trainer_state.json").is_file():
+            assert run.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"no {checkpoint.name} after 15 minutes"
+            time.sleep(0.1)
+        kill_engine(victim)
+        return run.wait(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
+def last_checkpoint_is_intact(out: Path) -> dict:
+    """The newest checkpoint of a run that stopped: loadable, not done, no final model; its state."""
+    from transformers import AutoModelForCausalLM
+
+    assert not (out / "config.json").exists()  # no final model
+    last = max((p for p in out.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["step"] == int(last.name.split("-")[1]) and not state["done"]
+    AutoModelForCausalLM.from_pretrained(last)  # intact and loadable
+    return state
 
 
 def probe_logprobs(model_dir: Path, tokens: list[int]) -> torch.Tensor:
@@ -167,45 +221,22 @@ def test_asynchronous_grpo_samples_during_the_update_at_most_one_version_behind(
 @pytest.mark.slow
 def test_an_engine_that_dies_mid_run_stops_it_clearly_and_leaves_the_last_checkpoint(world64, tmp_path):
     root, tasks = world64
-    # as a user starts an engine for dr to sync: from the policy with its output layer stored untied
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dr_train.rollout import write_engine_weights
-
-    policy = AutoModelForCausalLM.from_pretrained(root / "sft")
-    served = write_engine_weights(policy, AutoTokenizer.from_pretrained(root / "sft"), tmp_path / "served")
     port = free_port()
-    engine = start_engine(served, port, tmp_path / "engine.log")
+    engine = start_engine(served_weights(root, tmp_path / "served"), port, tmp_path / "engine.log")
     out = tmp_path / "rl"
     url = f"http://127.0.0.1:{port}"
     args = rl_args(
         root, tasks, out, "--steps", "200", "--save-every", "1", "--keep", "500", "--rollout-url", url
     )
     log = tmp_path / "rl.log"
-    with log.open("wb") as stderr:  # a file, not a pipe nobody reads while the run goes on
-        run = subprocess.Popen([*DR, *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 600
-        while not (out / "checkpoint-1" / "trainer_state.json").is_file():
-            assert run.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
-            time.sleep(0.1)
-        engine.kill()
-        engine.wait()
-        run.wait(timeout=300)
+        code = kill_engine_once_saved(args, log, out / "checkpoint-1", engine)
     finally:
-        if engine.poll() is None:
-            engine.kill()
-        if run.poll() is None:
-            run.kill()
+        kill_engine(engine)
     text = log.read_text()
-    assert run.returncode == 3, text[-3000:]
+    assert code == 3, text[-3000:]
     assert f"rollout engine {url}" in text and "Traceback" not in text
-    assert not (out / "config.json").exists()  # no final model
-    last = max((p for p in out.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-    state = json.loads((last / "trainer_state.json").read_text())
-    assert state["step"] == int(last.name.split("-")[1]) and not state["done"]
-    AutoModelForCausalLM.from_pretrained(last)  # intact and loadable
+    last_checkpoint_is_intact(out)
 
 
 @needs_vllm
@@ -216,47 +247,29 @@ def test_two_ranks_sample_asynchronously_in_two_engines_by_url_and_one_engine_dy
     """The scale-out layout in miniature (docs/scale.md): 2 trainer ranks (DeepSpeed ZeRO-2, gloo) and 2 vLLM
     engines started apart and given by URL, with one step of staleness; then one engine is killed."""
     root, tasks = world64
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dr_train.rollout import write_engine_weights
-
-    policy = AutoModelForCausalLM.from_pretrained(root / "sft")
-    served = write_engine_weights(policy, AutoTokenizer.from_pretrained(root / "sft"), tmp_path / "served")
+    served = served_weights(root, tmp_path / "served")
     ports = [free_port(), free_port()]
-    engines = [start_engine(served, port, tmp_path / f"engine-{port}.log") for port in ports]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
-    out = tmp_path / "rl"
-    args = rl_args(root, tasks, out, "--steps", "200", "--save-every", "1", "--keep", "500", "--group", "4",
-                   "--max-staleness", "1", "--nproc", "2", "--zero", "2",
-                   "--rollout-url", urls[0], "--rollout-url", urls[1])  # fmt: skip
-    log = tmp_path / "rl.log"
-    with log.open("wb") as stderr:
-        run = subprocess.Popen([*DR, *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr)
+    engines: list[subprocess.Popen] = []
     try:
-        deadline = time.monotonic() + 900
-        while not (out / "checkpoint-2" / "trainer_state.json").is_file():
-            assert run.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no second checkpoint after 15 minutes"
-            time.sleep(0.1)
-        engines[1].kill()
-        engines[1].wait()
-        run.wait(timeout=300)
+        for port in ports:
+            engines.append(start_engine(served, port, tmp_path / f"engine-{port}.log"))
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        out = tmp_path / "rl"
+        args = rl_args(root, tasks, out, "--steps", "200", "--save-every", "1", "--keep", "500", "--group", "4",
+                       "--max-staleness", "1", "--nproc", "2", "--zero", "2",
+                       "--rollout-url", urls[0], "--rollout-url", urls[1])  # fmt: skip
+        log = tmp_path / "rl.log"
+        code = kill_engine_once_saved(args, log, out / "checkpoint-2", engines[1])
     finally:
         for engine in engines:
-            if engine.poll() is None:
-                engine.kill()
-        if run.poll() is None:
-            run.kill()
+            kill_engine(engine)
     text = log.read_text()
-    assert run.returncode == 3, text[-3000:]
+    assert code == 3, text[-3000:]
     assert f"rollout engine {urls[1]}" in text and "Traceback" not in text
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) >= 2 and all(m["rollouts"] == 8 for m in metrics)
     assert all(set(m["staleness"]) <= {"0", "1"} for m in metrics)  # one step behind at most
-    last = max((p for p in out.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-    state = json.loads((last / "trainer_state.json").read_text())
-    assert state["step"] == int(last.name.split("-")[1]) and not state["done"] and state["world"] == 2
-    AutoModelForCausalLM.from_pretrained(last)  # intact and loadable
+    assert last_checkpoint_is_intact(out)["world"] == 2
 
 
 def test_a_rollout_url_where_nothing_answers_is_named(tmp_path):

@@ -6,7 +6,9 @@ main job's servers).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -95,6 +97,9 @@ class ManagedServer:
             stdout=self._sink,
             stderr=subprocess.STDOUT if self._sink is not None else None,
             preexec_fn=child_of_this_process(),
+            # a process group of its own, so that stop() ends the workers it starts too (vLLM's engine core
+            # outlives an API server killed outright), and a terminal's Ctrl-C reaches it only through us
+            start_new_session=True,
         )
         return self
 
@@ -115,7 +120,8 @@ class ManagedServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace_s: float = 30.0) -> int | None:
-        """Stop the child (SIGTERM, then SIGKILL after `grace_s`); its exit code."""
+        """Stop the child (SIGTERM, then SIGKILL after `grace_s`) and whatever it started that is still
+        running (SIGKILL to its process group); the child's exit code."""
         process = self.process
         if process is not None:
             if process.poll() is None:
@@ -125,6 +131,8 @@ class ManagedServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing of it is left
+                os.killpg(process.pid, signal.SIGKILL)
         if self._sink is not None:
             self._sink.close()
             self._sink = None
