@@ -193,15 +193,15 @@ def main() -> None:
     parser.add_argument("--tokens-per-step", type=int, default=8192)
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--rl-steps", type=int, default=None)
-    # at 5e-5 (temperature 1.0) the SmolLM2 policy's KL to its SFT start went from 0.01 to 0.88 in one
-    # update, and its reward fell from 0.47 to 0.28
+    # a higher rate moved the SmolLM2 policy far from its SFT start in one update (docs/benchmarks.md,
+    # "The main job's RL settings")
     parser.add_argument("--rl-lr", type=float, default=2e-5)
     parser.add_argument("--rl-tasks", type=int, default=None, help="Tasks per RL step (default 8 from a "
                         "pretrained model, 6 from scratch, 2 with --quick), each researched --rl-group "
                         "times.")  # fmt: skip
     parser.add_argument("--rl-group", type=int, default=None, help="default 4 (2 with --quick)")
-    # GRPO learns only from groups whose rollouts disagree. At 0.6 the SmolLM2 SFT model's 4 rollouts of a
-    # task agreed in 7 of 8 groups (its SFT loss ends near 0.005), so rollouts sample at 1.0
+    # GRPO learns only from groups whose rollouts disagree; at a lower temperature the SFT model's rollouts
+    # of a task mostly agreed (docs/benchmarks.md, "The main job's RL settings")
     parser.add_argument("--rl-temperature", type=float, default=1.0, help="RL's sampling temperature.")
     parser.add_argument("--algo", default="grpo", choices=["grpo", "ppo"])
     parser.add_argument("--bench-tasks", type=int, default=None)

@@ -9,6 +9,7 @@ from dr_agent.index import LocalIndex, build_index
 from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Document, Trajectory
+from support import must
 from support.openai_server import Reply, scripted_server
 from support.policies import as_text_calls, call, researcher, text_only, tool_results
 
@@ -27,7 +28,7 @@ def test_a_full_run_plans_searches_opens_and_answers_with_checked_citations(drb_
     assert trajectory.stop_reason == "answered" and trajectory.steps == 4
     assert trajectory.final == "The answer is in \\cite{21}."
     assert [(c.marker, c.opened) for c in trajectory.citations] == [("21", True)]
-    assert "人工智能" in trajectory.citations[0].source.title
+    assert "人工智能" in (must(trajectory.citations[0].source).title or "")
     roles = [m.role for m in trajectory.messages]
     assert roles == ["system", "user"] + ["assistant", "tool"] * 4
     assert [m.tool_calls[0].name for m in trajectory.messages if m.role == "assistant"] == [
@@ -70,11 +71,11 @@ def test_malformed_calls_get_error_messages_and_the_run_goes_on(drb_index):
     with scripted_server(script) as srv:
         trajectory = agent_for(srv.url, drb_index).run("q")
     assert trajectory.stop_reason == "answered" and trajectory.final == "It is 42."
-    tools = [m.content for m in trajectory.messages if m.role == "tool"]
+    tools = [m.content or "" for m in trajectory.messages if m.role == "tool"]
     assert tools[0].startswith("Error: unknown tool 'browse'")
     assert tools[1].startswith("Error: the arguments of search are not valid JSON")
     assert tools[2].startswith("Error: bad arguments for search: field 'queries'")
-    users = [m.content for m in trajectory.messages if m.role == "user"][1:]
+    users = [m.content or "" for m in trajectory.messages if m.role == "user"][1:]
     assert users[0].startswith("Your tool call could not be read: tool call 1 is not valid JSON")
     assert users[1].startswith("You did not call a tool")
     assert trajectory.meta["tool_errors"] == 4
@@ -89,7 +90,7 @@ def test_citing_an_unopened_source_is_sent_back_once_then_flagged(drb_index):
     with scripted_server(script) as srv:
         trajectory = agent_for(srv.url, drb_index).run("q")
     assert trajectory.stop_reason == "answered" and trajectory.steps == 3
-    assert "you cite 21, made-up, which you never opened" in trajectory.messages[-3].content
+    assert "you cite 21, made-up, which you never opened" in must(trajectory.messages[-3].content)
     assert [(c.marker, c.opened, c.source is not None) for c in trajectory.citations] == [
         ("21", False, True),
         ("made-up", False, False),
@@ -133,7 +134,7 @@ def test_long_pages_are_read_by_reference(tmp_path):
 
     with scripted_server(policy) as srv:
         trajectory = agent_for(srv.url, tmp_path / "idx", page_chars=1000).run("q")
-    opened, read = [m.content for m in trajectory.messages if m.role == "tool"][:2]
+    opened, read = [m.content or "" for m in trajectory.messages if m.role == "tool"][:2]
     assert len(opened) < 1200 and 'call read with ref="long" and offset=1000' in opened
     assert read.startswith(text[1000:1050]) and "offset=2000" in read
     assert trajectory.citations[0].opened
@@ -159,7 +160,7 @@ def test_near_the_context_limit_old_results_are_compacted_whole(tmp_path):
         trajectory = agent_for(srv.url, tmp_path / "idx", **config).run("q", on_event=events.append)
     assert trajectory.stop_reason == "answered"
     assert trajectory.meta["compactions"] >= 1 and any(e["type"] == "compact" for e in events)
-    results = [m.content for m in trajectory.messages if m.role == "tool"]
+    results = [m.content or "" for m in trajectory.messages if m.role == "tool"]
     compacted = [r for r in results if r.startswith("[compacted to save context: this open result")]
     assert compacted, results
     # every tool result is either whole or replaced whole by the note: never cut mid-record
@@ -212,7 +213,7 @@ def test_a_server_that_refuses_tools_gets_text_tool_calls_from_then_on(drb_index
     assert any("<tool_call>" in (m.get("content") or "") for m in sent if m["role"] == "assistant")
     # while the trajectory keeps the calls and results in their own shape, as training expects
     assert [m.role for m in first.messages] == ["system", "user"] + ["assistant", "tool"] * 4
-    assert "<tools>" not in first.messages[0].content
+    assert "<tools>" not in must(first.messages[0].content)
 
 
 def test_tool_mode_api_says_which_server_flags_to_add_and_text_never_sends_tools(drb_index):

@@ -12,6 +12,7 @@ from dr_agent.analysis import terms
 from dr_agent.index import LocalIndex, build_index
 from dr_core.errors import InputError
 from dr_core.records import Document
+from support import must
 
 
 def known_item_queries(reports_path):
@@ -39,7 +40,7 @@ def test_known_item_queries_find_their_report_in_both_languages(drb_index, drb_r
 def test_search_returns_titles_snippets_and_opens_by_id(drb_index):
     index = LocalIndex(drb_index)
     hit = index.search("人工智能 教育 人才培养", 1)[0]
-    assert "人工智能" in hit.title and "人工智能" in hit.snippet
+    assert "人工智能" in must(hit.title) and "人工智能" in hit.snippet
     doc = index.get(hit.id)
     assert doc is not None and len(doc.text) > 1000
     assert index.get("no-such-id") is None
@@ -94,7 +95,7 @@ def test_index_from_a_folder_of_markdown_html_and_text(tmp_path):
     assert sorted(d.id for d in docs) == ["page", "sub/ostrava", "velmora"]
     by_id = {d.id: d for d in docs}
     assert by_id["velmora"].title == "Velmora"
-    assert "Quist family" in by_id["page"].title and "shipwright" in by_id["page"].text
+    assert "Quist family" in must(by_id["page"].title) and "shipwright" in by_id["page"].text
     assert "Copyright" not in by_id["page"].text
     build_index(docs, tmp_path / "index")
     assert LocalIndex(tmp_path / "index").search("who founded Velmora", 1)[0].id in ("velmora", "page")

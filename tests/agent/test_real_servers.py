@@ -19,6 +19,7 @@ from dr_agent.index import LocalIndex
 from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Task, Trajectory
+from support import must
 from support.asgi import free_port, wait_ok
 from support.cli import DR
 from support.taught import taught_world
@@ -78,7 +79,7 @@ def test_text_tool_calls_give_the_model_what_it_learnt_and_it_answers(taught):
             taught["log"].read_text()[-2000:],
         )
         assert trajectory.meta["tool_calls"] >= 4 and trajectory.meta["tool_errors"] == 0
-        assert task.answer in trajectory.final
+        assert task.answer in must(trajectory.final)
 
 
 def test_through_the_tools_api_transformers_serve_rewrites_the_history(taught):

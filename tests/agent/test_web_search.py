@@ -11,6 +11,7 @@ from dr_agent.fetch import FetchConfig, Fetcher
 from dr_agent.search import BraveBackend, SearchConfig, SearxngBackend, make_backend, web_id
 from dr_core.errors import ConfigError
 from dr_core.llm import LLMClient, LLMConfig
+from support import must
 from support.openai_server import scripted_server
 from support.policies import researcher
 from support.web_server import Page, web_server
@@ -77,9 +78,11 @@ def test_the_agent_opens_web_results_through_the_fetcher():
     assert (
         trajectory.stop_reason == "answered" and trajectory.final == f"The answer is in \\cite{{{page_id}}}."
     )
-    opened = [m.content for m in trajectory.messages if m.role == "tool"][2]
+    opened = must([m.content for m in trajectory.messages if m.role == "tool"][2])
     assert "founded in 1821 by the shipwright Ada Quist" in opened and "Menu" not in opened
-    assert trajectory.citations[0].opened and trajectory.citations[0].source.url == f"{site.url}/velmora"
+    assert (
+        trajectory.citations[0].opened and must(trajectory.citations[0].source).url == f"{site.url}/velmora"
+    )
 
 
 def test_web_pages_are_off_without_a_fetcher(drb_index):

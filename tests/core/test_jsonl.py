@@ -12,6 +12,7 @@ import zstandard
 from dr_core.errors import InputError
 from dr_core.jsonl import RecordWriter, RejectWriter, partial_path, read_records
 from dr_core.records import Task
+from support import must
 
 GOOD = [{"id": f"t{i}", "question": f"question {i}"} for i in range(3)]
 
@@ -131,13 +132,13 @@ def test_skip_keeps_going_and_keeps_every_reject_with_its_error(tmp_path):
     with RejectWriter(rejects_path) as rejects:
         got = [t.id for t in read_records(path, Task, on_error="skip", rejects=rejects)]
     assert got == ["t0", "t1", "t2"]
-    rejects = [orjson.loads(line) for line in rejects_path.read_bytes().splitlines()]
-    assert [(r["line"], r["file"]) for r in rejects] == [(2, str(path)), (4, str(path)), (5, str(path))]
-    assert rejects[0]["raw"] == "not json" and rejects[0]["error"].startswith(f"{path}:2: invalid JSON")
-    assert "field 'question'" in rejects[1]["error"]
+    entries = [orjson.loads(line) for line in rejects_path.read_bytes().splitlines()]
+    assert [(r["line"], r["file"]) for r in entries] == [(2, str(path)), (4, str(path)), (5, str(path))]
+    assert entries[0]["raw"] == "not json" and entries[0]["error"].startswith(f"{path}:2: invalid JSON")
+    assert "field 'question'" in entries[1]["error"]
     import base64
 
-    assert base64.b64decode(rejects[2]["raw_base64"]) == raw_bad_utf8
+    assert base64.b64decode(entries[2]["raw_base64"]) == raw_bad_utf8
 
 
 def test_no_rejects_file_when_nothing_was_rejected(tmp_path):
@@ -241,7 +242,7 @@ def test_resume_recovers_what_a_killed_writer_had_flushed(tmp_path, suffix):
     writer.write({"id": "a"})
     writer.write({"id": "b"})
     writer._flush_file()  # the writer flushes each second; then the process is killed:
-    writer._raw.close()  # no gzip trailer, no end of the zstd frame, no rename
+    must(writer._raw).close()  # no gzip trailer, no end of the zstd frame, no rename
     assert not out.exists()
     with RecordWriter(out, resume=True) as resumed:
         assert resumed.done == {"a", "b"}

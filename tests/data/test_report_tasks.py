@@ -14,6 +14,7 @@ from dr_data.judge_data import PERTURBATIONS, oracle_report, perturb, reports, t
 from dr_data.report_tasks import sample_report_tasks
 from dr_data.world import _split_of, build_world, sample_tasks
 from dr_judge.judge import ChecklistJudge
+from support import must
 from support.cli import dr, dr_world
 
 
@@ -187,7 +188,7 @@ def test_the_evidence_a_judge_learns_to_write_first_decides_the_verdict(tasks):
         allowed = set(task.meta["allowed_sources"])
         for report in reports(task, 4, rng, most=3):
             (example, _), *_ = list(examples(task, report))
-            reply = json.loads(example.messages[-1].content)["verdicts"]
+            reply = json.loads(must(example.messages[-1].content))["verdicts"]
             for entry in reply:
                 item, why = entry["id"], entry["rationale"]
                 assert len(why) <= RATIONALE_CHARS  # a schema-constrained reply would cut it

@@ -8,12 +8,14 @@ import subprocess
 from dr_core.records import Example, Message, ToolCall
 from dr_data import sft
 from dr_data.sft import mixed_language, mixing_shares, repetition, to_example
+from support import must
 from support.cli import DR
 from support.samples import distinct, trajectory
 
 
 def test_trajectories_become_examples_with_loss_on_assistant_turns():
-    kind, example = to_example(distinct(0))
+    kind, maybe = to_example(distinct(0))
+    example = must(maybe)
     assert kind == "trajectory" and example.loss_indices() == [2, 4]
     assert example.messages[2].tool_calls[0].name == "search" and example.tools
     unanswered = {**distinct(1), "final": None, "stop_reason": "step_budget"}
@@ -21,8 +23,8 @@ def test_trajectories_become_examples_with_loss_on_assistant_turns():
     # built without a second validation, it is the example validation would have made
     assert Example.model_validate(example.model_dump()) == example
     assert example.model_dump() == Example(**dict(example)).model_dump()
-    kind, example = to_example({"id": "7", "prompt": "Write about X", "article": "X is ..."})
-    assert kind == "report" and [m.role for m in example.messages] == ["user", "assistant"]
+    kind, maybe = to_example({"id": "7", "prompt": "Write about X", "article": "X is ..."})
+    assert kind == "report" and [m.role for m in must(maybe).messages] == ["user", "assistant"]
 
 
 def test_dedup_and_decontamination_remove_exactly_the_planted_ones(tmp_path):
@@ -81,18 +83,20 @@ def test_repetitive_loops_are_detected():
     )
     assert repetition(looping) == "tool call search repeated 3 times with the same arguments"
     text = "I will check the sources again to be sure. " * 5
-    assert "repeats" in repetition(
-        Example(messages=[Message(role="user", content="q"), Message(role="assistant", content=text)])
+    assert "repeats" in must(
+        repetition(
+            Example(messages=[Message(role="user", content="q"), Message(role="assistant", content=text)])
+        )
     )
-    assert repetition(to_example(distinct(3))[1]) is None
+    assert repetition(must(to_example(distinct(3))[1])) is None
 
 
 def test_language_switching_is_detected():
     zh_question = Message(role="user", content="请介绍长江的主要支流和流域面积。")
     english = Message(role="assistant", content="The Yangtze has many tributaries. " * 10)
-    assert "is in en, the question in zh" in mixed_language(Example(messages=[zh_question, english]))
+    assert "is in en, the question in zh" in must(mixed_language(Example(messages=[zh_question, english])))
     mixed = Message(role="assistant", content=("长江流域面积很大 " + "the basin is large ") * 10)
-    assert "mixes scripts" in mixed_language(Example(messages=[zh_question, mixed]))
+    assert "mixes scripts" in must(mixed_language(Example(messages=[zh_question, mixed])))
     chinese = Message(role="assistant", content="长江有许多支流，流域面积约一百八十万平方公里。" * 5)
     assert mixed_language(Example(messages=[zh_question, chinese])) is None
 
@@ -136,7 +140,7 @@ def test_the_filter_chain_tokenizes_each_message_and_tool_call_once(monkeypatch)
         return real(text, keep_stopwords)
 
     monkeypatch.setattr(sft, "terms", counted)
-    _, example = to_example(distinct(3))
+    example = must(to_example(distinct(3))[1])
     chain = sft.FilterChain(
         decontaminate=sft.Decontaminator([]), dedup=sft.NearDuplicates(), check_language=True
     )

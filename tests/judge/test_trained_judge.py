@@ -17,6 +17,7 @@ from dr_data.report_tasks import sample_report_tasks
 from dr_data.world import build_world
 from dr_judge.build import make_judge
 from dr_judge.judge import PROMPT_DIGEST, ChecklistJudge, JudgeConfig, judge_reply
+from support import must
 from support.cli import dr, dr_world
 from support.openai_server import Reply, scripted_server
 
@@ -54,7 +55,7 @@ def test_judge_examples_are_the_requests_the_judge_sends(task, per_call):
     for example, request in zip(made, srv.requests, strict=True):
         sent = [(m["role"], m["content"]) for m in request["messages"]]
         assert sent == [(m.role, m.content) for m in example.messages[:2]]
-        reply = json.loads(example.messages[2].content)["verdicts"]
+        reply = json.loads(must(example.messages[2].content))["verdicts"]
         assert [v["id"] for v in reply] == example.meta["items"]
         assert [v["verdict"] for v in reply] == example.meta["verdicts"]
     assert [v.verdict for v in judgment.verdicts] == [v.verdict for v in truth.verdicts]

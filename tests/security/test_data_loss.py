@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,8 +206,7 @@ def fake_named_model(monkeypatch, tmp_path, calls):
     def convert(name, named, folder):
         calls.append(name)
         time.sleep(0.3)  # long enough for two first uses to overlap
-        work = models.tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent)
-        work = models.Path(work)
+        work = models.Path(models.tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
         (work / "model.safetensors").write_bytes(b"w" * 1000)
         (work / "config.json").write_text("{}")
         files = {p.name: p.stat().st_size for p in work.iterdir()}
@@ -265,7 +265,10 @@ def test_the_real_conversion_records_sizes_and_two_first_uses_convert_once(tmp_p
 
 def test_resume_after_an_interrupted_rerun_of_a_finished_job_keeps_one_record_per_key(tmp_path):
     out = tmp_path / "trajectories.jsonl"
-    key = {"key": lambda r: r["task_id"], "group_size": lambda r: (r.get("meta") or {}).get("kept_of", 1)}
+    key: dict[str, Any] = {
+        "key": lambda r: r["task_id"],
+        "group_size": lambda r: (r.get("meta") or {}).get("kept_of", 1),
+    }
     with RecordWriter(out, **key) as writer:  # a finished run: one trajectory per task
         for i in range(10):
             writer.write({"task_id": f"t{i}", "run": 1, "meta": {"kept_of": 1}})

@@ -13,6 +13,7 @@ from dr_agent.index import LocalIndex
 from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
 from dr_serve.api import ApiConfig, create_app
+from support import must
 from support.asgi import serving
 from support.openai_server import Reply, scripted_server
 from support.policies import call, researcher
@@ -160,7 +161,7 @@ def test_finished_runs_live_on_disk_and_only_the_newest_in_memory(agent_factory,
         store.start(f"r{n}", "q")
         store.finish(f"r{n}", None, None)
     assert list(store.finished) == ["r3", "r4"] and not store.running
-    assert store.get("r0")["status"] == "done"  # from disk
+    assert must(store.get("r0"))["status"] == "done"  # from disk
     assert RunStore(None).directory.is_dir()  # without runs_dir: a temporary folder
 
 

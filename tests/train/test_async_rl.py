@@ -16,6 +16,7 @@ from dr_core.records import Task
 from dr_train.config import RLConfig
 from dr_train.policy import Turn
 from dr_train.stream import RolloutStream
+from support import must
 from support.cli import DR
 
 
@@ -129,7 +130,7 @@ def test_a_group_more_than_k_versions_behind_is_dropped_counted_and_replaced():
         slow.set()  # it comes in sampled by version 0, while step 2 is taken: 2 behind, K = 1
         taken = s.take(2)
         assert taken.dropped == 1 and "s0-t1" not in [g.task.id for g in taken.groups]
-        assert len(taken.groups) == 2 and all(2 - g.oldest() <= 1 for g in taken.groups)
+        assert len(taken.groups) == 2 and all(2 - must(g.oldest()) <= 1 for g in taken.groups)
         assert sampler.started[-1] == (3, "s3-t0")  # the group started in its place: the next task in order
     finally:
         s.close()

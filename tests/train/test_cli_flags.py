@@ -12,8 +12,8 @@ import typer
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
+import dr_train.cli as cli
 from dr_core.config_cli import flag_name
-from dr_train import cli
 from dr_train.config import MidtrainConfig, RLRecipeConfig, SFTConfig
 
 # fields no flag sets, and why: the command is the stage; the recipe derives bf16 from --precision

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from support import must
 from support.cli import DR
 from support.taught import taught_world, write_unsure
 
@@ -63,9 +64,9 @@ def answer_probability(model_dir: Path, trajectory: dict) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    _, example = to_example(trajectory)
+    example = must(to_example(trajectory)[1])
     wire = [to_wire(m) for m in example.messages]
-    text: Any = tokenizer.apply_chat_template(wire, tools=example.tools, tokenize=False)
+    text: Any = tokenizer.apply_chat_template(wire, tools=list[Any](example.tools), tokenize=False)
     start = text.rindex('"Answer: ') + len('"Answer: ')
     answer = text[start : text.index("\\n", start)]
     prefix = tokenizer(text[:start], add_special_tokens=False)["input_ids"]

@@ -154,9 +154,11 @@ def test_kernels_and_plain_hugging_face_train_the_same_steps(tmp_path):
             tmp_path / str(kernels), max_len=512, max_steps=3, kernels=kernels
         )
         losses: list[float] = []
-        Trainer(
-            model, tokenizer, data, config, on_step=lambda s, r, losses=losses: losses.append(r["loss"])
-        ).run()
+
+        def on_step(step: int, record: dict, losses: list[float] = losses) -> None:
+            losses.append(record["loss"])
+
+        Trainer(model, tokenizer, data, config, on_step=on_step).run()
         runs.append((losses, state_of(model)))
     (fused, fused_state), (plain, plain_state) = runs
     assert fused == pytest.approx(plain, rel=1e-4)

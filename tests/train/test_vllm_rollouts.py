@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ import torch
 
 from dr_core.engines import available
 from dr_core.proc import free_port
+from support import must
 from support.asgi import wait_ok
 from support.cli import DR
 from support.taught import taught_world
@@ -132,7 +134,7 @@ def test_dr_serve_runs_vllm_on_the_cpu_and_its_tools_api_returns_the_models_tool
     trajectory = json.loads((root / "traj.jsonl").read_text().splitlines()[0])
     from dr_data.sft import to_example
 
-    _, example = to_example(trajectory)
+    example = must(to_example(trajectory)[1])
     first_call = next(m for m in example.messages if m.role == "assistant").tool_calls[0]
     port = free_port()
     serve = subprocess.Popen(
@@ -317,8 +319,9 @@ def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under
         whole = Recording()
         chat(whole)  # greedy, uninterrupted: the reference
         reference = whole.turns[0]
-        assert len(reference.response) > 300 and set(reference.versions) == {0}
-        for pause, step in (("abort", 1), ("wait", 2)):
+        assert len(reference.response) > 300 and set(must(reference.versions)) == {0}
+        pauses: tuple[tuple[Literal["abort", "wait"], int], ...] = (("abort", 1), ("wait", 2))
+        for pause, step in pauses:
             recording = Recording()
             thread = threading.Thread(target=chat, args=(recording,))
             thread.start()
@@ -328,15 +331,16 @@ def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under
             engines.sync(folder, f"step-{step}", step, pause)  # the same weights, under a new version
             thread.join(timeout=300)
             turn = recording.turns[0]
+            versions, logprobs = must(turn.versions), must(turn.logprobs)
             # greedy again, so the reply is the uninterrupted one token for token: nothing lost or doubled
             assert turn.response == reference.response
-            assert len(turn.logprobs) == len(turn.versions) == len(turn.response)
+            assert len(logprobs) == len(versions) == len(turn.response)
             if pause == "abort":  # its first tokens by the old version, the rest by the new one
-                cut = turn.versions.index(step)
-                assert 0 < cut < len(turn.versions) and set(turn.versions[:cut]) == {step - 1}
-                assert set(turn.versions[cut:]) == {step}
+                cut = versions.index(step)
+                assert 0 < cut < len(versions) and set(versions[:cut]) == {step - 1}
+                assert set(versions[cut:]) == {step}
             else:  # the sync waited for it: all by the old version
-                assert set(turn.versions) == {step - 1}
+                assert set(versions) == {step - 1}
         assert engines.step == 2 and engines.version == "step-2"
     finally:
         engines.close()

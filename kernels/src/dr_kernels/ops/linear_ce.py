@@ -12,6 +12,7 @@ chunk while the gradient matmuls ran in fp32; the loss and its gradient are stil
 
 import math
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -163,20 +164,20 @@ _NO_GRAD = (None,) * 9
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx,
-        hidden,
-        weight,
-        bias,
-        labels,
-        weights,
-        scalar,
-        ignore_index,
-        label_smoothing,
-        z_loss,
-        chunk,
-        use_triton,
-        compute,
-    ):
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+        scalar: bool,
+        ignore_index: int,
+        label_smoothing: float,
+        z_loss: float,
+        chunk: int,
+        use_triton: bool,
+        compute: torch.dtype | None,
+    ) -> torch.Tensor:
         tokens = hidden.shape[0]
         per_token = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
         grads = _grad_buffers(hidden, weight, bias, ctx.needs_input_grad if scalar else (False,) * 3)
@@ -202,7 +203,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return per_token
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.scalar:
             grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
             dh, dw, db = ctx.dtypes

@@ -5,6 +5,8 @@ input dtype before the weight multiplies it. The fused form returns (normed, res
 tensors a decoder layer needs, reading its inputs once.
 """
 
+from typing import Any
+
 import torch
 
 from dr_kernels.ops import compiled
@@ -64,7 +66,9 @@ def _programs(rows: int, device: torch.device) -> int:
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, residual, eps):
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, eps: float
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         rows, cols = x2.shape
@@ -84,7 +88,9 @@ class _RMSNorm(torch.autograd.Function):
         return y.reshape(shape)
 
     @staticmethod
-    def backward(ctx, dy, ds=None):
+    def backward(
+        ctx: Any, dy: torch.Tensor, ds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, ...]:
         s, weight, rstd = ctx.saved_tensors
         rows, cols = s.shape
         dy2 = dy.reshape(rows, cols).contiguous()

@@ -6,6 +6,8 @@ inverse frequencies and an attention scaling factor, which the caller passes (se
 them from the model's own rotary module). Backward is the rotation by the opposite angle.
 """
 
+from typing import Any
+
 import torch
 
 from dr_kernels import reference
@@ -51,7 +53,14 @@ def _apply(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, sca
 
 class _Rope(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, positions, inv_freq, scaling):
+    def forward(
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        positions: torch.Tensor,
+        inv_freq: torch.Tensor,
+        scaling: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         positions = positions.expand(q.shape[0], q.shape[2]).contiguous()
         inv_freq = inv_freq.float().contiguous()
         ctx.save_for_backward(positions, inv_freq)
@@ -59,7 +68,7 @@ class _Rope(torch.autograd.Function):
         return _apply(q, positions, inv_freq, scaling, 1.0), _apply(k, positions, inv_freq, scaling, 1.0)
 
     @staticmethod
-    def backward(ctx, dq, dk):
+    def backward(ctx: Any, dq: torch.Tensor, dk: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         positions, inv_freq = ctx.saved_tensors
         # the transpose of a rotation is the rotation by the opposite angle
         return (

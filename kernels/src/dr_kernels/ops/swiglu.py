@@ -1,5 +1,7 @@
 """SwiGLU: silu(gate) · up, forward and backward in one elementwise pass each (nothing else kept)."""
 
+from typing import Any
+
 import torch
 
 from dr_kernels.ops import compiled
@@ -33,7 +35,7 @@ def _backward(G, U, DY, DG, DU, n, BLOCK: tl.constexpr):
 
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gate, up):
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         gate, up = gate.contiguous(), up.contiguous()
         y = torch.empty_like(gate)
         n = gate.numel()
@@ -42,7 +44,7 @@ class _SwiGLU(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate, up = ctx.saved_tensors
         dg, du = torch.empty_like(gate), torch.empty_like(up)
         n = gate.numel()

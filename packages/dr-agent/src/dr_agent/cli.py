@@ -23,6 +23,7 @@ from dr_agent.options import (
 from dr_core.options import ApiKey, BaseUrl, Model, OnErrorChoice, OnErrorOpt, Output, Rejects, Resume
 
 if TYPE_CHECKING:
+    from dr_agent.agent import ResearchAgent
     from dr_core.jsonl import OnError
 
 
@@ -114,7 +115,7 @@ def research(
         _many(agent, tasks, output, events, concurrency, mode, rejects, resume)
 
 
-def _one(agent: Any, question: str, trajectory_path: Path | None, events: str | None) -> None:
+def _one(agent: ResearchAgent, question: str, trajectory_path: Path | None, events: str | None) -> None:
     import orjson
 
     from dr_core.errors import DrError, LLMError
@@ -141,7 +142,7 @@ def _one(agent: Any, question: str, trajectory_path: Path | None, events: str | 
 
 
 def _many(
-    agent: Any,
+    agent: ResearchAgent,
     tasks: str,
     output: str,
     events: str | None,

@@ -12,7 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dr_agent.agent import ResearchAgent
+    from dr_judge.judge import ChecklistJudge
 
 # Entries that differ between the runs a comparison is about (one model against another).
 COMPARED = ("model", "chat_template")
@@ -55,7 +59,7 @@ def _index(backend: Any) -> dict[str, Any]:
     return {"search": type(backend).__name__, "index": _digest({**info, "docs_bytes": size})}
 
 
-def fingerprint(agent: Any, judge: Any) -> dict[str, Any]:
+def fingerprint(agent: ResearchAgent, judge: ChecklistJudge) -> dict[str, Any]:
     """The fingerprint of a bench run's agent and judge."""
     from dr_judge import judge as judging
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -19,6 +19,10 @@ from dr_core.files import write_atomic
 from dr_core.jsonl import RecordWriter, read_records
 from dr_core.log import logger, progress
 from dr_core.records import Judgment, Task, Trajectory
+
+if TYPE_CHECKING:
+    from dr_agent.agent import ResearchAgent
+    from dr_judge.judge import ChecklistJudge
 
 TRAJECTORIES = "trajectories.jsonl"
 JUDGMENTS = "judgments.jsonl"
@@ -61,8 +65,8 @@ def resume_command(argv: list[str]) -> str:
 
 def run_suite(
     tasks: list[Task],
-    agent: Any,
-    judge: Any,
+    agent: ResearchAgent,
+    judge: ChecklistJudge,
     out: Path,
     *,
     concurrency: int = 4,
@@ -122,7 +126,7 @@ def run_suite(
     return summary
 
 
-def _judge(judge: Any, task: Task, trajectory: Trajectory) -> Judgment:
+def _judge(judge: ChecklistJudge, task: Task, trajectory: Trajectory) -> Judgment:
     judgment = judge.judge(task, trajectory.final, trajectory.id, trajectory.citations)
     return judgment.model_copy(
         update={

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dr_core.concurrency import ordered_map
 from dr_core.log import progress
 from dr_core.pipe import Pipe
 from dr_core.records import Message, Task, Trajectory
+
+if TYPE_CHECKING:
+    from dr_agent.agent import ResearchAgent
+    from dr_judge.judge import ChecklistJudge
 
 REFLECTION_HINT = (
     "This answer does not hold up: {rationale}. Reflect on which step went wrong, check the sources again, "
@@ -55,7 +59,12 @@ def scrub(trajectory: Trajectory, hints: set[int]) -> Trajectory:
 
 
 def attempt(
-    agent: Any, judge: Any, task: Task, reflections: int, min_score: float, **sampling: Any
+    agent: ResearchAgent,
+    judge: ChecklistJudge,
+    task: Task,
+    reflections: int,
+    min_score: float,
+    **sampling: Any,
 ) -> tuple[Trajectory, bool, int]:
     """One sample: (trajectory, whether it is correct, reflections used)."""
     trajectory = agent.run(task.question, task_id=task.id, **sampling)
@@ -88,8 +97,8 @@ def attempt(
 
 
 def collect(
-    agent: Any,
-    judge: Any,
+    agent: ResearchAgent,
+    judge: ChecklistJudge,
     task: Task,
     *,
     samples: int = 1,
@@ -127,8 +136,8 @@ class RunStats:
 
 def run(
     pipe: Pipe,
-    agent: Any,
-    judge: Any,
+    agent: ResearchAgent,
+    judge: ChecklistJudge,
     *,
     concurrency: int = 1,
     samples: int = 1,

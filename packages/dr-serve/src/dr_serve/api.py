@@ -22,7 +22,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -31,6 +31,9 @@ from pydantic import BaseModel, Field
 
 from dr_core.log import logger, scrub
 from dr_core.records import Trajectory
+
+if TYPE_CHECKING:
+    from dr_agent.agent import ResearchAgent
 
 
 class ApiConfig(BaseModel):
@@ -158,7 +161,7 @@ class _BodyLimit:
         )
 
 
-def create_app(agent: Any, config: ApiConfig | None = None) -> FastAPI:
+def create_app(agent: ResearchAgent, config: ApiConfig | None = None) -> FastAPI:
     """The FastAPI app over a ResearchAgent, which every run shares (its clients are thread-safe)."""
     config = config or ApiConfig()
     if config.api_key:  # no open documentation of a keyed API
@@ -259,7 +262,7 @@ def create_app(agent: Any, config: ApiConfig | None = None) -> FastAPI:
     return app
 
 
-def _with_config(agent: Any, overrides: dict[str, Any]) -> Any:
+def _with_config(agent: ResearchAgent, overrides: dict[str, Any]) -> ResearchAgent:
     """A copy of `agent` sharing its clients, with some AgentConfig fields changed for one run."""
     from dr_agent.agent import ResearchAgent
 

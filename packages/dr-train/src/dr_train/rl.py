@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as torch_dist
@@ -50,6 +50,9 @@ from dr_train.rollout import (
     write_engine_weights,
 )
 from dr_train.stream import RolloutStream
+
+if TYPE_CHECKING:
+    from dr_agent.agent import ResearchAgent
 
 # what a dr that did not yet record a setting in its checkpoints did, for resuming their runs
 UNRECORDED: dict[str, Any] = {
@@ -183,7 +186,7 @@ class RLTrainer:
         model: Any,
         tokenizer: Any,
         reference: Any,
-        agent: Any,
+        agent: ResearchAgent,
         rewarder: Rewarder,
         tasks: list[Task],
         config: RLConfig,

@@ -8,6 +8,7 @@ over the tokens the policy produced (tool results and prompts never appear in th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -92,7 +93,7 @@ def clipped_value_loss(
     return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
 
 
-def flat_groups(rewards: list[float | None], group_size: int) -> set[int]:
+def flat_groups(rewards: Sequence[float | None], group_size: int) -> set[int]:
     """The indexes of the groups (consecutive `group_size` samples of one task) whose rewarded samples
     (None: no reward) all got the same reward, or that have fewer than two: GRPO gives every token of them
     zero advantage."""

@@ -23,10 +23,8 @@ C = TypeVar("C", bound="RunSettings")
 def native_bf16() -> bool:
     """Whether bf16 trains faster than fp32 here: on a CUDA GPU, or on a CPU with AMX.
 
-    AVX-512 BF16 alone is not enough: on a 2-core AVX-512 BF16 CPU without AMX, torch.mm ran SmolLM2-135M's
-    weight shapes at 136 GFLOP/s in bf16 against 249 in fp32, and a training step took 64.1 s in bf16
-    against 41.3 in fp32 (scripts/profile_train.py); with AMX, bf16 ran them at ~1,860 GFLOP/s against 363
-    (docs/benchmarks.md)."""
+    AVX-512 BF16 alone is not enough: without AMX, torch multiplies bf16 at about half its fp32 speed, and a
+    training step is slower in bf16 (docs/benchmarks.md, "On a CPU without AMX")."""
     import torch
 
     if torch.cuda.is_available():
