@@ -98,7 +98,7 @@ def generation(args: argparse.Namespace) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dr_core.models import resolve
-    from dr_train.rollout import Engines, write_engine_weights
+    from dr_train.rollout import VLLMServers, write_engine_weights
 
     model_dir = resolve(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -108,7 +108,7 @@ def generation(args: argparse.Namespace) -> list[dict]:
             AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, Path(tmp) / "m"
         )
         started = time.perf_counter()
-        engines = Engines.start_local(str(served), Path(tmp) / "engine.log", dtype="float32")
+        engines = VLLMServers.start_local(str(served), Path(tmp) / "engine.log", dtype="float32")
         start_s = time.perf_counter() - started
         try:
             for concurrency in args.concurrency:

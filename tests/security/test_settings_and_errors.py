@@ -119,10 +119,10 @@ def test_rollout_urls_take_the_form_dr_serve_prints(given, root):
 
 
 def test_a_rollout_url_with_v1_reaches_the_server_and_a_bad_one_is_one_line(tmp_path):
-    from dr_train.rollout import Engines
+    from dr_train.rollout import VLLMServers
 
     with scripted_server([Reply()], max_model_len=2048) as server:
-        engines = Engines([server.url])  # ends in /v1, as dr serve prints it
+        engines = VLLMServers([server.url])  # ends in /v1, as dr serve prints it
         engines.check()
         assert engines.model == "m"
         engines.close()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dr_core.engines import available
+from dr_core.extras import available
 from dr_core.records import Task
 from dr_train.config import RLConfig
 from dr_train.policy import Turn

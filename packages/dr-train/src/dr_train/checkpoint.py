@@ -159,7 +159,7 @@ def save_run(
     name: str | None,
     *,
     dist: Any,
-    engine: Any,
+    backend: Any,
     module: Any,
     tokenizer: Any,
     state: dict[str, Any],
@@ -168,7 +168,7 @@ def save_run(
     extra: Any = None,
 ) -> None:
     """Write `OUT/NAME` (or the final model into `OUT` when `name` is None), as every trainer saves: the
-    model as a Hugging Face folder, its tokenizer, the optimizer (`engine`'s; DeepSpeed's sharded state on
+    model as a Hugging Face folder, its tokenizer, the optimizer (`backend`'s; DeepSpeed's sharded state on
     every rank), the RNG, `extra(folder)` (e.g. a value head), and `state` (trainer_state.json, with
     `done`), staged and then published atomically. Every rank calls it."""
     import torch
@@ -177,14 +177,14 @@ def save_run(
 
     tag = name or "final"
     folder = staging(out, tag) if dist.main else out / f"{tag}.partial"
-    if engine.sharded:
+    if backend.sharded:
         barrier(dist)  # the first rank has emptied the folder
-        engine.save(folder)
+        backend.save(folder)
     if dist.main:
         save_model(module, folder, state_dict)
         tokenizer.save_pretrained(folder)
-        if not engine.sharded:
-            engine.save(folder)
+        if not backend.sharded:
+            backend.save(folder)
         torch.save(rng_state(), folder / "rng.pt")
         if extra is not None:
             extra(folder)

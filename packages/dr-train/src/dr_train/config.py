@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dr_core.config_cli import flag, not_a_flag
+from dr_core.flags import flag, not_a_flag
 from dr_core.options import OnErrorChoice
 from dr_core.server import server_root
 
@@ -115,13 +115,13 @@ class TrainConfig(BaseModel):
 
     @property
     def deepspeed_settings(self) -> Any:
-        from dr_train.engine import DeepSpeedSettings
+        from dr_train.backend import DeepSpeedSettings
 
         return DeepSpeedSettings(self.zero, self.offload, self.deepspeed)
 
     @property
     def optim(self) -> Any:
-        from dr_train.engine import OptimSettings
+        from dr_train.backend import OptimSettings
 
         return OptimSettings(self.lr, self.betas, self.weight_decay, self.clip)
 

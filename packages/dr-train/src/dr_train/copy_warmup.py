@@ -58,7 +58,7 @@ def run_copy_warmup(trainer: Trainer) -> dict[str, Any]:
     per_row = max(1, config.max_len // COPY_DOC)
     # DeepSpeed counts its micro-steps: there, one row per micro-step
     rows_per_step = trainer.micro_steps
-    if not trainer.engine.lockstep:
+    if not trainer.backend.lockstep:
         rows_per_step = max(rows_per_step, math.ceil(COPY_DOCS / per_row))
         per_row = min(per_row, math.ceil(COPY_DOCS / rows_per_step))
     lr = min(config.lr, COPY_LR)
@@ -79,7 +79,7 @@ def run_copy_warmup(trainer: Trainer) -> dict[str, Any]:
         # every rank's rows hold the same number of learnt tokens in expectation; the step's count
         normalizer = int(trainer.reduce(sum(sum(1 for x in r.labels if x != IGNORE) for r in rows)))
         summed, _ = trainer.forward_backward(rows, normalizer)
-        trainer.engine.step(lr * min(1.0, step / 50))
+        trainer.backend.step(lr * min(1.0, step / 50))
         loss = trainer.reduce(summed) / normalizer
         if step % 50 == 0 or step == config.copy_warmup:
             accuracy = copy_accuracy(trainer, held_out)

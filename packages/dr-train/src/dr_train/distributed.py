@@ -2,7 +2,7 @@
 
 `--nproc N` runs a recipe again as N ranks under `torch.distributed.run` (`python -m dr_train RECIPE
 CONFIG.json`); a command started by `torchrun`/`deepspeed` itself (WORLD_SIZE set) is one rank of the job
-and trains as such. The DeepSpeed config itself is built in `dr_train.engine`.
+and trains as such. The DeepSpeed config itself is built in `dr_train.backend`.
 """
 
 from __future__ import annotations

@@ -35,16 +35,16 @@ from dr_core.records import Task, Trajectory
 from dr_kernels.attention import cpu_length
 from dr_train import checkpoint, seeds
 from dr_train.algorithms import LossStats, algorithm
+from dr_train.backend import DeepSpeedSettings, OptimSettings, TrainBackend, make_backend
 from dr_train.chat import IGNORE
 from dr_train.config import RLConfig
 from dr_train.distributed import Dist, barrier
-from dr_train.engine import DeepSpeedSettings, Engine, OptimSettings, make_engine
 from dr_train.policy import LocalPolicy, Recording, record_turns
 from dr_train.rewards import Rewarder, Scored, reward_metrics
 from dr_train.rollout import (
     EngineError,
     EnginePolicy,
-    Engines,
+    VLLMServers,
     probe_tokens,
     sampling_seed,
     write_engine_weights,
@@ -195,7 +195,7 @@ class RLTrainer:
         dist: Dist | None = None,
         device: Any = None,
         deepspeed: DeepSpeedSettings | None = None,
-        engines: Engines | None = None,
+        engines: VLLMServers | None = None,
         sync_tolerance: float = 0.1,
         settings: dict[str, Any] | None = None,
     ) -> None:
@@ -228,7 +228,7 @@ class RLTrainer:
             reference.to(self.device)
         # every rank runs this many passes per optimizer step: its share of a minibatch, padded
         self.micro_steps = math.ceil(config.minibatch / self.dist.world)
-        self.engine: Engine = make_engine(
+        self.backend: TrainBackend = make_backend(
             model,
             OptimSettings(config.lr, weight_decay=config.weight_decay, clip=config.grad_clip),
             deepspeed or DeepSpeedSettings(),
@@ -422,7 +422,7 @@ class RLTrainer:
                 tokens = sum(s.actions for s in batch)
                 rollouts = len({s.rollout for s in batch})
                 passes: list[Sequence | None] = list(batch[rank::world])
-                if self.engine.lockstep:
+                if self.backend.lockstep:
                     passes += [None] * (self.micro_steps - len(passes))
                 for given in passes:
                     # a rank short of sequences runs one of the batch with weight 0 (no gradient), so
@@ -436,8 +436,8 @@ class RLTrainer:
                     # DeepSpeed averages gradients over the ranks; the minibatch's loss is their sum
                     weight = weight * world if real else 0.0
                     loss = self._loss(seq, stats if real else None)
-                    self.engine.backward(loss * weight)
-                self.engine.step()
+                    self.backend.backward(loss * weight)
+                self.backend.step()
         if world > 1:
             summed = stats.tensor()
             torch_dist.all_reduce(summed)
@@ -618,14 +618,14 @@ class RLTrainer:
             "total_steps": self.config.steps,
             "reference": self.reference_path,
             "world": self.dist.world,
-            "deepspeed": self.engine.sharded,
+            "deepspeed": self.backend.sharded,
             "settings": self.settings,
         }
         checkpoint.save_run(
             self.out,
             name,
             dist=self.dist,
-            engine=self.engine,
+            backend=self.backend,
             module=self.model,
             tokenizer=self.tokenizer,
             state=state,
@@ -636,14 +636,14 @@ class RLTrainer:
     def _load(self, folder: Path) -> None:
         state = checkpoint.read_state(folder)
         sharded = bool(state.get("deepspeed"))
-        if sharded != self.engine.sharded or (sharded and state.get("world", 1) != self.dist.world):
+        if sharded != self.backend.sharded or (sharded and state.get("world", 1) != self.dist.world):
             ran = f"DeepSpeed on {state.get('world', 1)} ranks" if sharded else "without DeepSpeed"
-            now = f"DeepSpeed on {self.dist.world} ranks" if self.engine.sharded else "without DeepSpeed"
+            now = f"DeepSpeed on {self.dist.world} ranks" if self.backend.sharded else "without DeepSpeed"
             raise InputError(f"--resume: {folder} was trained {ran}; this run asks for {now}")
         checkpoint.check_settings(folder, state.get("settings", {}), self.settings, before=UNRECORDED)
         self.step = state["step"]
-        self.engine.load(folder)
-        if self.value_head is not None and not self.engine.sharded:
+        self.backend.load(folder)
+        if self.value_head is not None and not self.backend.sharded:
             self.value_head.load_state_dict(torch.load(folder / "value_head.pt", weights_only=True))
         checkpoint.set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
         logger.info("resumed RL from %s at step %d", folder, self.step)

@@ -6,12 +6,12 @@ the prompt as token ids to `/v1/completions`, and records the prompt, the sample
 log-probabilities of them, so the update trains on exactly what was sampled and can measure how far the
 engine's numbers are from the trainer's.
 
-Weight sync (`Engines.sync`): vLLM's transfer engines (NCCL, CUDA IPC) need GPUs, so dr uses the path vLLM
+Weight sync (`VLLMServers.sync`): vLLM's transfer engines (NCCL, CUDA IPC) need GPUs, so dr uses the path vLLM
 offers on every build: the trainer writes the policy as a Hugging Face folder, and each engine reloads it in
 place (`/collective_rpc` `reload_weights` with `weights_path`), drops its prefix cache (KV computed with
 the old weights), and takes the new version name (`/update_weight_version`, read back from
 `/weight_info`). A probe then checks the engine holds the trainer's weights: vLLM's prompt
-log-probabilities of a fixed sequence against the trainer's own. Engines on other machines are URLs; the
+log-probabilities of a fixed sequence against the trainer's own. VLLMServers on other machines are URLs; the
 folder must then be on a filesystem they share. The endpoints are vLLM's development API:
 `VLLM_SERVER_DEV_MODE=1`, which the engine dr starts for itself sets.
 
@@ -58,12 +58,12 @@ PROBE_TOKENS = 48  # tokens of the sync probe
 PauseMode = Literal["abort", "wait"]
 
 
-class Engines:
+class VLLMServers:
     """vLLM servers at `urls` that serve the policy under the name `model`."""
 
     def __init__(self, urls: list[str], timeout: float = 600.0) -> None:
         if not urls:
-            raise ValueError("Engines needs at least one URL")
+            raise ValueError("VLLMServers needs at least one URL")
         self.urls = [server_root(url) for url in urls]
         self.http = httpx.Client(timeout=timeout)
         self.model = ""
@@ -81,7 +81,9 @@ class Engines:
     # ---- starting and checking -------------------------------------------------------------------
 
     @classmethod
-    def start_local(cls, model_dir: str, log_path: Path, timeout: float = 600.0, **settings: Any) -> Engines:
+    def start_local(
+        cls, model_dir: str, log_path: Path, timeout: float = 600.0, **settings: Any
+    ) -> VLLMServers:
         """Start one vLLM server for `model_dir` on a free loopback port, as `dr serve` would, with the
         development API the weight sync uses; wait until it answers."""
         from dr_core.serving import managed
@@ -297,7 +299,7 @@ def _why(exc: BaseException) -> str:
 class EnginePolicy:
     """chat() through vLLM engines, for the agent's rollouts; safe for concurrent rollouts."""
 
-    def __init__(self, engines: Engines, tokenizer: Any, max_context: int) -> None:
+    def __init__(self, engines: VLLMServers, tokenizer: Any, max_context: int) -> None:
         self.engines = engines
         self.tokenizer = tokenizer
         self.max_context = max_context

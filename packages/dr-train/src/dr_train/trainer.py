@@ -27,12 +27,12 @@ from pydantic import BaseModel, Field
 from dr_core.errors import InputError
 from dr_core.log import logger, progress
 from dr_train import checkpoint
+from dr_train.backend import TrainBackend, make_backend
 from dr_train.chat import IGNORE
 from dr_train.config import TrainConfig
 from dr_train.cpu import checkpoint_kwargs
 from dr_train.data import Dataset
 from dr_train.distributed import Dist
-from dr_train.engine import Engine, make_engine
 from dr_train.pack import Row
 from dr_train.rows import epoch_order, row_flops, row_tensors, shard, token_losses
 
@@ -133,7 +133,7 @@ class Trainer:
         model.train()
         self.params = sum(p.numel() for p in model.parameters())
         mpu = self._sequence_parallel(model) if config.sp > 1 else None
-        self.engine: Engine = make_engine(
+        self.backend: TrainBackend = make_backend(
             model,
             config.optim,
             config.deepspeed_settings,
@@ -143,13 +143,13 @@ class Trainer:
             bf16=config.bf16,
             mpu=mpu,
         )
-        self.module = self.engine.module
+        self.module = self.backend.module
         torch.manual_seed(config.seed)
         if self.resume_from is not None:
             self._load(self.resume_from)
 
     def _sequence_parallel(self, model: Any) -> Any:
-        """Route attention through DeepSpeed's Ulysses wrapper; returns its process groups for the engine."""
+        """Route attention through DeepSpeed's Ulysses wrapper; returns its process groups for the backend."""
         if not self.config.kernels:
             raise InputError(
                 "--sp needs the kernels' packed attention (drop --no-kernels): Ulysses discards the 4-D "
@@ -185,7 +185,7 @@ class Trainer:
         state = checkpoint.read_state(folder)
         self.step = state["step"]
         self.tokens_seen = state["tokens"]
-        self.engine.load(folder)
+        self.backend.load(folder)
         checkpoint.set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
         logger.info("resumed from %s at step %d", folder, self.step)
 
@@ -220,9 +220,9 @@ class Trainer:
         scale = self.dp_world / normalizer
         for row in rows:
             batch = self._batch(row)
-            with self.engine.autocast(), offload:
-                summed = token_losses(self.module, batch, self.config.kernels, self.engine.zero3)
-            self.engine.backward(summed * scale)
+            with self.backend.autocast(), offload:
+                summed = token_losses(self.module, batch, self.config.kernels, self.backend.zero3)
+            self.backend.backward(summed * scale)
             total += float(summed.detach())
             tokens += len(row) if self.sp_rank == 0 else 0
         return total, tokens
@@ -253,7 +253,7 @@ class Trainer:
             lr = lr_at(step, self.total_steps, config)
             started = time.perf_counter()
             summed, tokens = self.forward_backward(rows, normalizer)
-            norm = self.engine.step(lr)
+            norm = self.backend.step(lr)
             self._sync()
             elapsed = time.perf_counter() - started
             summed = self.reduce(summed)
@@ -324,7 +324,7 @@ class Trainer:
         with torch.no_grad():
             for row in rows:
                 batch = self._batch(row)
-                total += float(token_losses(model, batch, self.config.kernels, self.engine.zero3))
+                total += float(token_losses(model, batch, self.config.kernels, self.backend.zero3))
                 count += int((batch["labels"] != IGNORE).sum())
         model.train()
         total, count = self.reduce(total), self.reduce(count)
@@ -348,12 +348,12 @@ class Trainer:
             self.out,
             name,
             dist=self.dist,
-            engine=self.engine,
+            backend=self.backend,
             module=self.module,
             tokenizer=self.tokenizer,
             state=state,
             keep=self.config.keep,
-            state_dict=self.engine.model_state(),  # every rank: ZeRO-3 gathers the parameters
+            state_dict=self.backend.model_state(),  # every rank: ZeRO-3 gathers the parameters
         )
 
     def _sync(self) -> None:

@@ -7,7 +7,7 @@ asks the engine to join (`/init_weight_transfer_engine`, over HTTP) while it joi
 on a free port of the address the engine reaches it by. Each sync then sends the parameter names, dtypes and
 shapes (`/start_weight_update`, `/update_weights`) while it broadcasts the tensors, and finishes the update
 (`/finish_weight_update`). The engine must be started with `--weight-transfer-config '{"backend": "nccl"}'`
-(the engine the recipe starts for itself is: recipes.rl.ENGINE_FLAGS). `Engines.sync` pauses and resumes
+(the engine the recipe starts for itself is: recipes.rl.ENGINE_FLAGS). `VLLMServers.sync` pauses and resumes
 the engines around it, and `RLTrainer.sync_engines` checks a probe's log-probabilities afterwards, as for
 the disk path.
 

@@ -24,13 +24,13 @@ from dr_core.server import ManagedServer
 from dr_core.serving import fallback_reason, model_config
 from dr_judge.build import make_judge
 from dr_train import checkpoint, distributed
+from dr_train.backend import DeepSpeedSettings
 from dr_train.config import RLConfig, RLRecipeConfig
-from dr_train.engine import DeepSpeedSettings
 from dr_train.model import RopeSettings, build, is_checkpoint
 from dr_train.recipes.common import rank_rejects
 from dr_train.rewards import Rewarder
 from dr_train.rl import RLTrainer, engine_folder, frozen_copy
-from dr_train.rollout import Engines, write_engine_weights
+from dr_train.rollout import VLLMServers, write_engine_weights
 
 
 def run(config: RLRecipeConfig) -> dict[str, Any] | None:
@@ -83,7 +83,7 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
         rewarder = rewarder_for(config, tasks, config.judge_base_url, config.judge_model)
     start = str(resume_from) if resume_from is not None else config.model
     plan = rollout_engines(config, start, dist.world)  # before the models load: a bad URL fails fast
-    engines = plan if isinstance(plan, Engines) else None
+    engines = plan if isinstance(plan, VLLMServers) else None
     judge_server = None
     try:
         if config.judge_serve:
@@ -97,7 +97,7 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
             folder = write_engine_weights(policy, tokenizer, engine_folder(Path(config.out)))
             log = Path(config.out) / "rollout-engine.log"
             extra = ENGINE_FLAGS if config.weight_sync == "nccl" else []
-            engines = Engines.start_local(str(folder), log, dtype="float32", extra=extra)
+            engines = VLLMServers.start_local(str(folder), log, dtype="float32", extra=extra)
         reference = None
         if config.kl_coef:  # the starting policy; a resumed run reads it again from --model
             reference = frozen_copy(
@@ -174,7 +174,7 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def rollout_engines(config: RLRecipeConfig, policy_dir: str, world: int) -> Engines | str | None:
+def rollout_engines(config: RLRecipeConfig, policy_dir: str, world: int) -> VLLMServers | str | None:
     """The vLLM engines the policy samples in: those at --rollout-url (checked), LOCAL (one to start
     here), or None (generate in this process)."""
     engine = config.engine
@@ -205,7 +205,7 @@ def rollout_engines(config: RLRecipeConfig, policy_dir: str, world: int) -> Engi
             )
         return None
     if config.rollout_url:
-        engines = Engines(config.rollout_url)
+        engines = VLLMServers(config.rollout_url)
         engines.check()
         return engines
     why = fallback_reason(model_config(policy_dir))

@@ -1,12 +1,13 @@
 """The optimizer side of training, one interface over the plain loop and DeepSpeed.
 
-A trainer asks its engine for `module` (the model to run forward), `backward(loss)` once per micro-batch,
-`step(lr)` once per optimizer step (clipping, the update, zeroed gradients; returns the gradient norm),
-`autocast()` around the forward pass, and `save(folder)` / `load(folder)` for the optimizer state. It
-never asks which engine it holds.
+A trainer asks its backend (`TrainBackend`) for `module` (the model to run forward), `backward(loss)` once
+per micro-batch, `step(lr)` once per optimizer step (clipping, the update, zeroed gradients; returns the
+gradient norm), `autocast()` around the forward pass, and `save(folder)` / `load(folder)` for the optimizer
+state. It never asks which backend it holds. (DeepSpeed's own `engine` is DeepSpeed's word, kept inside
+`DeepSpeedBackend`.)
 
-- `PlainEngine`: the model on one device, torch's AdamW, `optimizer.pt` in each checkpoint.
-- `DeepSpeedEngine`: DeepSpeed's engine (ZeRO 0-3, offload, Ulysses groups), its sharded state under
+- `PlainBackend`: the model on one device, torch's AdamW, `optimizer.pt` in each checkpoint.
+- `DeepSpeedBackend`: DeepSpeed's engine (ZeRO 0-3, offload, Ulysses groups), its sharded state under
   `deepspeed/` in each checkpoint. DeepSpeed counts micro-batches itself, so every rank must run the same
   number of them per step (`lockstep`).
 
@@ -29,7 +30,7 @@ from dr_core.errors import InputError
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """AdamW and gradient clipping, the same for either engine."""
+    """AdamW and gradient clipping, the same for either backend."""
 
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
@@ -107,7 +108,7 @@ class DeepSpeedSettings:
         return config
 
 
-class Engine(Protocol):
+class TrainBackend(Protocol):
     module: Any
     sharded: bool  # the optimizer state is DeepSpeed's, one shard per rank
     lockstep: bool  # every rank runs the same number of micro-batches per step
@@ -126,7 +127,7 @@ class Engine(Protocol):
     def load(self, folder: Path) -> None: ...
 
 
-class PlainEngine:
+class PlainBackend:
     """The model on one device with torch's AdamW; bf16 by autocast."""
 
     sharded = False
@@ -183,7 +184,7 @@ class PlainEngine:
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
 
 
-class DeepSpeedEngine:
+class DeepSpeedBackend:
     """DeepSpeed's engine. `backward` counts a micro-batch; the step after the last of them updates."""
 
     sharded = True
@@ -257,7 +258,7 @@ class DeepSpeedEngine:
         self.engine.load_checkpoint(str(folder / "deepspeed"), load_module_strict=False)
 
 
-def make_engine(
+def make_backend(
     module: Any,
     optim: OptimSettings,
     deepspeed: DeepSpeedSettings,
@@ -269,11 +270,11 @@ def make_engine(
     extra: Any = None,
     mpu: Any = None,
     rollouts: bool = False,
-) -> Engine:
-    """The engine the settings ask for. `rollouts`: the model also generates (RL), so it stays whole on
+) -> TrainBackend:
+    """The backend the settings ask for. `rollouts`: the model also generates (RL), so it stays whole on
     every rank (no ZeRO-3) and the batch shape is the trainer's own."""
     if deepspeed.wanted:
-        return DeepSpeedEngine(
+        return DeepSpeedBackend(
             module, optim, deepspeed, micro_steps, world, bf16, extra, mpu, not rollouts, rollouts
         )
-    return PlainEngine(module, optim, device, bf16, extra)
+    return PlainBackend(module, optim, device, bf16, extra)

