@@ -11,7 +11,7 @@ offers on every build: the trainer writes the policy as a Hugging Face folder, a
 place (`/collective_rpc` `reload_weights` with `weights_path`), drops its prefix cache (KV computed with
 the old weights), and takes the new version name (`/update_weight_version`, read back from
 `/weight_info`). A probe then checks the engine holds the trainer's weights: vLLM's prompt
-log-probabilities of a fixed sequence against the trainer's own. VLLMServers on other machines are URLs; the
+log-probabilities of a fixed sequence against the trainer's own. Engines on other machines are URLs; the
 folder must then be on a filesystem they share. The endpoints are vLLM's development API:
 `VLLM_SERVER_DEV_MODE=1`, which the engine dr starts for itself sets.
 
