@@ -76,7 +76,7 @@ def pinned_engine(model: Path, folder: Path, log: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dr_core.serving import managed
-    from dr_train.rollout import write_engine_weights
+    from dr_train.rl.engines import write_engine_weights
 
     weights = write_engine_weights(
         AutoModelForCausalLM.from_pretrained(model, dtype="float32"),

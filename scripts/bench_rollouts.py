@@ -98,7 +98,7 @@ def generation(args: argparse.Namespace) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dr_core.models import resolve
-    from dr_train.rollout import VLLMServers, write_engine_weights
+    from dr_train.rl.engines import VLLMServers, write_engine_weights
 
     model_dir = resolve(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

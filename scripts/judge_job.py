@@ -25,7 +25,8 @@ import os
 import time
 from pathlib import Path
 
-from main_job import resumed, run, served
+from main_job import run
+from served import served
 
 from dr_core.models import resolve as resolve_model
 
@@ -77,7 +78,7 @@ def main() -> None:
     if not (model / "trainer_state.json").exists():
         timed("judge_sft", "train", "sft", examples, "--model", args.model, "-o", model, "--max-len", "2048",
               "--lr", str(args.lr), "--warmup", "10", "--epochs", "1", "--save-every", "50",
-              *resumed(model))  # fmt: skip
+              "--resume")  # fmt: skip
 
     unseen = out / f"world-{args.eval_seed}"
     if not (unseen / "reports-test.jsonl").exists():

@@ -7,7 +7,9 @@
 With --base-model scratch (--quick's default) a tiny model is instead trained from scratch: copy drills,
 then mid-training on another world's encyclopedia and the trajectories, before SFT. Every step is the `dr`
 command a user would type (printed to stderr as it runs), reading and writing JSONL and checkpoints under
---out; re-running skips the steps whose outputs exist. The tables go to stdout and to OUT/results.md,
+--out. Re-running it is safe: the data steps are skipped when their output exists, and every training and
+bench command runs with --resume, which leaves a finished run alone, continues an interrupted one, and
+(for the benches) sets aside a run made with other settings. The tables go to stdout and to OUT/results.md,
 OUT/hops.md and OUT/compare.md. The benches and RL rollouts generate with vLLM where it is installed
 (--engine). Flags swap in another base model (--base-model FOLDER), a real teacher endpoint (--teacher
 endpoint --teacher-base-url URL --teacher-model M) and a GPU (--gpu: bf16 training).
@@ -19,7 +21,6 @@ endpoint --teacher-base-url URL --teacher-model M) and a GPU (--gpu: bf16 traini
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -30,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_core.models import resolve as resolve_model
-from dr_core.proc import child_of_this_process, free_port
-from dr_core.server import ManagedServer, ServerError
+from dr_core.proc import child_of_this_process
 from dr_core.serving import choose_engine, model_config
 
 DR = [sys.executable, "-m", "dr_cli.main"]
@@ -52,9 +52,10 @@ def run(*args: str | Path, stdout: Path | None = None, allow: tuple[int, ...] = 
     return text
 
 
-def resumed(folder: Path) -> list[str]:
-    """--resume when an earlier, interrupted run of this step left checkpoints behind."""
-    return ["--resume"] if any(folder.glob("checkpoint-*/trainer_state.json")) else []
+def once(output: Path, *args: str | Path) -> None:
+    """`dr ARGS`, unless `output` (what it writes) is already there: the data steps, which do not resume."""
+    if not output.exists():
+        run(*args)
 
 
 def engine_for(model: Path, args: argparse.Namespace) -> str:
@@ -70,89 +71,37 @@ def concurrency(model: Path, args: argparse.Namespace) -> int:
     return args.concurrency or (16 if engine_for(model, args) == "vllm" else 2)
 
 
-@contextlib.contextmanager
-def served(model: Path, args: argparse.Namespace, log: Path):
-    """`dr serve MODEL` in the background until the block ends; yields its OpenAI-compatible base URL."""
-    port = free_port()
-    if engine_for(model, args) == "vllm":
-        # served under its path, which is the name the bench asks for (vLLM would take the folder's name;
-        # transformers serve answers to the model as given)
-        engine = ["--engine", "vllm", "--served-model-name", str(model)]
-    else:
-        engine = ["--engine", "transformers", "--device", "auto" if args.gpu else "cpu"]
-    command = [*DR, "serve", str(model), "--port", str(port), "--host", "127.0.0.1", *engine]
-    print("$ dr " + shlex.join(command[len(DR) :]) + " &", file=sys.stderr, flush=True)
-    server = ManagedServer(command, port, name=f"dr serve {model}", log=log, timeout_s=600)
-    try:
-        with server:
-            yield f"{server.url}/v1"
-    except ServerError as exc:
-        sys.exit(f"main job: {exc}")
-
-
-def bench_settings(args: argparse.Namespace, reports: bool = False) -> dict[str, Any]:
-    """What decides a bench's scores besides the model: the `dr bench run` flags that set the agent and the
-    tasks, and the agent's environment. A bench run with other settings is stale."""
+def bench(name: str, model: Path, args: argparse.Namespace, out: Path, reports: bool = False) -> Path:
+    """`dr bench run --resume` of `model` on the held-out questions, or with `reports` the held-out report
+    tasks (judged by their rules: the true checklist score). The bench leaves a finished run of the same
+    setup alone and sets aside (OUT.stale-N) one made with other settings; runs that failed (a server error,
+    not a wrong answer: exit 3) are retried once, and whatever still fails is left out of the table, whose n
+    column says how many were scored."""
+    folder = out / "bench" / name
     limit, steps, tokens = args.bench_tasks, args.agent_steps, args.agent_tokens
     if reports:
         limit, steps, tokens = args.report_bench_tasks, args.report_agent_steps, args.report_agent_tokens
-    flags = ["--limit", str(limit), "--max-steps", str(steps),
-             "--max-tokens", str(tokens), "--temperature", "0", "--tool-mode", "text"]  # fmt: skip
-    return {"flags": flags, "top_k": os.environ["DR_SEARCH_TOP_K"],
-            "max_output_tokens": os.environ["DR_AGENT_MAX_OUTPUT_TOKENS"]}  # fmt: skip
-
-
-def set_aside(folder: Path) -> Path:
-    """Rename a stale output to FOLDER.stale-N (never deleted) so that its step runs again."""
-    n = 1
-    while (aside := folder.with_name(f"{folder.name}.stale-{n}")).exists():
-        n += 1
-    folder.rename(aside)
-    return aside
-
-
-def bench(name: str, model: Path, args: argparse.Namespace, out: Path, reports: bool = False) -> Path:
-    """`dr bench run` of `model` on the held-out questions, or with `reports` the held-out report tasks
-    (judged by their rules: the true checklist score)."""
-    folder = out / "bench" / name
-    summary_path = folder / "summary.json"
-    record = folder / "main_job.json"
-    settings = bench_settings(args, reports)
     suite = out / "world" / ("reports-test.jsonl" if reports else "test.jsonl")
-    if folder.exists() and (not record.exists() or json.loads(record.read_text()) != settings):
-        aside = set_aside(folder)
-        print(f"main job: {folder} was run with other settings than {settings}; moved to {aside}, rerunning",
-              file=sys.stderr)  # fmt: skip
-    # a bench is done when its summary counts no failed run: one stopped by a dead server left failures
-    if summary_path.exists() and not json.loads(summary_path.read_text()).get("failed"):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(settings) + "\n")
-    # served for the run by `dr bench run --serve` (vLLM where it can serve the model, else transformers)
+    # served for the run (vLLM where it can serve the model, else transformers). Text tool calls
+    # (dr_core.tool_text): the server renders exactly the tokens the model trained on; through the tools
+    # API, transformers serve drops the text of assistant turns that call tools and re-serializes their
+    # arguments (tests/agent/test_real_servers.py). RL rollouts render with the tokenizer itself, as training.
     engine = "vllm" if engine_for(model, args) == "vllm" else "transformers"
-    flags = [
+    flags: list[str | Path] = [
         "--suite", suite, "-o", folder, "--serve", model, "--serve-engine", engine, "--index", out / "index",
-        "--no-web", "--concurrency", str(concurrency(model, args)), *settings["flags"],
+        "--no-web", "--concurrency", str(concurrency(model, args)), "--limit", str(limit),
+        "--max-steps", str(steps), "--max-tokens", str(tokens), "--temperature", "0", "--tool-mode", "text",
+        "--resume", "--on-change", "set-aside",
     ]  # fmt: skip
-    # Text tool calls (dr_core.tool_text): the server renders exactly the tokens the model trained on.
-    # Through the tools API, transformers serve drops the text of assistant turns that call tools and
-    # re-serializes their arguments, so from its second step the model reads a history it never saw
-    # (tests/agent/test_real_servers.py). RL rollouts render with the tokenizer itself, as training.
-    # exit 3: some runs failed (a server error, not a wrong answer); they are retried once, and
-    # whatever still fails is left out of the table, whose n column says how many were scored
-    # an interrupted bench left its finished runs in judgments.jsonl.partial, or a summary that counts
-    # failed runs (its server died under it): --resume keeps what finished and reruns the rest
-    interrupted = (folder / "judgments.jsonl.partial").exists() or summary_path.exists()
-    for attempt in range(2):
-        run("bench", "run", *flags, *(["--resume"] if attempt or interrupted else []), allow=(3,))
-        if summary_path.exists():
-            summary = json.loads(summary_path.read_text())
-            if not summary.get("failed"):
-                break
+    for _ in range(2):
+        run("bench", "run", *flags, allow=(3,))
+        if not json.loads((folder / "summary.json").read_text()).get("failed"):
+            break
     return folder
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
+    """The flags, with the defaults that depend on --quick and --base-model filled in."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -262,18 +211,22 @@ def main() -> None:
     if args.judge is None:
         # a judge trained from scratch on the little judge data would not write JSON: quick runs use rules
         args.judge = "rules" if quick or scratch else "trained"
+    return args
+
+
+def main() -> None:
+    args = parse()
+    scratch = args.base_model == "scratch"
     reports = args.report_tasks > 0
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
     world = out / "world"
-    if not (world / "test.jsonl").exists():
-        run("data", "world", "-o", world, "--seed", str(args.seed), "--entities", str(args.entities),
-            "--tasks", str(args.tasks), "--max-hops", "2",
-            "--report-tasks", str(args.report_tasks))  # fmt: skip
-    if not (out / "index").exists():
-        run("data", "index", world / "corpus.jsonl", "-i", out / "index")
+    once(world / "test.jsonl", "data", "world", "-o", world, "--seed", str(args.seed),
+         "--entities", str(args.entities), "--tasks", str(args.tasks), "--max-hops", "2",
+         "--report-tasks", str(args.report_tasks))  # fmt: skip
+    once(out / "index", "data", "index", world / "corpus.jsonl", "-i", out / "index")
     trajectories = out / "trajectories.jsonl"
     # the training tasks the teacher researches: the questions, and the report tasks (the oracle writes a
     # cited report from the articles it opened)
@@ -283,26 +236,26 @@ def main() -> None:
         if not train_tasks.exists():
             text = (world / "train.jsonl").read_text() + (world / "reports-train.jsonl").read_text()
             train_tasks.write_text(text)
-    if not trajectories.exists():
-        teacher = ["--teacher", args.teacher]
-        if args.teacher == "endpoint":
-            teacher += ["--base-url", args.teacher_base_url or "", "--model", args.teacher_model or "",
-                        "--samples", "4"]  # fmt: skip
-        run(
-            "data",
-            "trajectories",
-            train_tasks,
-            "--index",
-            out / "index",
-            *teacher,
-            "-o",
-            trajectories,
-        )
+    teacher = ["--teacher", args.teacher]
+    if args.teacher == "endpoint":
+        teacher += ["--base-url", args.teacher_base_url or "", "--model", args.teacher_model or "",
+                    "--samples", "4"]  # fmt: skip
+    # --resume: an interrupted teacher's finished tasks are kept (an endpoint teacher's are costly)
+    run(
+        "data",
+        "trajectories",
+        train_tasks,
+        "--index",
+        out / "index",
+        *teacher,
+        "-o",
+        trajectories,
+        "--resume",
+    )
     sft_data = out / "sft.jsonl"
-    if not sft_data.exists():
-        # no --decontaminate against the test split: the world keeps test answers out of training by
-        # construction, and its questions share templates, which n-gram decontamination flags as leaks
-        run("data", "sft", trajectories, "-o", sft_data)
+    # no --decontaminate against the test split: the world keeps test answers out of training by
+    # construction, and its questions share templates, which n-gram decontamination flags as leaks
+    once(sft_data, "data", "sft", trajectories, "-o", sft_data)
 
     # auto is bf16 on a GPU or a CPU with AMX; the from-scratch model stays in fp32 on the
     # CPU, as the README's figures for it were measured
@@ -313,34 +266,34 @@ def main() -> None:
     # from the context, which this little text does not teach it.
     mid_world = out / "midtrain-world"
     # (a model from scratch learns its tokenizer from it too)
-    if (args.midtrain_epochs or scratch) and not (mid_world / "corpus.jsonl").exists():
-        run("data", "world", "-o", mid_world, "--seed", str(args.seed + 1000),
-            "--entities", str(args.midtrain_entities), "--tasks", "10")  # fmt: skip
+    if args.midtrain_epochs or scratch:
+        once(mid_world / "corpus.jsonl", "data", "world", "-o", mid_world, "--seed", str(args.seed + 1000),
+             "--entities", str(args.midtrain_entities), "--tasks", "10")  # fmt: skip
     mid_data = [mid_world / "corpus.jsonl", sft_data]
     # a model a package ships (--base-model smollm2-135m) is its converted folder (dr_core.models)
     base = out / "models" / "base" if scratch else Path(resolve_model(args.base_model))
-    if scratch and not (base / "trainer_state.json").exists():
+    # Every `dr train` runs with --resume: a finished run is left alone (refused if asked for with other
+    # settings), an interrupted one continues from its last checkpoint, and a new one starts.
+    if scratch:
         # the untrained model: random weights and a tokenizer learnt from the training text, zero steps
         run("train", "midtrain", *mid_data, "--model", args.tiny, "-o", base, "--max-steps", "0",
-            "--seed", str(args.seed))  # fmt: skip
+            "--seed", str(args.seed), "--resume")  # fmt: skip
     mid_model = out / "models" / "mid"
-    if args.midtrain_epochs and not (mid_model / "trainer_state.json").exists():
+    if args.midtrain_epochs:
         run("train", "midtrain", *mid_data, "--model", base, "-o", mid_model, "--max-len", str(args.max_len),
             "--epochs", str(args.midtrain_epochs), "--lr", str(args.midtrain_lr), "--warmup", "50",
-            "--no-grad-ckpt", "--save-every", "500", "--seed", str(args.seed), *resumed(mid_model),
+            "--no-grad-ckpt", "--save-every", "500", "--seed", str(args.seed), "--resume",
             "--copy-warmup", str(args.copy_warmup), *precision)  # fmt: skip
     sft_model = out / "models" / "sft"
-    if not (sft_model / "trainer_state.json").exists():
-        start = mid_model if args.midtrain_epochs else base
-        # from scratch: the tiny model's measured setting; a 135M model: checkpointing (3 GiB smaller than
-        # without, 15% slower: docs/benchmarks.md), and a fixed number of steps of --tokens-per-step
-        shape = ["--no-grad-ckpt"] if scratch else [
-            "--tokens-per-step", str(args.tokens_per_step),
-            *(["--max-steps", str(args.sft_steps)] if args.sft_steps else [])]  # fmt: skip
-        run("train", "sft", sft_data, "--model", start, "-o", sft_model, "--max-len", str(args.max_len),
-            "--epochs", str(args.sft_epochs), "--lr", str(args.sft_lr), "--warmup", "10", *shape,
-            "--save-every", "50" if not scratch else "200", "--seed", str(args.seed), *resumed(sft_model),
-            *precision)  # fmt: skip
+    # from scratch: the tiny model's measured setting; a 135M model: checkpointing (3 GiB smaller than
+    # without, 15% slower: docs/benchmarks.md), and a fixed number of steps of --tokens-per-step
+    shape = ["--no-grad-ckpt"] if scratch else [
+        "--tokens-per-step", str(args.tokens_per_step),
+        *(["--max-steps", str(args.sft_steps)] if args.sft_steps else [])]  # fmt: skip
+    run("train", "sft", sft_data, "--model", mid_model if args.midtrain_epochs else base, "-o", sft_model,
+        "--max-len", str(args.max_len), "--epochs", str(args.sft_epochs), "--lr", str(args.sft_lr),
+        "--warmup", "10", *shape, "--save-every", "50" if not scratch else "200", "--seed", str(args.seed),
+        "--resume", *precision)  # fmt: skip
     rl_model = out / "models" / "rl"
     runs = [("untrained", base), *([("mid", mid_model)] if args.midtrain_epochs else []), ("sft", sft_model)]
     folders = [bench(name, model, args, out) for name, model in runs]
@@ -364,15 +317,13 @@ def main() -> None:
         args.agent_steps, args.agent_tokens)  # fmt: skip
 
     def train_rl(folder: Path, reward: list[str | Path]) -> None:
-        if (folder / "trainer_state.json").exists():
-            return
         run("train", "rl", rl_tasks, "--model", sft_model, "--index", out / "index", *reward,
             "-o", folder, "--algo", args.algo, "--steps", str(args.rl_steps),
             "--tasks-per-step", str(args.rl_tasks), "--group", str(args.rl_group),
             "--lr", str(args.rl_lr), "--temperature", str(args.rl_temperature),
             "--max-steps", str(steps), "--max-tokens", str(tokens),
             "--concurrency", str(concurrency(sft_model, args)),
-            "--save-every", "2", "--seed", str(args.seed), *resumed(folder),
+            "--save-every", "2", "--seed", str(args.seed), "--resume",
             "--engine", engine_for(sft_model, args))  # fmt: skip
 
     curves = [rl_model]
@@ -446,11 +397,8 @@ def judge_on_policy(out: Path, bench_folder: Path, args: argparse.Namespace) -> 
     judged = out / f"judged-{bench_folder.name}.jsonl"
     judge_model = out / "judge" / "models" / "judge"
     tasks = out / "world" / "reports-test.jsonl"
-    if not judged.exists():
-        with served(judge_model, args, out / "serve-judge.log") as url:
-            run("judge", "score", bench_folder / "trajectories.jsonl", "--tasks", tasks, "--no-checks",
-                "--judge-base-url", url, "--judge-model", str(judge_model), "--concurrency", "16",
-                "--on-error", "skip", "-o", judged)  # fmt: skip
+    once(judged, "judge", "score", bench_folder / "trajectories.jsonl", "--tasks", tasks, "--no-checks",
+         "--judge-serve", judge_model, "--concurrency", "16", "--on-error", "skip", "-o", judged)  # fmt: skip
     joined = ["--pred-key", "target_id", "--label-key", "target_id"]
     return json.loads(
         run("judge", "agree", judged, bench_folder / "judgments.jsonl", *joined, "--tasks", tasks)

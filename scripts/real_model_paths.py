@@ -20,7 +20,8 @@ import json
 import os
 from pathlib import Path
 
-from main_job import run, served
+from main_job import run
+from served import served
 
 from dr_core.models import resolve as resolve_model
 

@@ -26,16 +26,13 @@ GROUPS = [
     ("train", "dr_train.cli", "Train: mid-training, SFT and RL into Hugging Face checkpoints."),
     ("judge", "dr_judge.cli", "Judge reports and answers against checklists; agreement with labels."),
     ("bench", "dr_bench.cli", "Benchmark agents on research and deep-search suites."),
-    # one command (its app has no other): its flags are built from its config, which loads pydantic
+    # one command each (its app has no other): its flags are built from configs, which load pydantic
     (
         "serve",
         "dr_serve.cli",
         "Serve a model with vLLM (or transformers serve), and the research API beside it.",
     ),
-]
-# (command name, module, function): packages whose entry point is one command rather than a group
-COMMANDS = [
-    ("research", "dr_agent.cli", "research"),
+    ("research", "dr_agent.cli", "Research a question with the agent, or run it on a task file."),
 ]
 
 
@@ -133,9 +130,6 @@ def build_app() -> typer.Typer:
 
         log.setup(quiet=quiet, verbose=verbose)
         settings.use_config_file(config)
-
-    for name, module, function in COMMANDS:
-        app.command(name)(getattr(importlib.import_module(module), function))
 
     from dr_cli import commands
 

@@ -61,6 +61,11 @@ def test_missing_index_is_a_config_error():
     assert b"search backend 'local' needs an index folder" in result.stderr
 
 
+def research_tasks(tasks, out, url, index) -> list[str]:
+    """`dr research` of every task in `tasks` into `out`, against the model server at `url`."""
+    return ["research", "--tasks", str(tasks), "-o", str(out), "--base-url", url, "--index", str(index)]
+
+
 def test_tasks_run_concurrently_and_resume_skips_finished_ones(drb_index, tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(
@@ -76,17 +81,7 @@ def test_tasks_run_concurrently_and_resume_skips_finished_ones(drb_index, tmp_pa
         return Reply(content=None, tool_calls=[call("answer", text=f"answer to {question}")])
 
     with scripted_server(policy) as srv:
-        args = [
-            "research",
-            "--tasks",
-            str(tasks),
-            "-o",
-            str(out),
-            "--base-url",
-            srv.url,
-            "--index",
-            str(drb_index),
-        ]
+        args = research_tasks(tasks, out, srv.url, drb_index)
         first = dr(*args, "--concurrency", "3")
         assert first.returncode == 0, first.stderr
         assert srv.max_in_flight == 3
@@ -122,17 +117,7 @@ def test_failed_tasks_are_kept_aside_with_skip_and_rerun_on_resume(drb_index, tm
         return Reply(content=None, tool_calls=[call("answer", text="fine")])
 
     with scripted_server(policy) as srv:
-        args = [
-            "research",
-            "--tasks",
-            str(tasks),
-            "-o",
-            str(out),
-            "--base-url",
-            srv.url,
-            "--index",
-            str(drb_index),
-        ]
+        args = research_tasks(tasks, out, srv.url, drb_index)
         failed = dr(*args)
         assert failed.returncode == 3 and b"task bad:" in failed.stderr
         skipped = dr(*args, "--on-error", "skip", "--resume")

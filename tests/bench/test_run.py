@@ -171,7 +171,7 @@ def test_every_run_records_what_decides_its_score_and_comparisons_warn_when_it_d
         assert "index: " not in stderr and "judge: " not in stderr
 
 
-def test_resume_over_a_torn_summary_warns_and_finishes(tmp_path, drb_index):
+def test_resume_over_a_torn_summary_finishes_and_writes_it_whole(tmp_path, drb_index):
     suite = deep_search_suite(tmp_path / "suite.jsonl", 2)
     run = tmp_path / "run"
     with scripted_server(answering_policy()) as srv:
@@ -179,9 +179,43 @@ def test_resume_over_a_torn_summary_warns_and_finishes(tmp_path, drb_index):
         assert subprocess.run(cmd, capture_output=True).returncode == 0
         (run / "summary.json").write_text('{"n": 2, "fingerprint": {"mod')  # the disk filled up mid-write
         resumed = subprocess.run([*cmd, "--resume"], capture_output=True)
+        assert len(srv.requests) == 2  # the runs were in place: none ran again
     assert resumed.returncode == 0, resumed.stderr
-    assert b"setup differs from the one it continues: no fingerprint" in resumed.stderr
-    assert json.loads((run / "summary.json").read_text())["fingerprint"]["search"] == "LocalBackend"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["fingerprint"]["search"] == "LocalBackend"
+
+
+def test_resume_leaves_a_finished_run_alone_and_refuses_or_sets_aside_a_run_of_another_setup(
+    tmp_path, drb_index
+):
+    suite = deep_search_suite(tmp_path / "suite.jsonl", 3)
+    run = tmp_path / "run"
+    with scripted_server(answering_policy()) as srv:
+        cmd = bench_cmd(suite, run, srv.url, "--index", drb_index)
+        first = subprocess.run(cmd, capture_output=True)
+        assert first.returncode == 0, first.stderr
+        # the same setup, finished: nothing runs, and the summary is printed again
+        again = subprocess.run([*cmd, "--resume"], capture_output=True)
+        assert again.returncode == 0 and b"nothing to run" in again.stderr
+        assert len(srv.requests) == 3 and json.loads(again.stdout) == json.loads(first.stdout)
+        # another agent budget, or other tasks: continuing would mix two setups in one score
+        for more, named in (
+            (["--max-steps", "7"], b"agent: max_steps"),
+            (["--limit", "2"], b"tasks: 3 then, 2 now"),
+        ):
+            refused = subprocess.run([*cmd, *more, "--resume"], capture_output=True)
+            assert refused.returncode == 2 and b"holds a run of another setup" in refused.stderr
+            assert named in refused.stderr and b"Traceback" not in refused.stderr
+        assert len(srv.requests) == 3
+        aside = subprocess.run(
+            [*cmd, "--max-steps", "7", "--resume", "--on-change", "set-aside"], capture_output=True
+        )
+        assert aside.returncode == 0, aside.stderr
+        assert len(srv.requests) == 6  # every task ran again under the new setup
+    stale = tmp_path / "run.stale-1"
+    assert json.loads((stale / "summary.json").read_text()) == json.loads(first.stdout)  # kept, not deleted
+    fresh = json.loads((run / "summary.json").read_text())
+    assert fresh["n"] == 3 and fresh["fingerprint"]["agent_settings"]["max_steps"] == 7
 
 
 def test_concurrency_beyond_the_clients_default_cap_keeps_that_many_requests_in_flight(tmp_path, drb_index):
@@ -213,7 +247,7 @@ def test_concurrency_beyond_the_clients_default_cap_keeps_that_many_requests_in_
     )
 
 
-def test_serve_refuses_an_endpoint_given_beside_it_and_names_a_server_that_dies(tmp_path):
+def test_serve_refuses_an_endpoint_given_beside_it_and_names_a_server_that_dies(tmp_path, drb_index):
     suite = tmp_path / "suite.jsonl"
     suite.write_text(
         json.dumps({"id": "q", "question": "Where?", "type": "deep_search", "answer": "X"}) + "\n"
@@ -224,12 +258,20 @@ def test_serve_refuses_an_endpoint_given_beside_it_and_names_a_server_that_dies(
         capture_output=True, timeout=120,
     )  # fmt: skip
     assert both.returncode == 2 and b"--serve serves the model here" in both.stderr
+    # a bad setting is found before a server starts
+    unindexed = subprocess.run(
+        [*DR, "bench", "run", "--suite", str(suite), "-o", str(tmp_path / "u"), "--serve", str(tmp_path),
+         "--serve-engine", "transformers", "--no-web"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert unindexed.returncode == 2 and b"needs an index folder" in unindexed.stderr
+    assert not (tmp_path / "u" / "serve.log").exists()
     # a folder that holds no model: the server exits before it is ready, and the error names its log
     empty = tmp_path / "no-model"
     empty.mkdir()
     died = subprocess.run(
         [*DR, "bench", "run", "--suite", str(suite), "-o", str(tmp_path / "d"), "--serve", str(empty),
-         "--serve-engine", "transformers", "--no-web"],
+         "--serve-engine", "transformers", "--no-web", "--index", str(drb_index)],
         capture_output=True, timeout=300,
     )  # fmt: skip
     assert died.returncode == 3, died.stderr.decode()[-2000:]

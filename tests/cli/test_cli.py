@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from support.cli import DR
 
@@ -291,3 +292,39 @@ def test_repl_on_a_terminal_completes_commands_and_writes_history(tmp_path):
     finally:
         os.close(fd)
     assert "+schema" in history.read_text()
+
+
+@pytest.mark.parametrize(("module", "command"), [("dr_agent.cli", "research"), ("dr_bench.cli", "run")])
+def test_commands_that_run_the_agent_take_every_agent_flag_once_and_pass_them_as_one(
+    module, command, monkeypatch, tmp_path
+):
+    import importlib
+
+    import click
+    import typer
+    from typer.testing import CliRunner
+
+    from dr_agent.flags import AgentFlags
+    from dr_core.config_cli import flag_name
+
+    app = importlib.import_module(module).app
+    click_command = typer.main.get_command(app)
+    if isinstance(click_command, click.Group):  # dr bench: the group of run, report, ...
+        click_command = click_command.commands[command]
+    params = {p.name: [*p.opts, *p.secondary_opts] for p in click_command.params}
+    for name, field in AgentFlags.model_fields.items():
+        assert flag_name(name, field) in params[name] and field.description
+    # the flags given, and only those, reach the agent's settings (the rest stay None for the settings file)
+    seen: dict[str, AgentFlags] = {}
+    monkeypatch.setattr(AgentFlags, "agent", lambda self, runs_at_once=1: seen.update(flags=self) or 1 / 0)
+    argv = ["--max-steps", "7", "--tool-mode", "text", "--no-web", "--index", str(tmp_path)]
+    argv = (
+        ["run", *argv, "--suite", "world:1:30:10", "-o", str(tmp_path / "run")]
+        if command == "run"
+        else [*argv, "why?"]
+    )
+    CliRunner().invoke(app, argv)
+    flags = seen["flags"]
+    assert flags.max_steps == 7 and flags.tool_mode == "text" and flags.no_web is True
+    assert flags.index == tmp_path
+    assert flags.max_tokens is None and flags.model is None and flags.search is None

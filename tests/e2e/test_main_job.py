@@ -80,20 +80,37 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
         assert "reward_judge" not in step and ("reports" not in step or "reward_true" in step)
     sft = [json.loads(line) for line in (out / "models" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert sft[-1]["loss"] < sft[0]["loss"]
-    # a second run finds every output in place and only prints the table again
+    # a second run finds every output in place: every command leaves its finished run alone, and the table
+    # is printed again
+    trained = {
+        m: (out / "models" / m / "model.safetensors").stat().st_mtime_ns for m in ("base", "mid", "sft", "rl")
+    }
+    served = {log: log.stat().st_size for log in (out / "bench").glob("*/serve.log")}
+    assert len(served) == 6
     again = quick_main_job(out, timeout=600)
-    assert again.returncode == 0 and again.stdout.decode() == table
-    assert b"$ dr train" not in again.stderr
+    assert again.returncode == 0 and again.stdout.decode() == table, again.stderr.decode()[-4000:]
+    assert {m: (out / "models" / m / "model.safetensors").stat().st_mtime_ns for m in trained} == trained
+    benches = [line for line in again.stderr.decode().splitlines() if line.startswith("$ dr bench run")]
+    # each bench found its finished run and started no server
+    assert len(benches) == 6 and {log: log.stat().st_size for log in served} == served
+    assert b"$ dr data world" not in again.stderr
     # a bench run with other settings (an older main job's token budget) is set aside, not trusted
-    record = out / "bench" / "untrained" / "main_job.json"
-    settings = json.loads(record.read_text())
-    flags = settings["flags"]
-    older = [*flags[: flags.index("--max-tokens") + 1], "1000", *flags[flags.index("--max-tokens") + 2 :]]
-    record.write_text(json.dumps({**settings, "flags": older}))
+    setup_path = out / "bench" / "untrained" / "setup.json"
+    setup = json.loads(setup_path.read_text())
+    fingerprint = setup["fingerprint"]
+    older = {
+        **fingerprint,
+        "agent_settings": {**fingerprint["agent_settings"], "max_tokens": 1000},
+        "digest": "older",
+    }
+    setup_path.write_text(json.dumps({**setup, "fingerprint": older}))
     third = quick_main_job(out, timeout=600)
     assert third.returncode == 0, third.stderr.decode()[-4000:]
-    benches = [line for line in third.stderr.decode().splitlines() if line.startswith("$ dr bench run")]
-    assert len(benches) == 1 and "bench/untrained " in benches[0]
+    assert b"bench/untrained.stale-1" in third.stderr
+    # only that bench ran again (a server of its own, logged in the new folder)
+    assert [log.parent.name for log in served if log.stat().st_size != served[log]] == ["untrained"]
     stale = out / "bench" / "untrained.stale-1"
-    assert json.loads((stale / "main_job.json").read_text())["flags"] == older != flags
-    assert (stale / "summary.json").is_file() and json.loads(record.read_text()) == settings
+    assert (
+        json.loads((stale / "setup.json").read_text())["fingerprint"]["agent_settings"]["max_tokens"] == 1000
+    )
+    assert (stale / "summary.json").is_file() and json.loads(setup_path.read_text()) == setup

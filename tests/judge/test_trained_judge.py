@@ -4,8 +4,10 @@ or 1; `dr judge agree` counts abstentions apart; a model folder trained for anot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +192,39 @@ def test_judge_data_and_agree_refuse_what_they_cannot_use_with_one_line(tmp_path
     assert (
         result.returncode == 2 and b"no target_id of" in result.stderr and b"Traceback" not in result.stderr
     )
+
+
+@pytest.mark.slow
+def test_judge_serve_serves_a_judge_folder_for_the_run_and_stops_it_after(task, tmp_path):
+    from support.tiny_model import tiny_qwen2
+
+    model = tiny_qwen2(tmp_path / "judge-model")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(task.model_dump_json() + "\n")
+    written = list(reports(task, 1, random.Random(0)))
+    responses = tmp_path / "reports.jsonl"
+    responses.write_text("".join(r.model_dump_json() + "\n" for r in written))
+    out = tmp_path / "judged.jsonl"
+    score = ["judge", "score", responses, "--tasks", tasks, "--no-checks", "-o", out]
+    both = dr(*score, "--judge-serve", model, "--judge-base-url", "http://127.0.0.1:9/v1")
+    assert both.returncode == 2 and b"--judge-serve serves the judge here" in both.stderr
+    # the random model's replies run into the token limit: every item is an abstention that names it,
+    # which only a judge that answered can give
+    result = dr(*score, "--judge-serve", model, env={"DR_JUDGE_MAX_OUTPUT_TOKENS": "16"})
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    judgments = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [j["target_id"] for j in judgments] == [r.id for r in written]
+    verdicts = [v for j in judgments for v in j["verdicts"]]
+    assert verdicts and all(v["verdict"] == "abstain" and "max_tokens 16" in v["rationale"] for v in verdicts)
+    assert (tmp_path / "judged.jsonl.judge-serve.log").stat().st_size > 0  # the server's own output
+    # nothing of the server is left running
+    assert not [line for line in processes() if str(model) in line]
+
+
+def processes() -> list[str]:
+    """The command line of every process still running."""
+    lines = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            lines.append(path.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines

@@ -113,13 +113,13 @@ def test_serve_validates_each_flag_in_one_line(checkpoint, flags):
     ],
 )
 def test_rollout_urls_take_the_form_dr_serve_prints(given, root):
-    from dr_train.rollout import server_root
+    from dr_train.rl.engines import server_root
 
     assert server_root(given) == root
 
 
 def test_a_rollout_url_with_v1_reaches_the_server_and_a_bad_one_is_one_line(tmp_path):
-    from dr_train.rollout import VLLMServers
+    from dr_train.rl.engines import VLLMServers
 
     with scripted_server([Reply()], max_model_len=2048) as server:
         engines = VLLMServers([server.url])  # ends in /v1, as dr serve prints it

@@ -1,4 +1,4 @@
-"""Asynchronous RL's rollout stream (dr_train.stream): how far sampling runs ahead of the update, which groups
+"""Asynchronous RL's rollout stream (dr_train.rl.stream): how far sampling runs ahead of the update, which groups
 are too stale to train on, and errors; and the settings `dr train rl --max-staleness` refuses. The run itself,
 through a vLLM engine, is in test_vllm_rollouts.py."""
 
@@ -14,8 +14,8 @@ import pytest
 from dr_core.extras import available
 from dr_core.records import Task
 from dr_train.config import RLConfig
-from dr_train.policy import Turn
-from dr_train.stream import RolloutStream
+from dr_train.rl.policy import Turn
+from dr_train.rl.stream import RolloutStream
 from support import must
 from support.cli import DR
 
@@ -204,9 +204,9 @@ def test_the_nccl_source_names_every_weight_the_engine_loads_and_a_hung_sync_nam
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dr_train.rollout import EngineError, write_engine_weights
+    from dr_train.rl.engines import EngineError, write_engine_weights
+    from dr_train.rl.weight_sync import PolicySource, _within, reachable_address
     from dr_train.tiny import tiny_qwen2
-    from dr_train.weight_sync import PolicySource, _within, reachable_address
 
     tiny = tiny_qwen2(tmp_path / "tiny")
     model = AutoModelForCausalLM.from_pretrained(tiny)

@@ -167,7 +167,8 @@ def test_the_cpu_kernels_see_only_lengths_rounded_to_the_shape_multiple(tmp_path
 
 
 def test_rl_log_probabilities_on_the_cpu_run_on_rounded_lengths_with_the_same_values(tmp_path, monkeypatch):
-    from dr_train.rl import Sequence, forward
+    from dr_train.rl.rollouts import Sequence
+    from dr_train.rl.update import forward
 
     trainer = trainer_for(tmp_path)
     row = trainer.data.rows[1]

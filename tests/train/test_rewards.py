@@ -17,7 +17,7 @@ from dr_data.judge_data import oracle_report, perturb
 from dr_data.report_tasks import sample_report_tasks
 from dr_data.world import build_world
 from dr_judge.judge import ChecklistJudge, JudgeConfig, JudgeError, judge_reply
-from dr_train.rewards import Rewarder, reward_metrics
+from dr_train.rl.rewards import Rewarder, reward_metrics
 from support.openai_server import Reply, scripted_server
 
 

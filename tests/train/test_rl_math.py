@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from dr_train.chat import IGNORE
-from dr_train.policy import Turn
-from dr_train.rl import sequences_of
-from dr_train.rl_math import (
+from dr_train.rl.math import (
     clipped_policy_loss,
     clipped_value_loss,
     flat_groups,
@@ -19,6 +17,8 @@ from dr_train.rl_math import (
     kl_k3,
     ppo_token_rewards,
 )
+from dr_train.rl.policy import Turn
+from dr_train.rl.rollouts import sequences_of
 
 
 def test_grpo_normalizes_rewards_within_each_group():

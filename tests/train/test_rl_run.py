@@ -197,7 +197,8 @@ def test_resuming_a_run_saved_before_flat_groups_were_skipped_keeps_training_the
     # today's default (skip them) would change the run without a word
     from dr_core.errors import InputError
     from dr_train.checkpoint import check_settings
-    from dr_train.rl import UNRECORDED, RLConfig
+    from dr_train.config import RLConfig
+    from dr_train.recipes.rl import UNRECORDED
 
     old = RLConfig(out=tmp_path).resume_keys()
     del old["skip_flat_groups"]

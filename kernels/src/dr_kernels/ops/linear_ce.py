@@ -249,7 +249,8 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """The loss of `dr_kernels.reference.linear_cross_entropy`, computed chunk by chunk.
+    """The loss of `dr_kernels.reference.linear_cross_entropy`, computed chunk by chunk. Its parameters are
+    the reference's, deliberately repeated (the reference is the op's specification), plus how to chunk.
 
     hidden: (tokens, H) or (batch, tokens, H) with labels to match; weight: (V, H).
     reduction: "mean" (the mask-weighted mean over counted tokens, as the reference), "sum", or "none".

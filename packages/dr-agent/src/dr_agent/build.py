@@ -42,36 +42,3 @@ def build_agent(
         fetcher,
         resolve(AgentConfig, "agent", agent_flags),
     )
-
-
-def agent_from_flags(
-    *,
-    base_url: str | None = None,
-    model: str | None = None,
-    api_key: str | None = None,
-    search: str | None = None,
-    index: Any = None,
-    max_steps: int | None = None,
-    max_tokens: int | None = None,
-    max_time: float | None = None,
-    context_window: int | None = None,
-    temperature: float | None = None,
-    no_web: bool = False,
-    tool_mode: str | None = None,
-    runs_at_once: int = 1,
-) -> ResearchAgent:
-    """The agent for the flags `dr research` and `dr bench run` share (dr_agent.cli's option types)."""
-    return build_agent(
-        llm={"base_url": base_url, "model": model, "api_key": api_key},
-        search={"backend": search, "index": index},
-        agent={
-            "max_steps": max_steps,
-            "max_tokens": max_tokens,
-            "max_time_s": max_time,
-            "context_window": context_window,
-            "temperature": temperature,
-            "tool_mode": str(tool_mode) if tool_mode is not None else None,
-        },
-        web=not no_web,
-        runs_at_once=runs_at_once,
-    )

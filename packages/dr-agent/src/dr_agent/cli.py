@@ -9,18 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dr_agent.options import (
-    IndexOpt,
-    MaxSteps,
-    MaxTime,
-    MaxTokens,
-    NoWeb,
-    SearchOpt,
-    Temperature,
-    ToolMode,
-    Window,
-)
-from dr_core.options import ApiKey, BaseUrl, Model, OnErrorChoice, OnErrorOpt, Output, Rejects, Resume
+from dr_agent.flags import AgentFlags
+from dr_core.config_cli import with_flags
+from dr_core.options import OnErrorChoice, OnErrorOpt, Output, Rejects, Resume
 
 if TYPE_CHECKING:
     from dr_agent.agent import ResearchAgent
@@ -51,6 +42,11 @@ class EventSink:
             self.writer.__exit__(*exc)
 
 
+app = typer.Typer(add_completion=False, help="Research a question with the agent, or run it on a task file.")
+
+
+@app.command("research")
+@with_flags(AgentFlags, "agent_flags")
 def research(
     question: Annotated[str | None, typer.Argument(help="The question; omit when using --tasks.")] = None,
     tasks: Annotated[
@@ -67,46 +63,21 @@ def research(
     on_error: OnErrorOpt = OnErrorChoice.fail,
     rejects: Rejects = None,
     resume: Resume = False,
-    base_url: BaseUrl = None,
-    model: Model = None,
-    api_key: ApiKey = None,
-    search: SearchOpt = None,
-    index: IndexOpt = None,
-    max_steps: MaxSteps = None,
-    max_tokens: MaxTokens = None,
-    max_time: MaxTime = None,
-    context_window: Window = None,
-    temperature: Temperature = None,
-    no_web: NoWeb = False,
-    tool_mode: ToolMode = None,
+    agent_flags: AgentFlags | None = None,
 ) -> None:
     """Research a question with the agent: plan, search, open, verify, and write a cited report.
 
     With a QUESTION the report goes to stdout (or, with --events -, the events do). With --tasks, every
     task runs (--concurrency at a time) and its Trajectory goes to -o; --resume skips tasks already there.
     """
-    from dr_agent.build import agent_from_flags
     from dr_core.errors import InputError
 
+    assert agent_flags is not None
     if (question is None) == (tasks is None):
         raise InputError("give either a QUESTION or --tasks FILE")
     if tasks is not None and events == "-" and output == "-":
         raise InputError("--tasks writes trajectories to stdout: send --events to a file, or use -o")
-    agent = agent_from_flags(
-        base_url=base_url,
-        model=model,
-        api_key=api_key,
-        search=search,
-        index=index,
-        max_steps=max_steps,
-        max_tokens=max_tokens,
-        max_time=max_time,
-        context_window=context_window,
-        temperature=temperature,
-        no_web=no_web,
-        tool_mode=tool_mode,
-        runs_at_once=1 if tasks is None else concurrency,
-    )
+    agent = agent_flags.agent(runs_at_once=1 if tasks is None else concurrency)
     if question is not None:
         _one(agent, question, trajectory, events)
     else:

@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from dr_agent.options import (
-    IndexOpt,
-    MaxSteps,
-    MaxTime,
-    MaxTokens,
-    NoWeb,
-    SearchOpt,
-    Temperature,
-    ToolMode,
-    Window,
-)
+from dr_agent.flags import AgentFlags
+from dr_core.config_cli import with_flags
 from dr_core.files import write_atomic
-from dr_core.options import ApiKey, BaseUrl, Model, Output, Resume
+from dr_core.log import logger
+from dr_core.options import Output, Resume
 from dr_judge.options import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
 
 app = typer.Typer(help="Benchmark agents on research and deep-search suites.", no_args_is_help=True)
 
 DrbDir = Annotated[Path, typer.Option(help="The DeepResearch Bench folder (query.jsonl, criteria.jsonl).")]
+
+
+class OnChange(StrEnum):
+    refuse = "refuse"
+    set_aside = "set-aside"
 
 
 def _needs_model(task: Any) -> bool:
@@ -35,6 +33,7 @@ def _needs_model(task: Any) -> bool:
 
 
 @app.command()
+@with_flags(AgentFlags, "agent_flags")
 def run(
     suite: Annotated[
         str,
@@ -47,18 +46,6 @@ def run(
     concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.", show_default=False)] = None,
     resume: Resume = False,
-    base_url: BaseUrl = None,
-    model: Model = None,
-    api_key: ApiKey = None,
-    search: SearchOpt = None,
-    index: IndexOpt = None,
-    max_steps: MaxSteps = None,
-    max_tokens: MaxTokens = None,
-    max_time: MaxTime = None,
-    context_window: Window = None,
-    temperature: Temperature = None,
-    no_web: NoWeb = False,
-    tool_mode: ToolMode = None,
     judge_base_url: JudgeUrl = None,
     judge_model: JudgeModel = None,
     judge_api_key: JudgeKey = None,
@@ -76,49 +63,70 @@ def run(
     serve_engine: Annotated[
         str, typer.Option(help="With --serve: auto (vLLM where it can serve the model), vllm, transformers.")
     ] = "auto",
+    on_change: Annotated[
+        OnChange,
+        typer.Option(
+            help="With --resume, when OUT holds a run of another setup (model, agent settings, index, judge "
+            "or tasks): refuse, or set-aside (move it to OUT.stale-N, never deleted, and start afresh).",
+        ),
+    ] = OnChange.refuse,
+    agent_flags: AgentFlags | None = None,
 ) -> None:
     """Run the agent on every task of a suite, judge each trajectory, and summarize. Stop it any time:
-    --resume skips tasks already run (and judges any left unjudged). The summary goes to stdout as JSON."""
+    --resume skips tasks already run (and judges any left unjudged), and does nothing when OUT already holds
+    the finished run of this setup. The summary goes to stdout as JSON."""
     import contextlib
 
-    from dr_core.errors import InputError
-
-    if serve is not None and (base_url or model):
-        raise InputError("--serve serves the model here: drop --base-url/--model, or --serve")
-    with contextlib.ExitStack() as stack:
-        if serve is not None:
-            from dr_core.models import resolve
-            from dr_core.serving import managed
-
-            out.mkdir(parents=True, exist_ok=True)
-            server, model = managed(resolve(serve), serve_engine, log=out / "serve.log", what="--serve")
-            stack.enter_context(server)
-            base_url = f"{server.url}/v1"
-        _run_bench(suite, out, concurrency, limit, resume, base_url, model, api_key, search, index, max_steps,
-                   max_tokens, max_time, context_window, temperature, no_web, tool_mode, judge_base_url,
-                   judge_model, judge_api_key, mode, votes, drb_dir)  # fmt: skip
-
-
-def _run_bench(
-    suite: str, out: Path, concurrency: int, limit: int | None, resume: bool, base_url: str | None,
-    model: str | None, api_key: str | None, search: str | None, index: Path | None, max_steps: int | None,
-    max_tokens: int | None, max_time: float | None, context_window: int | None, temperature: float | None,
-    no_web: bool, tool_mode: Any, judge_base_url: str | None, judge_model: str | None,
-    judge_api_key: str | None, mode: Any, votes: int | None, drb_dir: Path,
-) -> None:  # fmt: skip
     import orjson
 
-    from dr_agent.build import agent_from_flags
     from dr_bench.report import print_table
-    from dr_bench.runner import COMMAND, resume_command, run_suite
+    from dr_bench.runner import COMMAND, resume_check, resume_command, run_suite, setup_of
+    from dr_core.errors import InputError
+
+    assert agent_flags is not None
+    if serve is not None and (agent_flags.base_url or agent_flags.model):
+        raise InputError("--serve serves the model here: drop --base-url/--model, or --serve")
+    server = None
+    if serve is not None:
+        from dr_core.models import resolve
+        from dr_core.serving import managed
+
+        # not started yet: a finished run needs no server
+        server, model = managed(resolve(serve), serve_engine, log=out / "serve.log", what="--serve")
+        agent_flags = agent_flags.model_copy(update={"base_url": f"{server.url}/v1", "model": model})
+    tasks, agent, judge = _parts(suite, out, concurrency, limit, agent_flags, judge_base_url, judge_model,
+                                 judge_api_key, mode, votes, drb_dir)  # fmt: skip
+    setup = setup_of(tasks, agent, judge)
+    if resume:
+        found = resume_check(out, setup, "set-aside" if on_change is OnChange.set_aside else "refuse")
+        if found.done is not None:
+            logger.info("%s already holds the finished run of this setup: nothing to run", out)
+            print_table([found.done])
+            sys.stdout.buffer.write(orjson.dumps(found.done) + b"\n")
+            return
+        resume = found.set_aside is None
+    out.mkdir(parents=True, exist_ok=True)
+    with server if server is not None else contextlib.nullcontext():
+        write_atomic(out / COMMAND, resume_command(sys.argv) + "\n")  # what `dr bench report` names to resume
+        summary = run_suite(tasks, agent, judge, out, concurrency=concurrency, resume=resume, setup=setup)
+    print_table([summary])
+    sys.stdout.buffer.write(orjson.dumps(summary) + b"\n")
+
+
+def _parts(
+    suite: str, out: Path, concurrency: int, limit: int | None, agent_flags: AgentFlags,
+    judge_base_url: str | None, judge_model: str | None, judge_api_key: str | None, mode: Any,
+    votes: int | None, drb_dir: Path,
+) -> tuple[list[Any], Any, Any]:  # fmt: skip
+    """The suite's tasks, the agent and the judge of a `dr bench run`."""
     from dr_bench.suites import load_suite, parse_world
     from dr_core.errors import ConfigError
     from dr_judge.build import make_judge
 
     tasks = load_suite(suite, drb_dir)[:limit]
     world = parse_world(suite)
-    if world is not None and index is None and search is None:
-        index = _world_index(world, out)
+    if world is not None and agent_flags.index is None and agent_flags.search is None:
+        agent_flags = agent_flags.model_copy(update={"index": _world_index(world, out)})
     judge = make_judge(
         judge_base_url, judge_model, judge_api_key, at_once=concurrency, mode=mode, votes=votes
     )
@@ -127,26 +135,7 @@ def _run_bench(
             "these tasks have checklist items without deterministic checks: give a judge model "
             "(--judge-base-url/--judge-model or DR_JUDGE_LLM_*)"
         )
-    agent = agent_from_flags(
-        base_url=base_url,
-        model=model,
-        api_key=api_key,
-        search=search,
-        index=index,
-        max_steps=max_steps,
-        max_tokens=max_tokens,
-        max_time=max_time,
-        context_window=context_window,
-        temperature=temperature,
-        no_web=no_web,
-        tool_mode=tool_mode,
-        runs_at_once=concurrency,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / COMMAND, resume_command(sys.argv) + "\n")  # what `dr bench report` names to resume
-    summary = run_suite(tasks, agent, judge, out, concurrency=concurrency, resume=resume)
-    print_table([summary])
-    sys.stdout.buffer.write(orjson.dumps(summary) + b"\n")
+    return tasks, agent_flags.agent(runs_at_once=concurrency), judge
 
 
 def _world_index(world: tuple[int, int, int], out: Path) -> Path:

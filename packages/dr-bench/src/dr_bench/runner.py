@@ -1,20 +1,25 @@
 """`dr bench run`: the agent on every task of a suite, each trajectory judged, all of it resumable.
 
-A run folder holds trajectories.jsonl and judgments.jsonl (each written as it goes, flushed per record)
-and summary.json. Resuming skips tasks whose trajectory is already there, and judges trajectories that
-were written but not yet judged.
+A run folder holds trajectories.jsonl and judgments.jsonl (each written as it goes, flushed per record),
+setup.json (what decides its scores: the fingerprint and the tasks, written as it starts) and summary.json.
+Resuming skips tasks whose trajectory is already there, and judges trajectories that were written but not
+yet judged. It only continues a run of the same setup: `resume_check` says what changed, and the caller
+refuses or sets the old folder aside; a finished run of the same setup is left as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from dr_core.concurrency import completed_map
-from dr_core.errors import LLMError
+from dr_core.errors import InputError, LLMError
 from dr_core.files import write_atomic
 from dr_core.jsonl import RecordWriter, read_records
 from dr_core.log import logger, progress
@@ -28,6 +33,8 @@ TRAJECTORIES = "trajectories.jsonl"
 JUDGMENTS = "judgments.jsonl"
 SUMMARY = "summary.json"
 COMMAND = "command.txt"  # the `dr bench run` command that resumes the run, secrets left out
+SETUP = "setup.json"
+OnChange = Literal["refuse", "set-aside"]
 
 # Flags whose value is a secret: never written into the run folder.
 SECRET_FLAGS = ("--api-key", "--judge-api-key")
@@ -63,6 +70,89 @@ def resume_command(argv: list[str]) -> str:
     return " ".join(shown)
 
 
+def setup_of(tasks: list[Task], agent: ResearchAgent, judge: ChecklistJudge) -> dict[str, Any]:
+    """What decides a run's scores: its fingerprint (the model, the agent's settings and tools, the index,
+    the judge) and its tasks (a digest of their ids, in order)."""
+    from dr_bench.fingerprint import fingerprint
+
+    ids = json.dumps([task.id for task in tasks]).encode()
+    return {
+        "fingerprint": fingerprint(agent, judge),
+        "tasks": hashlib.sha256(ids).hexdigest()[:12],
+        "n_tasks": len(tasks),
+    }
+
+
+def recorded_setup(out: Path) -> dict[str, Any] | None:
+    """The setup the run in `out` recorded (setup.json; a run of an older dr: its summary's fingerprint)."""
+    from dr_bench.report import load_fingerprint
+
+    path = out / SETUP
+    if path.is_file():
+        try:
+            return dict(orjson.loads(path.read_bytes()))
+        except orjson.JSONDecodeError:
+            return None
+    before = load_fingerprint(out)
+    return {"fingerprint": before} if before else None
+
+
+def setup_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two setups, one line each (the model included: a run continues one model)."""
+    from dr_bench.fingerprint import differences
+
+    old, new = before.get("fingerprint") or {}, now["fingerprint"]
+    lines = [
+        f"{key}: {old.get(key)} then, {new.get(key)} now"
+        for key in ("model", "chat_template")
+        if old.get(key) != new.get(key)
+    ]
+    if old.get("digest") != new.get("digest"):
+        lines += differences({"then": old, "now": new}) or ["the agent or judge setup"]
+    if "tasks" in before and before["tasks"] != now["tasks"]:
+        lines.append(f"tasks: {before.get('n_tasks')} then, {now['n_tasks']} now (another suite or --limit)")
+    return lines
+
+
+@dataclass
+class Resumed:
+    """What `--resume` found in a run folder."""
+
+    done: dict[str, Any] | None  # the summary of a finished run of the same setup: nothing to do
+    set_aside: Path | None  # where a run of another setup was moved
+
+
+def resume_check(out: Path, setup: dict[str, Any], on_change: OnChange = "refuse") -> Resumed:
+    """Before `--resume` continues the run in `out`: a run recorded with another setup is refused
+    (InputError naming what changed) or, with `set-aside`, moved to OUT.stale-N (never deleted) so that
+    the run starts afresh; a finished run of this setup (its summary counts no failed task) is done."""
+    before = recorded_setup(out) if out.is_dir() else None
+    if before is not None:
+        changes = setup_changes(before, setup)
+        if changes:
+            if on_change == "refuse":
+                raise InputError(
+                    f"--resume: {out} holds a run of another setup ({'; '.join(changes)}); run it in "
+                    "another folder, or give --on-change set-aside to move it aside and start afresh"
+                )
+            n = 1
+            while (aside := out.with_name(f"{out.name}.stale-{n}")).exists():
+                n += 1
+            out.rename(aside)
+            logger.warning("--resume: %s was run with another setup (%s); moved to %s", out,
+                           "; ".join(changes), aside)  # fmt: skip
+            return Resumed(None, aside)
+    summary_path = out / SUMMARY
+    if before is not None and summary_path.is_file():
+        try:
+            summary = orjson.loads(summary_path.read_bytes())
+        except orjson.JSONDecodeError:
+            return Resumed(None, None)
+        if not summary.get("failed") and "tasks" in before:
+            return Resumed(summary, None)
+    return Resumed(None, None)
+
+
 def run_suite(
     tasks: list[Task],
     agent: ResearchAgent,
@@ -72,16 +162,16 @@ def run_suite(
     concurrency: int = 4,
     resume: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    setup: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run and judge every task; returns the summary (also written to out/summary.json)."""
-    from dr_bench.fingerprint import differences, fingerprint
-    from dr_bench.report import load_fingerprint, summarize
+    """Run and judge every task; returns the summary (also written to out/summary.json). With `resume`,
+    call `resume_check` first: this continues whatever run `out` holds."""
+    from dr_bench.report import summarize
 
     out.mkdir(parents=True, exist_ok=True)
-    now = fingerprint(agent, judge)
-    if resume and (out / SUMMARY).is_file():
-        for line in differences({"before": load_fingerprint(out), "now": now}):
-            logger.warning("--resume: this run's setup differs from the one it continues: %s", line)
+    setup = setup or setup_of(tasks, agent, judge)
+    now = setup["fingerprint"]
+    write_atomic(out / SETUP, orjson.dumps(setup, option=orjson.OPT_INDENT_2))
     by_id = {task.id: task for task in tasks}
     traj_writer = RecordWriter(
         out / TRAJECTORIES, resume=resume, key=lambda r: r.get("task_id"), flush_interval_s=0

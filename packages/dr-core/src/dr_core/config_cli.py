@@ -32,7 +32,7 @@ from pydantic_core import PydanticUndefined
 
 from dr_core.flags import cli_meta, flag, flag_name, not_a_flag
 
-__all__ = ["config_command", "flag", "flag_name", "not_a_flag", "option_parameters"]
+__all__ = ["config_command", "flag", "flag_name", "not_a_flag", "option_parameters", "with_flags"]
 
 
 def _unoptional(annotation: Any) -> Any:
@@ -160,3 +160,38 @@ def config_command(
     command.__doc__ = help or model.__doc__
     app.command(name)(command)
     return command
+
+
+def with_flags(model: type[BaseModel], into: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a typer command a flag per field of `model` (as `option_parameters` makes them), passed to it
+    as one `model` instance, its parameter `into`; the flags given override the fields' defaults. For flags
+    that several commands share (dr_agent.flags.AgentFlags):
+
+        @app.command()
+        @with_flags(AgentFlags, "agent_flags")
+        def research(question: str, agent_flags: AgentFlags) -> None: ...
+    """
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.name != into
+        ]
+        added = option_parameters(model)
+        names = {p.name for p in added}
+
+        def command(**given: Any) -> Any:
+            values = {name: given.pop(name) for name in names}
+            fields = {k: v.value if isinstance(v, Enum) else v for k, v in values.items() if v is not None}
+            return func(**given, **{into: model(**fields)})
+
+        params = own + added
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__ = func.__name__
+        command.__doc__ = func.__doc__
+        return command
+
+    return wrap

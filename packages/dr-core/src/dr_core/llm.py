@@ -226,7 +226,7 @@ def _assemble_stream(lines: Iterator[str], on_delta: Callable[[str], None] | Non
 
 class ChatModel(Protocol):
     """What the agent, the judge and the teachers call a model through: an OpenAI-compatible endpoint
-    (`LLMClient`), the policy being trained (`dr_train.policy.LocalPolicy`) or the world's oracle teacher
+    (`LLMClient`), the policy being trained (`dr_train.rl.policy.LocalPolicy`) or the world's oracle teacher
     (`dr_data.oracle.OracleTeacher`). `config` names the endpoint and model; `chat` returns one reply.
     Sampling settings (`max_tokens`, `temperature`, `top_p`, ...) are keywords; one that a model does not
     use is ignored."""

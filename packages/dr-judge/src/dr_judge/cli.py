@@ -30,6 +30,27 @@ def load_tasks(path: Path) -> dict[str, Any]:
     return {task.id: task for task in read_records(str(path), Task)}
 
 
+def _serve_judge(stack: Any, folder: str, endpoint: str | None, output: str) -> tuple[str, str]:
+    """Serve the judge model in `folder` until `stack` closes; (its base URL, the model name to ask for)."""
+    import tempfile
+
+    from dr_core.errors import InputError
+    from dr_core.log import logger
+    from dr_core.models import resolve
+    from dr_core.serving import managed
+
+    if endpoint:
+        raise InputError("--judge-serve serves the judge here: drop --judge-base-url/--judge-model, or it")
+    if output == "-":
+        log = Path(tempfile.mkdtemp(prefix="dr-judge-serve-")) / "serve.log"
+    else:
+        log = Path(f"{output}.judge-serve.log")
+    server, model = managed(resolve(folder), log=log, what="--judge-serve")
+    logger.info("serving the judge %s (log: %s)", folder, log)
+    stack.enter_context(server)
+    return f"{server.url}/v1", model
+
+
 @app.command("score")
 def score_command(
     inputs: Inputs = None,
@@ -59,6 +80,15 @@ def score_command(
     on_error: OnErrorOpt = OnErrorChoice.fail,
     rejects: Rejects = None,
     resume: Resume = False,
+    judge_serve: Annotated[
+        str | None,
+        typer.Option(
+            help="A judge model folder to serve for the run instead of --judge-base-url/--judge-model: vLLM "
+            "where it can serve it, else transformers serve, on a free loopback port, stopped at the end; "
+            "its log beside -o (OUTPUT.judge-serve.log).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Judge responses (Trajectory, Report, or DeepResearch Bench {id, prompt, article} lines) against
     their task's checklist or reference answer; write one Judgment per response, in input order.
@@ -67,6 +97,8 @@ def score_command(
     exact answers) can be judged. With --on-error skip, a response the judge model gives no usable verdict
     on (after its send-backs) goes to the rejects file with the reason, and the run goes on.
     """
+    import contextlib
+
     from dr_core.concurrency import ordered_map
     from dr_core.errors import InputError
     from dr_core.log import logger
@@ -75,69 +107,74 @@ def score_command(
     from dr_judge.judge import JudgeModelError
     from dr_judge.responses import as_response
 
-    judge = make_judge(
-        judge_base_url,
-        judge_model,
-        judge_api_key,
-        mode=mode,
-        votes=votes,
-        batch=batch,
-        temperature=temperature,
-        checks=None if checks else False,  # the default leaves the [judge] setting as it is
-        at_once=concurrency or 1,
-    )
-    known = load_tasks(tasks)
-    if concurrency is None:
-        concurrency = judge.llm.config.concurrency if judge.llm is not None else 1
-    counts = {"judged": 0, "refused": 0, "abstained": 0}
-    with Pipe(
-        inputs or ["-"],
-        output,
-        on_error=on_error.value,
-        rejects=rejects,
-        resume=resume,
-        output_key=lambda j: j.get("target_id"),
-    ) as pipe:
-
-        def work(response: Any) -> Any:
-            task = known.get(response.task_id or "")
-            if task is None:
-                return None
-            try:
-                judgment = judge.judge(task, response.text, response.target_id, response.citations)
-                if response.meta:
-                    judgment.meta = {**response.meta, **judgment.meta}
-                return judgment
-            except JudgeModelError as exc:
-                if pipe.on_error == "fail":
-                    raise
-                return exc  # no usable verdict after the send-backs: a reject, not the end of the run
-
-        located = pipe.located(adapt=as_response, key=lambda r: r.target_id, description="judging")
-        for (response, origin), result in ordered_map(lambda r: (r, work(r[0])), located, concurrency):
-            if result is None:
-                problem = f"response {response.target_id}: task {response.task_id!r} is not in {tasks}"
-                if pipe.on_error == "fail":
-                    raise InputError(problem)
-                pipe.rejects.add(str(tasks), 0, problem, response.target_id.encode())
-            elif isinstance(result, JudgeModelError):
-                counts["refused"] += 1
-                pipe.reject(origin, f"response {response.target_id}: {result}")
-            else:
-                counts["judged"] += 1
-                counts["abstained"] += sum(v.verdict == "abstain" for v in result.verdicts)
-                pipe.write(result)
-    if counts["refused"]:
-        logger.warning(
-            "judge: %(judged)d responses judged; %(refused)d refused by the judge model (rejects file)",
-            counts,
+    with contextlib.ExitStack() as stack:
+        if judge_serve is not None:
+            judge_base_url, judge_model = _serve_judge(
+                stack, judge_serve, judge_base_url or judge_model, output
+            )
+        judge = make_judge(
+            judge_base_url,
+            judge_model,
+            judge_api_key,
+            mode=mode,
+            votes=votes,
+            batch=batch,
+            temperature=temperature,
+            checks=None if checks else False,  # the default leaves the [judge] setting as it is
+            at_once=concurrency or 1,
         )
-    if counts["abstained"]:
-        logger.warning(
-            "judge: abstained on %(abstained)d items (reply cut off, or response cut for grading); a "
-            "response with an abstention has no score",
-            counts,
-        )
+        known = load_tasks(tasks)
+        if concurrency is None:
+            concurrency = judge.llm.config.concurrency if judge.llm is not None else 1
+        counts = {"judged": 0, "refused": 0, "abstained": 0}
+        with Pipe(
+            inputs or ["-"],
+            output,
+            on_error=on_error.value,
+            rejects=rejects,
+            resume=resume,
+            output_key=lambda j: j.get("target_id"),
+        ) as pipe:
+
+            def work(response: Any) -> Any:
+                task = known.get(response.task_id or "")
+                if task is None:
+                    return None
+                try:
+                    judgment = judge.judge(task, response.text, response.target_id, response.citations)
+                    if response.meta:
+                        judgment.meta = {**response.meta, **judgment.meta}
+                    return judgment
+                except JudgeModelError as exc:
+                    if pipe.on_error == "fail":
+                        raise
+                    return exc  # no usable verdict after the send-backs: a reject, not the end of the run
+
+            located = pipe.located(adapt=as_response, key=lambda r: r.target_id, description="judging")
+            for (response, origin), result in ordered_map(lambda r: (r, work(r[0])), located, concurrency):
+                if result is None:
+                    problem = f"response {response.target_id}: task {response.task_id!r} is not in {tasks}"
+                    if pipe.on_error == "fail":
+                        raise InputError(problem)
+                    pipe.rejects.add(str(tasks), 0, problem, response.target_id.encode())
+                elif isinstance(result, JudgeModelError):
+                    counts["refused"] += 1
+                    pipe.reject(origin, f"response {response.target_id}: {result}")
+                else:
+                    counts["judged"] += 1
+                    counts["abstained"] += sum(v.verdict == "abstain" for v in result.verdicts)
+                    pipe.write(result)
+        if counts["refused"]:
+            logger.warning(
+                "judge: %(judged)d responses judged; %(refused)d refused by the judge model (rejects file)",
+                counts,
+            )
+        if counts["abstained"]:
+            logger.warning(
+                "judge: abstained on %(abstained)d items (reply cut off, or response cut for grading); a "
+                "response with an abstention has no score",
+                counts,
+            )
 
 
 @app.command()

@@ -1,23 +1,30 @@
 """RL (GRPO or PPO) on research tasks, with rollouts through the real agent loop and its tools.
 
 Tasks are Task JSONL, questions and report tasks mixed as given. The policy researches each task `group`
-times; each run is rewarded (dr_train.rewards: the exact answer; a report's checklist score by the rules or
+times; each run is rewarded (dr_train.rl.rewards: the exact answer; a report's checklist score by the rules or
 by a judge model, which the recipe can serve itself from a folder, `judge_serve`); the update trains only
 on the tokens the policy sampled. With `nproc` N every rank holds the whole policy, runs a share of each
 step's rollouts and of each minibatch, and DeepSpeed reduces the gradients (ZeRO-1/2 split the optimizer
 state and gradients).
+
+This file is the one to read: `run` sets the run up (tasks, rewarder, engines, models, agent) and `RLRun`
+is the loop, over dr_train.rl's components: `Rollouts` (a step's rewarded runs), `PolicyUpdate` (the
+update), `Sampler` (where the policy samples, and the engines' weight sync).
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dr_agent.build import build_agent
 from dr_core.errors import InputError
 from dr_core.jsonl import OnError, RejectWriter, read_records
-from dr_core.log import logger
+from dr_core.log import logger, progress
 from dr_core.pipe import default_rejects_path
 from dr_core.records import Task
 from dr_core.server import ManagedServer
@@ -28,9 +35,12 @@ from dr_train.backend import DeepSpeedSettings
 from dr_train.config import RLConfig, RLRecipeConfig
 from dr_train.model import RopeSettings, build, is_checkpoint
 from dr_train.recipes.common import rank_rejects
-from dr_train.rewards import Rewarder
-from dr_train.rl import RLTrainer, engine_folder, frozen_copy
-from dr_train.rollout import VLLMServers, write_engine_weights
+from dr_train.rl.engines import VLLMServers, write_engine_weights
+from dr_train.rl.rewards import Rewarder, reward_metrics
+from dr_train.rl.rollouts import Collected, Rollouts
+from dr_train.rl.sampling import Sampler, engine_folder
+from dr_train.rl.stream import RolloutStream
+from dr_train.rl.update import PolicyUpdate, frozen_copy
 
 
 def run(config: RLRecipeConfig) -> dict[str, Any] | None:
@@ -115,24 +125,28 @@ def run(config: RLRecipeConfig) -> dict[str, Any] | None:
             web=False,
         )
         settings = RLConfig.model_validate(config.model_dump(include=set(RLConfig.model_fields)))
-        trainer = RLTrainer(
-            policy,
-            tokenizer,
-            reference,
-            agent,
-            rewarder,
-            tasks,
+        if config.kernels:
+            from dr_kernels import patch
+
+            patch(policy)
+            if reference is not None:
+                patch(reference)
+        policy.config.use_cache = True
+        sampler = Sampler(policy, tokenizer, settings, dist, engines, config.sync_tolerance)
+        agent.llm = sampler.policy
+        run = RLRun(
             settings,
-            resume_from,
-            reference_path=config.model,
+            rollouts=Rollouts(agent, rewarder, tasks, settings, dist, local=sampler.local),
+            update=PolicyUpdate(policy, reference, settings, dist, device, deepspeed),
+            sampler=sampler,
+            tokenizer=tokenizer,
             dist=dist,
-            device=device,
-            deepspeed=deepspeed,
-            engines=engines,
-            sync_tolerance=config.sync_tolerance,
-            settings=config.resume_keys(),
+            reference_path=config.model,
+            resume_keys=config.resume_keys(),
         )
-        return trainer.run()
+        if resume_from is not None:
+            run.load(resume_from)
+        return run.train()
     finally:
         if engines is not None:
             engines.close()
@@ -164,7 +178,7 @@ def serve_judge(folder: str, log: Path) -> ManagedServer:
 
 
 LOCAL = "local"  # a vLLM engine to start here, once the policy is loaded
-# what an engine needs for --weight-sync nccl (dr_train.weight_sync)
+# what an engine needs for --weight-sync nccl (dr_train.rl.weight_sync)
 ENGINE_FLAGS = ["--weight-transfer-config", '{"backend": "nccl"}']
 
 
@@ -215,3 +229,192 @@ def rollout_engines(config: RLRecipeConfig, policy_dir: str, world: int) -> VLLM
         raise InputError("with --nproc, give the vLLM engines every rank samples in: --rollout-url URL")
     # the trainer holds the policy in float32 (dr_train.model.build): the engine too, so their numbers agree
     return LOCAL
+
+
+# what a dr that did not yet record a setting in its checkpoints did, for resuming their runs
+UNRECORDED: dict[str, Any] = {
+    "skip_flat_groups": False,
+    "reward": "auto",
+    "reward_mode": "strict",
+    "max_staleness": 0,
+    "sync_pause": "abort",
+}
+
+
+class RLRun:
+    """The loop: each step's rollouts (sampled now, or taken from the asynchronous stream), the update, the
+    engines' sync; a metrics record per step, checkpoints, and resume."""
+
+    def __init__(
+        self,
+        config: RLConfig,
+        *,
+        rollouts: Rollouts,
+        update: PolicyUpdate,
+        sampler: Sampler,
+        tokenizer: Any,
+        dist: distributed.Dist,
+        reference_path: str | None,
+        resume_keys: dict[str, Any],
+    ) -> None:
+        self.config = config
+        self.rollouts = rollouts
+        self.update = update
+        self.sampler = sampler
+        self.tokenizer = tokenizer
+        self.dist = dist
+        self.reference_path = reference_path
+        self.settings = resume_keys  # what a resume must match
+        self.out = Path(config.out)
+        self.step = 0
+
+    def train(self) -> dict[str, Any]:
+        main = self.dist.main
+        metrics = checkpoint.MetricLog(self.out / "metrics.jsonl", main)
+        metrics.resume(self.step)
+        record: dict[str, Any] = {}
+        steps = range(self.step, self.config.steps)
+        engines = not self.sampler.local
+        if engines and len(steps):
+            self.sampler.sync(self.step)  # whatever they held: from now on, the trainer's weights
+        # asynchronous: sampling goes on during the update, on the first rank
+        stream = (
+            self.rollouts.stream(self.step) if self.config.max_staleness and main and len(steps) else None
+        )
+        try:
+            for step in progress(steps, f"rl ({self.config.algo})", total=len(steps)):
+                record = self.one_step(step, stream)
+                if main:
+                    metrics.write(record)
+                    self.log(record)
+                if (
+                    self.config.save_every
+                    and self.step % self.config.save_every == 0
+                    and self.step < self.config.steps
+                ):
+                    self.save(f"checkpoint-{self.step}")
+        finally:
+            if stream is not None:
+                self.sampler.stop()  # the rollouts still sampling are abandoned
+                stream.close()
+        self.save(None)
+        return {"out": str(self.out), "steps": self.step, **{k: v for k, v in record.items() if k != "step"}}
+
+    def one_step(self, step: int, stream: RolloutStream | None) -> dict[str, Any]:
+        """One step and its metrics record."""
+        started = time.perf_counter()
+        idle = self.sampler.idle_s()
+        got: Collected
+        if self.config.max_staleness:
+            got = self.rollouts.taken(stream, step)
+        else:
+            self.update.model.eval()
+            got = self.rollouts.collect(step)
+        rollouts = got.rollouts
+        updating = time.perf_counter()
+        sequences, prepared = self.update.prepare(rollouts)
+        stats = self.update.train(sequences, step) if sequences else {}
+        update_s = time.perf_counter() - updating
+        kept = [r.reward for r in rollouts if r.reward is not None]
+        rewards = torch.tensor(kept, dtype=torch.float64)
+        scored = [r.scored for r in rollouts if r.scored is not None]
+        self.step = step + 1
+        synced = {}
+        if not self.sampler.local and self.step < self.config.steps:
+            synced = self.sampler.sync(self.step)
+            if stream is not None:
+                stream.advance(self.step)
+        timing = {"update_s": round(update_s, 2)}
+        if not self.sampler.local:
+            timing["engine_idle_s"] = round(self.sampler.idle_s() - idle, 2)
+        gap = {k: v for k, v in prepared.items() if k != "flat_groups"}
+        return {
+            "step": self.step,
+            # over the rollouts with a reward (None when the judge abstained on all of them)
+            "reward_mean": round(float(rewards.mean()), 4) if kept else None,
+            "reward_std": round(float(rewards.std(unbiased=False)), 4) if kept else None,
+            "solved": round(float((rewards >= 0.5).float().mean()), 4) if kept else None,
+            "response_tokens": round(
+                sum(len(t.response) for r in rollouts for t in r.turns) / len(rollouts), 1
+            ),
+            "tool_calls": round(sum(r.tool_calls for r in rollouts) / len(rollouts), 2),
+            "rollouts": len(rollouts),
+            # rollouts without a reward (the judge abstained), left out of their groups
+            "dropped": len(rollouts) - len(kept),
+            **reward_metrics(scored, self.rollouts.rewarder.source == "judge"),
+            "trained_tokens": sum(s.actions for s in sequences),
+            "flat_groups": prepared["flat_groups"],
+            **got.staleness,
+            **{k: round(v, 6) for k, v in stats.items()},
+            **{k: round(v, 6) for k, v in gap.items()},
+            **{k: round(v, 6) for k, v in synced.items()},
+            "rollout_s": round(got.rollout_s, 2),
+            "judge_s": round(got.judge_s, 2),
+            **timing,
+            "step_s": round(time.perf_counter() - started, 2),
+        }
+
+    def log(self, record: dict[str, Any]) -> None:
+        logger.info(
+            "rl step %d/%d reward %s, %.1f tool calls, kl %.4f%s%s",
+            record["step"],
+            self.config.steps,
+            "none (the judge abstained on every rollout)"
+            if record["reward_mean"] is None
+            else f"{record['reward_mean']:.3f} ± {record['reward_std']:.3f}",
+            record["tool_calls"],
+            record.get("kl", 0.0),
+            f", judge {record['reward_judge']:.3f} vs true {record['reward_true']:.3f}"
+            if "reward_judge" in record and "reward_true" in record
+            else "",
+            f", staleness {record['staleness']}, {record['stale_groups']} stale groups dropped"
+            if "staleness" in record
+            else "",
+        )
+
+    def save(self, name: str | None) -> None:
+        """`OUT/NAME` (or the final model into `OUT`): the policy as a Hugging Face folder, its tokenizer,
+        the optimizer (DeepSpeed's sharded state on several ranks), the value head, RNG and state."""
+        value_head = self.update.value_head
+
+        def extra(folder: Path) -> None:
+            if value_head is not None:
+                torch.save(value_head.state_dict(), folder / "value_head.pt")
+
+        state = {
+            "stage": "rl",
+            "algo": self.config.algo,
+            "step": self.step,
+            "total_steps": self.config.steps,
+            "reference": self.reference_path,
+            "world": self.dist.world,
+            "deepspeed": self.update.backend.sharded,
+            "settings": self.settings,
+        }
+        checkpoint.save_run(
+            self.out,
+            name,
+            dist=self.dist,
+            backend=self.update.backend,
+            module=self.update.model,
+            tokenizer=self.tokenizer,
+            state=state,
+            keep=self.config.keep,
+            extra=extra,
+        )
+
+    def load(self, folder: Path) -> None:
+        backend = self.update.backend
+        state = checkpoint.read_state(folder)
+        sharded = bool(state.get("deepspeed"))
+        if sharded != backend.sharded or (sharded and state.get("world", 1) != self.dist.world):
+            ran = f"DeepSpeed on {state.get('world', 1)} ranks" if sharded else "without DeepSpeed"
+            now = f"DeepSpeed on {self.dist.world} ranks" if backend.sharded else "without DeepSpeed"
+            raise InputError(f"--resume: {folder} was trained {ran}; this run asks for {now}")
+        checkpoint.check_settings(folder, state.get("settings", {}), self.settings, before=UNRECORDED)
+        self.step = state["step"]
+        backend.load(folder)
+        if self.update.value_head is not None and not backend.sharded:
+            self.update.value_head.load_state_dict(torch.load(folder / "value_head.pt", weights_only=True))
+        checkpoint.set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
+        logger.info("resumed RL from %s at step %d", folder, self.step)

@@ -23,7 +23,7 @@ from typing import Any
 
 from dr_core.log import logger
 from dr_core.records import Task
-from dr_train.rollout import Stopped
+from dr_train.rl.engines import Stopped
 
 
 @dataclass

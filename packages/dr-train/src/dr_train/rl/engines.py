@@ -41,7 +41,7 @@ from dr_core.llm import ChatResult, LLMConfig
 from dr_core.log import logger
 from dr_core.records import Message, Usage
 from dr_core.server import ManagedServer, ServerError, server_root
-from dr_train.policy import Turn, current_recording, new_tokens, no_room, render
+from dr_train.rl.policy import Turn, current_recording, new_tokens, no_room, render
 
 
 class EngineError(DrError):
@@ -193,11 +193,11 @@ class VLLMServers:
         push: Callable[[], None] | None = None,
     ) -> None:
         """Every engine reloads the weights in `folder` in place (or `push` sends them into every engine:
-        dr_train.weight_sync) and takes `version` (the policy after `step` updates) as its name. New requests
-        wait meanwhile. `pause` is for requests in flight (asynchronous
-        RL): `abort` stops them where they are (their callers send them again after the sync), `wait` lets
-        them finish first; either way vLLM's scheduler is paused for the reload and resumed after. Without
-        it no request may be in flight (synchronous RL), and none is waited for."""
+        dr_train.rl.weight_sync) and takes `version` (the policy after `step` updates) as its name. New
+        requests wait meanwhile. `pause` is for requests in flight (asynchronous RL): `abort` stops them
+        where they are (their callers send them again after the sync), `wait` lets them finish first;
+        either way vLLM's scheduler is paused for the reload and resumed after. Without it no request may
+        be in flight (synchronous RL), and none is waited for."""
         with self._gate:
             self._paused = True
         try:
@@ -314,6 +314,8 @@ class EnginePolicy:
         top_p: float = 1.0,
         **_: Any,
     ) -> ChatResult:
+        # the same ChatModel signature and prompt as LocalPolicy.chat, deliberately: the two differ only in
+        # where the tokens are sampled
         prompt = render(self.tokenizer, messages, tools)
         budget = new_tokens(prompt, self.max_context, max_tokens)
         if budget <= 0:

@@ -1,5 +1,6 @@
 """RL algorithms as objects: GRPO and PPO, each with `advantages()` over a step's sequences and `loss()` of
-one sequence. The trainer asks the algorithm, never which one it holds. The arithmetic is `rl_math`'s.
+one sequence. The update asks the algorithm, never which one it holds. The arithmetic is
+`dr_train.rl.math`'s.
 
 GRPO: a rollout's advantage is its reward against its group's (the same task's other rollouts), for every
 token it sampled; the KL to the reference policy is a loss term; groups whose rewards all agree teach
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dr_train.rl_math import (
+from dr_train.rl.math import (
     clipped_policy_loss,
     clipped_value_loss,
     flat_groups,
@@ -28,7 +29,7 @@ from dr_train.rl_math import (
 
 if TYPE_CHECKING:
     from dr_train.config import RLConfig
-    from dr_train.rl import Sequence
+    from dr_train.rl.rollouts import Sequence
 
 
 @dataclass

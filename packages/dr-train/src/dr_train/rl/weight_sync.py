@@ -8,8 +8,8 @@ on a free port of the address the engine reaches it by. Each sync then sends the
 shapes (`/start_weight_update`, `/update_weights`) while it broadcasts the tensors, and finishes the update
 (`/finish_weight_update`). The engine must be started with `--weight-transfer-config '{"backend": "nccl"}'`
 (the engine the recipe starts for itself is: recipes.rl.ENGINE_FLAGS). `VLLMServers.sync` pauses and resumes
-the engines around it, and `RLTrainer.sync_engines` checks a probe's log-probabilities afterwards, as for
-the disk path.
+the engines around it, and `Sampler.sync` (dr_train.rl.sampling) checks a probe's log-probabilities
+afterwards, as for the disk path.
 
 An NCCL collective whose peers never arrive waits for ever; every step here runs under a timeout, and the
 error names the engine and what to check.
@@ -30,7 +30,7 @@ from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
 from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
 from dr_core.proc import free_port
-from dr_train.rollout import EngineError
+from dr_train.rl.engines import EngineError
 
 
 class PolicySource(WeightSource):
