@@ -85,14 +85,14 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     trained = {
         m: (out / "models" / m / "model.safetensors").stat().st_mtime_ns for m in ("base", "mid", "sft", "rl")
     }
-    served = {log: log.stat().st_size for log in (out / "bench").glob("*/serve.log")}
+    served = {log: log.stat().st_mtime_ns for log in (out / "bench").glob("*/serve.log")}
     assert len(served) == 6
     again = quick_main_job(out, timeout=600)
     assert again.returncode == 0 and again.stdout.decode() == table, again.stderr.decode()[-4000:]
     assert {m: (out / "models" / m / "model.safetensors").stat().st_mtime_ns for m in trained} == trained
     benches = [line for line in again.stderr.decode().splitlines() if line.startswith("$ dr bench run")]
     # each bench found its finished run and started no server
-    assert len(benches) == 6 and {log: log.stat().st_size for log in served} == served
+    assert len(benches) == 6 and {log: log.stat().st_mtime_ns for log in served} == served
     assert b"$ dr data world" not in again.stderr
     # a bench run with other settings (an older main job's token budget) is set aside, not trusted
     setup_path = out / "bench" / "untrained" / "setup.json"
@@ -108,7 +108,7 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     assert third.returncode == 0, third.stderr.decode()[-4000:]
     assert b"bench/untrained.stale-1" in third.stderr
     # only that bench ran again (a server of its own, logged in the new folder)
-    assert [log.parent.name for log in served if log.stat().st_size != served[log]] == ["untrained"]
+    assert [log.parent.name for log in served if log.stat().st_mtime_ns != served[log]] == ["untrained"]
     stale = out / "bench" / "untrained.stale-1"
     assert (
         json.loads((stale / "setup.json").read_text())["fingerprint"]["agent_settings"]["max_tokens"] == 1000
