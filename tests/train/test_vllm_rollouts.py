@@ -322,8 +322,11 @@ def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under
             policy.chat(ask, max_tokens=1200, temperature=0.0)
 
     try:
+        chat(Recording())  # the engine's first request, which warms it up
         whole = Recording()
+        started = time.monotonic()
         chat(whole)  # greedy, uninterrupted: the reference
+        took = time.monotonic() - started
         reference = whole.turns[0]
         assert len(reference.response) > 300 and set(must(reference.versions)) == {0}
         pauses: tuple[tuple[Literal["abort", "wait"], int], ...] = (("abort", 1), ("wait", 2))
@@ -333,7 +336,9 @@ def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under
             thread.start()
             while not engines._in_flight:
                 time.sleep(0.01)
-            time.sleep(1.0)  # well into the reply
+            # a third into the reply, as long as this machine took for the whole of it (a fixed wait let a
+            # fast machine finish the reply before the sync)
+            time.sleep(took / 3)
             engines.sync(folder, f"step-{step}", step, pause)  # the same weights, under a new version
             thread.join(timeout=300)
             turn = recording.turns[0]

@@ -349,7 +349,7 @@ class RLRun:
             **{k: round(v, 6) for k, v in gap.items()},
             **{k: round(v, 6) for k, v in synced.items()},
             "rollout_s": round(got.rollout_s, 2),
-            "judge_s": round(got.judge_s, 2),
+            "judge_s": round(got.judge_s, 3),  # to the millisecond: a judge on loopback answers in a few
             **timing,
             "step_s": round(time.perf_counter() - started, 2),
         }
