@@ -310,7 +310,10 @@ def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under
     from dr_train.rl.policy import Recording, record_turns
     from dr_train.tiny import tiny_qwen2
 
-    tiny = tiny_qwen2(tmp_path / "tiny", hidden_size=256)  # head size 64, as vLLM's CPU attention needs
+    # head size 64, as vLLM's CPU attention needs; 8 layers, so that a reply lasts seconds on a fast CPU and
+    # the sync lands inside it (with 2 layers the whole reply was sometimes written within the second the
+    # test waits)
+    tiny = tiny_qwen2(tmp_path / "tiny", hidden_size=256, layers=8)
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     folder = write_engine_weights(AutoModelForCausalLM.from_pretrained(tiny), tokenizer, tmp_path / "weights")
     engines = VLLMServers.start_local(str(folder), tmp_path / "engine.log", kv_cache_gib=1, dtype="float32")
@@ -322,11 +325,8 @@ def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under
             policy.chat(ask, max_tokens=1200, temperature=0.0)
 
     try:
-        chat(Recording())  # the engine's first request, which warms it up
         whole = Recording()
-        started = time.monotonic()
-        chat(whole)  # greedy, uninterrupted: the reference
-        took = time.monotonic() - started
+        chat(whole)  # greedy, uninterrupted: the reference (1,200 tokens in 8.5 s on a 2-core CPU)
         reference = whole.turns[0]
         assert len(reference.response) > 300 and set(must(reference.versions)) == {0}
         pauses: tuple[tuple[Literal["abort", "wait"], int], ...] = (("abort", 1), ("wait", 2))
@@ -334,13 +334,14 @@ def test_a_sync_aborts_requests_in_flight_and_they_go_on_from_their_tokens_under
             recording = Recording()
             thread = threading.Thread(target=chat, args=(recording,))
             thread.start()
-            while not engines._in_flight:
-                time.sleep(0.01)
-            # a third into the reply, as long as this machine took for the whole of it (a fixed wait let a
-            # fast machine finish the reply before the sync)
-            time.sleep(took / 3)
+            deadline = time.monotonic() + 120  # bounded: a request never seen in flight fails, not hangs
+            while not engines._in_flight and thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert engines._in_flight, f"the {pause} request was never seen in flight"
+            time.sleep(1.0)  # well into the reply
             engines.sync(folder, f"step-{step}", step, pause)  # the same weights, under a new version
             thread.join(timeout=300)
+            assert not thread.is_alive(), f"the {pause} request did not finish"
             turn = recording.turns[0]
             versions, logprobs = must(turn.versions), must(turn.logprobs)
             # greedy again, so the reply is the uninterrupted one token for token: nothing lost or doubled

@@ -64,8 +64,10 @@ def train_tokenizer(texts: list[str], vocab_size: int = 400):
     return tokenizer
 
 
-def tiny_qwen2(directory: Path, texts: list[str] | None = None, seed: int = 0, hidden_size: int = 64) -> Path:
-    """Save a random 2-layer Qwen2 (hidden 64) and its tokenizer in `directory`."""
+def tiny_qwen2(
+    directory: Path, texts: list[str] | None = None, seed: int = 0, hidden_size: int = 64, layers: int = 2
+) -> Path:
+    """Save a random Qwen2 (2 layers of hidden 64 unless told) and its tokenizer in `directory`."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -84,7 +86,7 @@ def tiny_qwen2(directory: Path, texts: list[str] | None = None, seed: int = 0, h
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=32768,
