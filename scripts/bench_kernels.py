@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any
 
+from bench_out import emit
+
 IMPLEMENTATIONS = ("torch", "liger", "dr")
 
 
@@ -237,14 +239,8 @@ def main() -> None:
         if "ms" in results["liger"] and "ms" in results["dr"]:
             ratio = f"{results['liger']['ms'] / results['dr']['ms']:.2f}× faster"
         table.append(f"| {case['op']} | {shape} | {' | '.join(cells)} | {ratio} |")
-    text = "\n".join(table) + "\n"
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump([{"case": case, "results": results} for case, results in rows], fh)
+    data = [{"case": case, "results": results} for case, results in rows]
+    emit("\n".join(table) + "\n", args.markdown, args.json, data)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Any
 
+from bench_out import emit
+
 VARIANTS = ("hf", "liger", "dr")
 
 
@@ -504,14 +506,7 @@ def main() -> None:
                 break
         else:
             lines.append("- not even 32768 tokens fit")
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(collected, fh)
+    emit("\n".join(lines) + "\n", args.markdown, args.json, collected)
 
 
 if __name__ == "__main__":

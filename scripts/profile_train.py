@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from collections import defaultdict
 from typing import Any
+
+from bench_out import emit
 
 # aten ops by part (own time); ops named in none fall under "other"
 PARTS = {
@@ -212,11 +213,7 @@ def main() -> None:
         lines += [
             f"| {e.key} | {part_of(e.key)} | {e.count} | {e.self_cpu_time_total / 1e6:.2f} |" for e in events
         ]
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
+    emit("\n".join(lines) + "\n", args.markdown)
 
 
 if __name__ == "__main__":

@@ -328,3 +328,75 @@ def test_commands_that_run_the_agent_take_every_agent_flag_once_and_pass_them_as
     assert flags.max_steps == 7 and flags.tool_mode == "text" and flags.no_web is True
     assert flags.index == tmp_path
     assert flags.max_tokens is None and flags.model is None and flags.search is None
+
+
+@pytest.mark.parametrize(
+    ("module", "command", "flags_model"),
+    [
+        ("dr_judge.cli", "score", "ScoreFlags"),
+        ("dr_judge.cli", "compare", "JudgeEndpoint"),
+        ("dr_bench.cli", "run", "JudgeFlags"),
+        ("dr_data.cli", "trajectories", "JudgeEndpoint"),
+    ],
+)
+def test_commands_that_judge_take_every_judge_flag_once_and_pass_them_as_one(
+    module, command, flags_model, monkeypatch, tmp_path
+):
+    import importlib
+
+    import click
+    import typer
+    from typer.testing import CliRunner
+
+    from dr_core.config_cli import flag_name
+    from dr_judge import flags as judge_flags
+
+    model = getattr(judge_flags, flags_model)
+    app = importlib.import_module(module).app
+    group = typer.main.get_command(app)
+    assert isinstance(group, click.Group)
+    click_command = group.commands[command]
+    params = {p.name: [*p.opts, *p.secondary_opts] for p in click_command.params}
+    for name, field in model.model_fields.items():
+        assert flag_name(name, field) in params[name] and field.description
+    # the flags given, and only those, reach the judge's settings (the rest stay None for the settings file)
+    seen: dict = {}
+
+    def judge(self, at_once=1, **settings):
+        seen.update(flags=self, settings={**self.settings(), **settings})
+        raise SystemExit(9)
+
+    monkeypatch.setattr(judge_flags.JudgeEndpoint, "judge", judge)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "t1", "question": "q?", "answer": "a"}) + "\n")
+    given = ["--judge-model", "j", "--judge-base-url", "http://127.0.0.1:9/v1"]
+    if flags_model != "JudgeEndpoint":
+        given += ["--mode", "graded"]
+    if flags_model == "ScoreFlags":
+        given += ["--batch", "3", "--no-checks"]
+    argv = {
+        "score": [command, str(tasks), "--tasks", str(tasks), *given],
+        "compare": [command, str(tasks), str(tasks), "--tasks", str(tasks), *given],
+        "run": [
+            command,
+            "--suite",
+            str(tasks),
+            "-o",
+            str(tmp_path / "run"),
+            "--index",
+            str(tmp_path),
+            *given,
+        ],
+        "trajectories": [command, str(tasks), "--index", str(tmp_path), *given],
+    }[command]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 9, result.output
+    flags = seen["flags"]
+    assert isinstance(flags, model)
+    assert flags.judge_model == "j" and flags.judge_base_url == "http://127.0.0.1:9/v1"
+    assert flags.judge_api_key is None
+    settings = seen["settings"]
+    if flags_model != "JudgeEndpoint":
+        assert settings["mode"] == "graded" and settings["votes"] is None
+    if flags_model == "ScoreFlags":
+        assert settings["batch"] == 3 and settings["checks"] is False and settings["temperature"] is None

@@ -12,7 +12,7 @@ from dr_agent.index import LocalIndex
 from dr_agent.search import LocalBackend
 from dr_core.llm import LLMClient, LLMConfig
 from dr_core.records import Task
-from dr_data.trajectories import SELF_CHECK, collect, scrub
+from dr_data.trajectories import SELF_CHECK, Rejection, collect, scrub
 from dr_judge.judge import ChecklistJudge
 from support.cli import DR
 from support.openai_server import Reply, scripted_server
@@ -94,7 +94,7 @@ def test_a_wrong_attempt_is_retried_with_reflection_and_the_hint_is_scrubbed(tmp
     with scripted_server(teacher) as srv:
         llm = LLMClient(LLMConfig(base_url=srv.url, model="teacher", backoff_s=0.01))
         agent = ResearchAgent(llm, LocalBackend(LocalIndex(drb_index)))
-        outcome = collect(agent, ChecklistJudge(None), task, samples=1, reflections=3)
+        outcome = collect(agent, ChecklistJudge(None), task, Rejection(samples=1, reflections=3))
         hint_seen = [m["content"] for m in srv.requests[1]["messages"] if m["role"] == "tool"][-1]
     assert "does not hold up: does not match the reference answer" in hint_seen
     [kept] = outcome.kept
@@ -111,7 +111,7 @@ def test_tasks_never_solved_are_rejected_after_the_reflections(tmp_path, drb_ind
         agent = ResearchAgent(
             LLMClient(LLMConfig(base_url=srv.url, model="t")), LocalBackend(LocalIndex(drb_index))
         )
-        outcome = collect(agent, ChecklistJudge(None), task, samples=2, reflections=2)
+        outcome = collect(agent, ChecklistJudge(None), task, Rejection(samples=2, reflections=2))
     assert outcome.kept == [] and outcome.correct == 0
     assert len(srv.requests) == 2 * 3  # each sample: the attempt and two reflections
 
@@ -127,8 +127,8 @@ def test_shortest_correct_sample_is_kept(drb_index):
         agent = ResearchAgent(
             LLMClient(LLMConfig(base_url=srv.url, model="t")), LocalBackend(LocalIndex(drb_index))
         )
-        outcome = collect(agent, ChecklistJudge(None), task, samples=2)
-        everything = collect(agent, ChecklistJudge(None), task, samples=2, keep="all")
+        outcome = collect(agent, ChecklistJudge(None), task, Rejection(samples=2))
+        everything = collect(agent, ChecklistJudge(None), task, Rejection(samples=2, keep="all"))
     assert outcome.correct == 2 and [t.steps for t in outcome.kept] == [1]
     assert len(everything.kept) == 2
 

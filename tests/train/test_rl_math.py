@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from dr_train.chat import IGNORE
+
+# the same import list as dr_train.rl.algorithms, deliberately: each function is tested by its own name
 from dr_train.rl.math import (
     clipped_policy_loss,
     clipped_value_loss,

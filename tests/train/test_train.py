@@ -195,24 +195,18 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
     assert steps == list(range(1, 8))  # the lines of the lost steps 4-5 were replaced, not repeated
 
 
+def tiny_sft(source, out, steps, *flags, timeout=300):
+    """`dr train sft` of a tiny model (a 300-token vocabulary learnt from the data) on rows of 512 tokens."""
+    return dr(
+        "train", "sft", str(source), "-o", str(out), "--max-len", "512", "--max-steps", str(steps),
+        "--vocab-size", "300", *flags, timeout=timeout,
+    )  # fmt: skip
+
+
 def test_sft_through_the_cli_writes_a_checkpoint_transformers_loads_with_its_rope_scaling(tmp_path):
     source = write_jsonl(tmp_path / "data.jsonl", examples())
     out = tmp_path / "run"
-    result = dr(
-        "train",
-        "sft",
-        str(source),
-        "-o",
-        str(out),
-        "--max-len",
-        "512",
-        "--max-steps",
-        "2",
-        "--vocab-size",
-        "300",
-        "--rope-scaling",
-        "yarn:4",
-    )
+    result = tiny_sft(source, out, 2, "--rope-scaling", "yarn:4")
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and summary["out"] == str(out)
@@ -344,18 +338,10 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_and_saves_a_loadable_checkpo
     pytest.importorskip("deepspeed")
     source = write_jsonl(tmp_path / "data.jsonl", examples() * 2)
     out = tmp_path / "run"
-    result = dr(
-        "train",
-        "sft",
-        str(source),
-        "-o",
-        str(out),
-        "--max-len",
-        "512",
-        "--max-steps",
-        "3",
-        "--vocab-size",
-        "300",
+    result = tiny_sft(
+        source,
+        out,
+        3,
         "--nproc",
         "2",
         "--zero",

@@ -105,6 +105,8 @@ def _arange(n: int, device: Any) -> Any:
 def _layer_forward(backend: str | None):
     from dr_kernels.ops.rms_norm import add_rms_norm
 
+    # transformers' decoder-layer signature, its arguments passed on to the attention as they came: the
+    # parameters repeat in that call deliberately
     def forward(
         self,
         hidden_states,

@@ -1,7 +1,9 @@
 """Plain PyTorch definitions of every op in dr_kernels: what each fused kernel must compute.
 
 They materialize everything (the full logits, every intermediate) and are the yardstick the tests compare
-the kernels with, value by value and gradient by gradient.
+the kernels with, value by value and gradient by gradient. Each takes the parameters of its op in
+dr_kernels.ops, deliberately: a test calls both with the same arguments (the signatures repeat, and
+linear_cross_entropy's and label_logprobs' share their leading parameters, as their ops' do).
 """
 
 from __future__ import annotations

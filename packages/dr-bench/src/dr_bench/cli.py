@@ -14,7 +14,7 @@ from dr_core.config_cli import with_flags
 from dr_core.files import write_atomic
 from dr_core.log import logger
 from dr_core.options import Output, Resume
-from dr_judge.options import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
+from dr_judge.flags import JudgeFlags
 
 app = typer.Typer(help="Benchmark agents on research and deep-search suites.", no_args_is_help=True)
 
@@ -33,6 +33,7 @@ def _needs_model(task: Any) -> bool:
 
 
 @app.command()
+@with_flags(JudgeFlags, "judge_flags")
 @with_flags(AgentFlags, "agent_flags")
 def run(
     suite: Annotated[
@@ -46,11 +47,6 @@ def run(
     concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.", show_default=False)] = None,
     resume: Resume = False,
-    judge_base_url: JudgeUrl = None,
-    judge_model: JudgeModel = None,
-    judge_api_key: JudgeKey = None,
-    mode: ModeOpt = None,
-    votes: VotesOpt = None,
     drb_dir: DrbDir = Path("data/deepresearch_bench"),
     serve: Annotated[
         str | None,
@@ -71,6 +67,7 @@ def run(
         ),
     ] = OnChange.refuse,
     agent_flags: AgentFlags | None = None,
+    judge_flags: JudgeFlags | None = None,
 ) -> None:
     """Run the agent on every task of a suite, judge each trajectory, and summarize. Stop it any time:
     --resume skips tasks already run (and judges any left unjudged), and does nothing when OUT already holds
@@ -81,9 +78,10 @@ def run(
 
     from dr_bench.report import print_table
     from dr_bench.runner import COMMAND, resume_check, resume_command, run_suite, setup_of
+    from dr_bench.suites import load_suite
     from dr_core.errors import InputError
 
-    assert agent_flags is not None
+    assert agent_flags is not None and judge_flags is not None
     if serve is not None and (agent_flags.base_url or agent_flags.model):
         raise InputError("--serve serves the model here: drop --base-url/--model, or --serve")
     server = None
@@ -94,8 +92,8 @@ def run(
         # not started yet: a finished run needs no server
         server, model = managed(resolve(serve), serve_engine, log=out / "serve.log", what="--serve")
         agent_flags = agent_flags.model_copy(update={"base_url": f"{server.url}/v1", "model": model})
-    tasks, agent, judge = _parts(suite, out, concurrency, limit, agent_flags, judge_base_url, judge_model,
-                                 judge_api_key, mode, votes, drb_dir)  # fmt: skip
+    tasks = load_suite(suite, drb_dir)[:limit]
+    agent, judge = _agent_and_judge(suite, tasks, out, concurrency, agent_flags, judge_flags)
     setup = setup_of(tasks, agent, judge)
     if resume:
         found = resume_check(out, setup, "set-aside" if on_change is OnChange.set_aside else "refuse")
@@ -113,29 +111,28 @@ def run(
     sys.stdout.buffer.write(orjson.dumps(summary) + b"\n")
 
 
-def _parts(
-    suite: str, out: Path, concurrency: int, limit: int | None, agent_flags: AgentFlags,
-    judge_base_url: str | None, judge_model: str | None, judge_api_key: str | None, mode: Any,
-    votes: int | None, drb_dir: Path,
-) -> tuple[list[Any], Any, Any]:  # fmt: skip
-    """The suite's tasks, the agent and the judge of a `dr bench run`."""
-    from dr_bench.suites import load_suite, parse_world
+def _agent_and_judge(
+    suite: str,
+    tasks: list[Any],
+    out: Path,
+    concurrency: int,
+    agent_flags: AgentFlags,
+    judge_flags: JudgeFlags,
+) -> tuple[Any, Any]:
+    """The agent and the judge of a `dr bench run` of `tasks` (a world suite's index is built beside OUT)."""
+    from dr_bench.suites import parse_world
     from dr_core.errors import ConfigError
-    from dr_judge.build import make_judge
 
-    tasks = load_suite(suite, drb_dir)[:limit]
     world = parse_world(suite)
     if world is not None and agent_flags.index is None and agent_flags.search is None:
         agent_flags = agent_flags.model_copy(update={"index": _world_index(world, out)})
-    judge = make_judge(
-        judge_base_url, judge_model, judge_api_key, at_once=concurrency, mode=mode, votes=votes
-    )
+    judge = judge_flags.judge(at_once=concurrency)
     if judge.llm is None and any(_needs_model(t) for t in tasks):
         raise ConfigError(
             "these tasks have checklist items without deterministic checks: give a judge model "
             "(--judge-base-url/--judge-model or DR_JUDGE_LLM_*)"
         )
-    return tasks, agent_flags.agent(runs_at_once=concurrency), judge
+    return agent_flags.agent(runs_at_once=concurrency), judge
 
 
 def _world_index(world: tuple[int, int, int], out: Path) -> Path:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dr_core.config_cli import with_flags
 from dr_core.options import (
     ApiKey,
     BaseUrl,
@@ -26,6 +27,7 @@ from dr_data.world_defaults import (
     DEFAULT_TASKS,
     DEFAULT_TEST_SHARE,
 )
+from dr_judge.flags import JudgeEndpoint
 
 app = typer.Typer(
     help="Make and check deep-research training data (JSONL in, JSONL out).", no_args_is_help=True
@@ -374,6 +376,7 @@ def reverse(
 
 
 @app.command()
+@with_flags(JudgeEndpoint, "judge_endpoint")
 def trajectories(
     inputs: Inputs = None,
     output: Output = "-",
@@ -391,25 +394,26 @@ def trajectories(
     base_url: BaseUrl = None,
     model: Model = None,
     api_key: ApiKey = None,
-    judge_base_url: Annotated[str | None, typer.Option(help="Judge endpoint for checklist tasks.")] = None,
-    judge_model: Annotated[str | None, typer.Option(help="Judge model for checklist tasks.")] = None,
     on_error: OnErrorOpt = OnErrorChoice.fail,
     rejects: Rejects = None,
     resume: Resume = False,
+    judge_endpoint: JudgeEndpoint | None = None,
 ) -> None:
     """Teacher trajectories for tasks through the real agent loop, judged and rejection-sampled: wrong
     attempts get up to --reflections reflection turns; correct ones are kept (the shortest by default).
     Tasks with no correct trajectory go to the rejects file. --teacher oracle solves world tasks without
-    any model."""
+    any model. A checklist task's items without a rule check need the judge endpoint."""
     from dr_agent.build import build_agent
     from dr_core.errors import InputError
     from dr_core.jsonl import valid_records
     from dr_core.log import logger
     from dr_core.pipe import Pipe
     from dr_core.records import Task
+    from dr_data.trajectories import Rejection
     from dr_data.trajectories import run as run_trajectories
-    from dr_judge.build import make_judge
 
+    assert judge_endpoint is not None
+    judge = judge_endpoint.judge()
     sources = inputs or ["-"]
     agent = build_agent(
         llm={"base_url": base_url, "model": model, "api_key": api_key},
@@ -424,7 +428,6 @@ def trajectories(
         if "-" in sources:
             raise InputError("the oracle reads its tasks twice: give task files, not stdin")
         agent.llm = OracleTeacher(valid_records(sources, Task, fail=on_error == OnErrorChoice.fail))
-    judge = make_judge(judge_base_url, judge_model)
     with Pipe(
         sources,
         output,
@@ -434,17 +437,8 @@ def trajectories(
         output_key=lambda t: t.get("task_id"),
         group_size=lambda t: (t.get("meta") or {}).get("kept_of", 1),
     ) as pipe:
-        result = run_trajectories(
-            pipe,
-            agent,
-            judge,
-            concurrency=concurrency,
-            samples=samples,
-            reflections=reflections,
-            keep=keep.value,
-            temperature=temperature,
-            min_score=min_score,
-        )
+        rejection = Rejection(samples, reflections, keep.value, temperature, min_score)
+        result = run_trajectories(pipe, agent, judge, rejection, concurrency=concurrency)
     logger.info(
         "trajectories: %d of %d tasks solved, %d trajectories kept", result.solved, result.tasks, result.kept
     )

@@ -96,19 +96,25 @@ def attempt(
         trajectory = agent.run(task.question, task_id=task.id, history=history, **sampling)
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """How a task's teacher trajectories are rejection-sampled: `samples` attempts, each wrong one given up
+    to `reflections` reflection turns; an exact-answer task's must be right, a checklist task's must reach
+    `min_score`; `keep` the shortest correct one, or all."""
+
+    samples: int = 1
+    reflections: int = 3
+    keep: Literal["shortest", "all"] = "shortest"
+    temperature: float | None = None
+    min_score: float = 0.8
+
+
 def collect(
-    agent: ResearchAgent,
-    judge: ChecklistJudge,
-    task: Task,
-    *,
-    samples: int = 1,
-    reflections: int = 3,
-    keep: Literal["shortest", "all"] = "shortest",
-    temperature: float | None = None,
-    min_score: float = 0.8,
+    agent: ResearchAgent, judge: ChecklistJudge, task: Task, rejection: Rejection = Rejection()
 ) -> Outcome:
-    """Rejection sampling for one task: exact-answer tasks must be right; checklist tasks must reach
-    `min_score`."""
+    """Rejection sampling for one task."""
+    samples, reflections, keep = rejection.samples, rejection.reflections, rejection.keep
+    temperature, min_score = rejection.temperature, rejection.min_score
     correct: list[Trajectory] = []
     for n in range(samples):
         sampling: dict[str, Any] = {}
@@ -138,13 +144,9 @@ def run(
     pipe: Pipe,
     agent: ResearchAgent,
     judge: ChecklistJudge,
+    rejection: Rejection = Rejection(),
     *,
     concurrency: int = 1,
-    samples: int = 1,
-    reflections: int = 3,
-    keep: Literal["shortest", "all"] = "shortest",
-    temperature: float | None = None,
-    min_score: float = 0.8,
 ) -> RunStats:
     """`collect` over every task of `pipe`, `concurrency` at a time: the kept trajectories are written,
     and a task with none goes to the rejects file (the line it was read from)."""
@@ -152,24 +154,14 @@ def run(
 
     def solve(item: tuple[Task, Any]) -> tuple[Task, Any, Outcome]:
         task, origin = item
-        outcome = collect(
-            agent,
-            judge,
-            task,
-            samples=samples,
-            reflections=reflections,
-            keep=keep,
-            temperature=temperature,
-            min_score=min_score,
-        )
-        return task, origin, outcome
+        return task, origin, collect(agent, judge, task, rejection)
 
     for task, origin, outcome in progress(
         ordered_map(solve, pipe.located(Task), concurrency), "trajectories"
     ):
         stats.tasks += 1
         if not outcome.kept:
-            pipe.reject(origin, f"task {task.id}: no correct trajectory in {samples} samples")
+            pipe.reject(origin, f"task {task.id}: no correct trajectory in {rejection.samples} samples")
             continue
         stats.solved += 1
         for trajectory in outcome.kept:

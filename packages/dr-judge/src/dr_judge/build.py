@@ -1,7 +1,7 @@
 """The judge as other packages build it: from flags over the [judge] and [judge.llm] settings.
 
-dr-data (teacher runs), dr-train (the RL reward) and dr-bench import `make_judge` from here, and the
-judge's typed flags from `dr_judge.options`, never from the `dr judge` command line.
+dr-train (the RL reward) imports `make_judge` from here; commands that take the judge's flags
+(`dr_judge.flags`) build it through them, never from the `dr judge` command line.
 """
 
 from __future__ import annotations

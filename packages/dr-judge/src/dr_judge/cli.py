@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from dr_core.config_cli import with_flags
 from dr_core.options import Inputs, OnErrorChoice, OnErrorOpt, Output, Rejects, Resume
-from dr_judge.options import JudgeKey, JudgeModel, JudgeUrl, ModeOpt, VotesOpt
+from dr_judge.flags import JudgeEndpoint, ScoreFlags
 
 app = typer.Typer(
     help="Judge reports and answers against checklists; agreement with labels.", no_args_is_help=True
@@ -17,10 +18,6 @@ app = typer.Typer(
 TasksOpt = Annotated[
     Path, typer.Option("--tasks", "-t", help="Task JSONL: the questions, checklists and answers.")
 ]
-BatchOpt = Annotated[
-    int | None, typer.Option(help="Items per judge call; 0 = all at once.", show_default=False)
-]
-TempOpt = Annotated[float | None, typer.Option(help="Judge temperature (default: 0).", show_default=False)]
 
 
 def load_tasks(path: Path) -> dict[str, Any]:
@@ -31,7 +28,8 @@ def load_tasks(path: Path) -> dict[str, Any]:
 
 
 def _serve_judge(stack: Any, folder: str, endpoint: str | None, output: str) -> tuple[str, str]:
-    """Serve the judge model in `folder` until `stack` closes; (its base URL, the model name to ask for)."""
+    """Serve the judge model in `folder` until `stack` closes; (its base URL, the model name to ask for).
+    `endpoint`: the --judge-base-url or --judge-model given beside it, refused."""
     import tempfile
 
     from dr_core.errors import InputError
@@ -52,25 +50,11 @@ def _serve_judge(stack: Any, folder: str, endpoint: str | None, output: str) -> 
 
 
 @app.command("score")
+@with_flags(ScoreFlags, "flags")
 def score_command(
     inputs: Inputs = None,
     tasks: TasksOpt = ...,  # type: ignore[assignment]  # typer's mark of a required option
     output: Output = "-",
-    mode: ModeOpt = None,
-    votes: VotesOpt = None,
-    batch: BatchOpt = None,
-    temperature: TempOpt = None,
-    judge_base_url: JudgeUrl = None,
-    judge_model: JudgeModel = None,
-    judge_api_key: JudgeKey = None,
-    checks: Annotated[
-        bool,
-        typer.Option(
-            "--checks/--no-checks",
-            help="Decide items that carry a rule check by the rule (default); --no-checks sends every "
-            "item to the judge model, to measure it against the rules.",
-        ),
-    ] = True,
     concurrency: Annotated[
         int | None,
         typer.Option(
@@ -89,6 +73,7 @@ def score_command(
             show_default=False,
         ),
     ] = None,
+    flags: ScoreFlags | None = None,
 ) -> None:
     """Judge responses (Trajectory, Report, or DeepResearch Bench {id, prompt, article} lines) against
     their task's checklist or reference answer; write one Judgment per response, in input order.
@@ -103,26 +88,15 @@ def score_command(
     from dr_core.errors import InputError
     from dr_core.log import logger
     from dr_core.pipe import Pipe
-    from dr_judge.build import make_judge
     from dr_judge.judge import JudgeModelError
     from dr_judge.responses import as_response
 
+    assert flags is not None
     with contextlib.ExitStack() as stack:
         if judge_serve is not None:
-            judge_base_url, judge_model = _serve_judge(
-                stack, judge_serve, judge_base_url or judge_model, output
-            )
-        judge = make_judge(
-            judge_base_url,
-            judge_model,
-            judge_api_key,
-            mode=mode,
-            votes=votes,
-            batch=batch,
-            temperature=temperature,
-            checks=None if checks else False,  # the default leaves the [judge] setting as it is
-            at_once=concurrency or 1,
-        )
+            url, model = _serve_judge(stack, judge_serve, flags.judge_base_url or flags.judge_model, output)
+            flags = flags.model_copy(update={"judge_base_url": url, "judge_model": model})
+        judge = flags.judge(at_once=concurrency or 1)
         known = load_tasks(tasks)
         if concurrency is None:
             concurrency = judge.llm.config.concurrency if judge.llm is not None else 1
@@ -178,25 +152,24 @@ def score_command(
 
 
 @app.command()
+@with_flags(JudgeEndpoint, "endpoint")
 def compare(
     a: Annotated[Path, typer.Argument(help="System A's responses (JSONL).")],
     b: Annotated[Path, typer.Argument(help="System B's responses (JSONL).")],
     tasks: TasksOpt = ...,  # type: ignore[assignment]  # typer's mark of a required option
     output: Output = "-",
-    judge_base_url: JudgeUrl = None,
-    judge_model: JudgeModel = None,
-    judge_api_key: JudgeKey = None,
     resume: Resume = False,
+    endpoint: JudgeEndpoint | None = None,
 ) -> None:
     """Compare two systems' responses task by task with the judge model, in both orders (position swap);
     one Comparison per task both answered: win, tie or loss for A, with the rationale."""
     from dr_core.jsonl import read_records
     from dr_core.pipe import Pipe
     from dr_core.records import Comparison
-    from dr_judge.build import make_judge
     from dr_judge.responses import as_response
 
-    judge = make_judge(judge_base_url, judge_model, judge_api_key)
+    assert endpoint is not None
+    judge = endpoint.judge()
     known = load_tasks(tasks)
     by_task_b = {r.task_id: r for r in read_records(str(b), adapt=as_response)}
     with Pipe([str(a)], output, resume=resume, output_key=lambda c: c.get("task_id")) as pipe:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -241,32 +242,24 @@ UNRECORDED: dict[str, Any] = {
 }
 
 
+@dataclass
 class RLRun:
     """The loop: each step's rollouts (sampled now, or taken from the asynchronous stream), the update, the
     engines' sync; a metrics record per step, checkpoints, and resume."""
 
-    def __init__(
-        self,
-        config: RLConfig,
-        *,
-        rollouts: Rollouts,
-        update: PolicyUpdate,
-        sampler: Sampler,
-        tokenizer: Any,
-        dist: distributed.Dist,
-        reference_path: str | None,
-        resume_keys: dict[str, Any],
-    ) -> None:
-        self.config = config
-        self.rollouts = rollouts
-        self.update = update
-        self.sampler = sampler
-        self.tokenizer = tokenizer
-        self.dist = dist
-        self.reference_path = reference_path
-        self.settings = resume_keys  # what a resume must match
-        self.out = Path(config.out)
-        self.step = 0
+    config: RLConfig
+    _: KW_ONLY
+    rollouts: Rollouts
+    update: PolicyUpdate
+    sampler: Sampler
+    tokenizer: Any
+    dist: distributed.Dist
+    reference_path: str | None
+    resume_keys: dict[str, Any]  # the settings a resume must match
+    step: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.config.out)
 
     def train(self) -> dict[str, Any]:
         main = self.dist.main
@@ -389,7 +382,7 @@ class RLRun:
             "reference": self.reference_path,
             "world": self.dist.world,
             "deepspeed": self.update.backend.sharded,
-            "settings": self.settings,
+            "settings": self.resume_keys,
         }
         checkpoint.save_run(
             self.out,
@@ -411,7 +404,7 @@ class RLRun:
             ran = f"DeepSpeed on {state.get('world', 1)} ranks" if sharded else "without DeepSpeed"
             now = f"DeepSpeed on {self.dist.world} ranks" if backend.sharded else "without DeepSpeed"
             raise InputError(f"--resume: {folder} was trained {ran}; this run asks for {now}")
-        checkpoint.check_settings(folder, state.get("settings", {}), self.settings, before=UNRECORDED)
+        checkpoint.check_settings(folder, state.get("settings", {}), self.resume_keys, before=UNRECORDED)
         self.step = state["step"]
         backend.load(folder)
         if self.update.value_head is not None and not backend.sharded:

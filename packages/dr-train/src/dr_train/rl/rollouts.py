@@ -117,25 +117,17 @@ class Collected:
     staleness: dict[str, Any]  # asynchronously: tokens per version lag, groups dropped; else empty
 
 
+@dataclass
 class Rollouts:
     """The step's tasks and the agent's rewarded runs of them. `local`: the policy samples in this process,
     so the torch seed decides its draws (an engine takes the seed with each request)."""
 
-    def __init__(
-        self,
-        agent: ResearchAgent,
-        rewarder: Rewarder,
-        tasks: list[Task],
-        config: RLConfig,
-        dist: Dist,
-        local: bool,
-    ) -> None:
-        self.agent = agent
-        self.rewarder = rewarder
-        self.tasks = tasks
-        self.config = config
-        self.dist = dist
-        self.local = local
+    agent: ResearchAgent
+    rewarder: Rewarder
+    tasks: list[Task]
+    config: RLConfig
+    dist: Dist
+    local: bool
 
     def step_tasks(self, step: int) -> list[Task]:
         rng = random.Random(seeds.step_tasks(self.config.seed, step))

@@ -10,6 +10,7 @@ engine's log-probabilities of a probe sequence must then match the trainer's wit
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +32,26 @@ def engine_folder(out: Path) -> Path:
     return out / ".rollout-weights"
 
 
+@dataclass
 class Sampler:
     """The policy the agent calls (a `ChatModel`), and, with engines, keeping their weights the trainer's."""
 
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        config: RLConfig,
-        dist: Dist,
-        engines: VLLMServers | None,
-        sync_tolerance: float = 0.1,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.config = config
-        self.dist = dist
-        self.engines = engines
-        self.sync_tolerance = sync_tolerance
-        self.out = Path(config.out)
-        self.nccl: Any = None  # dr_train.rl.weight_sync.NcclSync, at the first sync with --weight-sync nccl
-        self.policy: ChatModel
-        if engines is not None:
-            context = int(getattr(model.config, "max_position_embeddings", 32768))
-            self.policy = EnginePolicy(engines, tokenizer, context)
+    model: Any
+    tokenizer: Any
+    config: RLConfig
+    dist: Dist
+    engines: VLLMServers | None
+    sync_tolerance: float = 0.1
+    nccl: Any = field(default=None, init=False)  # weight_sync.NcclSync, at the first sync with nccl
+    policy: ChatModel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.config.out)
+        if self.engines is not None:
+            context = int(getattr(self.model.config, "max_position_embeddings", 32768))
+            self.policy = EnginePolicy(self.engines, self.tokenizer, context)
         else:
-            self.policy = LocalPolicy(model, tokenizer)
+            self.policy = LocalPolicy(self.model, self.tokenizer)
 
     @property
     def local(self) -> bool:
