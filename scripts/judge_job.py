@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from main_job import run
+from dr_commands import run
 from served import served
 
 from dr_core.models import resolve as resolve_model

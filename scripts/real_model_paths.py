@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from main_job import run
+from dr_commands import run
 from served import served
 
 from dr_core.models import resolve as resolve_model

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from main_job import DR, engine_for
+from dr_commands import DR, engine_for
 
 from dr_core.proc import free_port
 from dr_core.server import ManagedServer, ServerError

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def quick_main_job(out: Path, timeout: int) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "main_job.py"), "--out", str(out), "--quick"],
+        ["bash", str(ROOT / "scripts" / "main_job.sh"), "--out", str(out), "--quick"],
         capture_output=True,
         timeout=timeout,
         env={**os.environ, "DR_QUIET": "1"},
@@ -57,15 +56,25 @@ def test_the_quick_main_job_runs_every_stage_and_prints_the_table(tmp_path):
     # the RL run's rewards per step beside the rules' truth
     [curve] = [s for s in sections if s.startswith("| run | step |")]
     assert "reward_mean" in curve and (out / "rewards.png").is_file()
-    results = json.loads((out / "results.json").read_text())
-    assert len(results["pairs"]) == 6 and all(len(p["diff_ci95"]) == 2 for p in results["pairs"])
-    assert len(results["report_pairs"]) == 1
-    assert list(results["runs"]) == ["untrained", "mid", "sft", "rl", "reports-sft", "reports-rl"]
-    assert [h["n"] for h in results["hops"]] == [4, 4, 4, 4]
-    for summary in results["runs"].values():
+    # the tables' figures, one file per command
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [Path(r["run"]).name for r in runs] == [
+        "untrained",
+        "mid",
+        "sft",
+        "rl",
+        "reports-sft",
+        "reports-rl",
+    ]
+    pairs = json.loads((out / "compare.json").read_text())["pairs"]
+    assert len(pairs) == 6 and all(len(p["diff_ci95"]) == 2 for p in pairs)
+    assert len(json.loads((out / "compare-reports.json").read_text())["pairs"]) == 1
+    hops = [json.loads(line) for line in (out / "hops.jsonl").read_text().splitlines()]
+    assert [h["n"] for h in hops] == [4, 4, 4, 4]
+    for summary in runs:
         assert summary["n"] == 4 and 0.0 <= summary["score"]["mean"] <= 1.0
-    for name in ("reports-sft", "reports-rl"):
-        assert results["runs"][name]["reports"]["n"] == 4
+    for summary in runs[4:]:
+        assert summary["reports"]["n"] == 4
     # the oracle wrote report trajectories, and SFT learnt from them beside the questions'
     taught = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
     assert any("report" in t["task_id"] for t in taught) and any("report" not in t["task_id"] for t in taught)

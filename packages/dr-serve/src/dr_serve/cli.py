@@ -105,7 +105,7 @@ def serve(flags: dict[str, Any]) -> None:
         if api_port is None:
             raise InputError("--engine none serves only the research API: give --api-port")
         require_free_port(api_host, api_port, "--api-port")
-        run_api(api_host, api_port, api_key, config, config.base_url, None)
+        run_api(api_host, api_port, api_key, config)
         return
     if not config.model:
         raise InputError("give the MODEL to serve (a Hugging Face folder or hub name)")
@@ -171,10 +171,9 @@ def _register() -> None:
 _register()
 
 
-def run_api(
-    host: str, port: int, api_key: str | None, settings: ServeConfig, base_url: str | None, model: str | None
-) -> None:
-    """The research API on host:port over the endpoint at `base_url` (or [llm] settings)."""
+def run_api(host: str, port: int, api_key: str | None, settings: ServeConfig) -> None:
+    """The research API on host:port over the endpoint at --base-url, its model the [llm] settings' (a
+    `dr serve` that starts an engine passes the name it serves as DR_LLM_MODEL)."""
     import uvicorn
 
     from dr_agent.build import build_agent
@@ -186,7 +185,7 @@ def run_api(
 
     # built before listening, so wrong settings fail now rather than at the first request
     agent = build_agent(
-        llm={"base_url": base_url, "model": model},
+        llm={"base_url": settings.base_url},
         search={"backend": settings.search, "index": settings.index},
     )
     uvicorn.run(create_app(agent, config), host=host, port=port, log_level="warning")

@@ -305,7 +305,8 @@ class RLRun:
             got = self.rollouts.collect(step)
         rollouts = got.rollouts
         updating = time.perf_counter()
-        sequences, prepared = self.update.prepare(rollouts)
+        prepared = self.update.prepare(rollouts)
+        sequences = prepared.sequences
         stats = self.update.train(sequences, step) if sequences else {}
         update_s = time.perf_counter() - updating
         kept = [r.reward for r in rollouts if r.reward is not None]
@@ -320,7 +321,6 @@ class RLRun:
         timing = {"update_s": round(update_s, 2)}
         if not self.sampler.local:
             timing["engine_idle_s"] = round(self.sampler.idle_s() - idle, 2)
-        gap = {k: v for k, v in prepared.items() if k != "flat_groups"}
         return {
             "step": self.step,
             # over the rollouts with a reward (None when the judge abstained on all of them)
@@ -336,10 +336,10 @@ class RLRun:
             "dropped": len(rollouts) - len(kept),
             **reward_metrics(scored, self.rollouts.rewarder.source == "judge"),
             "trained_tokens": sum(s.actions for s in sequences),
-            "flat_groups": prepared["flat_groups"],
+            "flat_groups": prepared.flat_groups,
             **got.staleness,
             **{k: round(v, 6) for k, v in stats.items()},
-            **{k: round(v, 6) for k, v in gap.items()},
+            **{k: round(v, 6) for k, v in prepared.gap.items()},
             **{k: round(v, 6) for k, v in synced.items()},
             "rollout_s": round(got.rollout_s, 2),
             "judge_s": round(got.judge_s, 3),  # to the millisecond: a judge on loopback answers in a few

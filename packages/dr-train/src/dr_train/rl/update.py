@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,6 +78,16 @@ def frozen_copy(model: Any) -> Any:
     return reference
 
 
+@dataclass
+class Prepared:
+    """A step's sequences ready to train on; how many groups were left out as flat (GRPO: one reward for
+    the whole group); the engine's log-probability gap, for the step's metrics."""
+
+    sequences: list[Sequence]
+    flat_groups: int
+    gap: dict[str, float]
+
+
 class PolicyUpdate:
     """The policy (and PPO's value head) with its optimizer side, and how a step's rollouts train it."""
 
@@ -111,9 +122,8 @@ class PolicyUpdate:
             rollouts=True,
         )
 
-    def prepare(self, rollouts: list[Rollout]) -> tuple[list[Sequence], dict[str, Any]]:
-        """The sequences to train on, with their starting log-probabilities and advantages; and what was
-        left out (`flat_groups`: GRPO groups with one reward) and the engine's log-probability gap."""
+    def prepare(self, rollouts: list[Rollout]) -> Prepared:
+        """The sequences to train on, with their starting log-probabilities and advantages."""
         config = self.config
         self.model.eval()  # the log-probabilities the update starts from, as the policy samples
         sequences = [s for i, r in enumerate(rollouts) for s in sequences_of(r.turns, i)]
@@ -147,7 +157,7 @@ class PolicyUpdate:
                 seq.old_logprobs, seq.old_values, seq.ref_logprobs = here(old), here(values), here(ref)
         gap = self.engine_gap(sequences)
         self.algorithm.advantages(sequences, rewards)
-        return sequences, {"flat_groups": len(flat), **gap}
+        return Prepared(sequences, flat_groups=len(flat), gap=gap)
 
     def engine_gap(self, sequences: list[Sequence]) -> dict[str, float]:
         """How far the engine's log-probabilities of the sampled tokens are from the trainer's (for the
