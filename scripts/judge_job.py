@@ -41,7 +41,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/judge"))
     parser.add_argument("--model", default="smollm2-135m", help="The base model of the judge.")
-    parser.add_argument("--examples", type=int, default=140, help="Judge training examples (reports).")
+    parser.add_argument("--examples", type=int, default=280, help="Judge training examples (reports).")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--eval-seed", type=int, default=7, help="The unseen world of the measurement.")
     parser.add_argument("--eval-tasks", type=int, default=20, help="Held-out report tasks measured.")

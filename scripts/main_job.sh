@@ -67,14 +67,14 @@ CONCURRENCY=${CONCURRENCY:-}  # agent runs at once (empty: 16 on vLLM, 2 on tran
 AGENT_STEPS=${AGENT_STEPS:-8}
 AGENT_TOKENS=${AGENT_TOKENS:-$(pick 8000 20000 20000)}
 # the report track: report tasks beside the questions in SFT, RL and the benches (0: none)
-REPORT_TASKS=${REPORT_TASKS:-$(pick 24 500 500)}
+REPORT_TASKS=${REPORT_TASKS:-$(pick 24 640 640)}  # 640: 214 held out, for the 200 benched
 REPORT_BENCH_TASKS=${REPORT_BENCH_TASKS:-$(pick 4 200 200)}
 REPORT_AGENT_STEPS=${REPORT_AGENT_STEPS:-12}
 REPORT_AGENT_TOKENS=${REPORT_AGENT_TOKENS:-$(pick 12000 30000 30000)}
 # what rewards RL's report tasks: trained (a SmolLM2 judge, scripts/judge_job.py, served for the run) or
 # rules (the world's true verdicts, the upper bound); a judge from scratch on little data would not write JSON
 JUDGE=${JUDGE:-$(pick rules rules trained)}
-JUDGE_EXAMPLES=${JUDGE_EXAMPLES:-140}
+JUDGE_EXAMPLES=${JUDGE_EXAMPLES:-280}
 RULES_RL=${RULES_RL:-0}  # 1: with JUDGE=trained, also RL rewarded by the rules, same seeds, benched beside
 # one agent for every stage (teacher, bench, RL): a model call writes at most this many tokens, and a
 # search shows this many results
